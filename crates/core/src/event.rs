@@ -1,0 +1,1 @@
+//! PLACEHOLDER (helper replaces): typed Segment message model.

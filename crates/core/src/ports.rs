@@ -1,0 +1,218 @@
+//! Port traits: the only way handlers touch queues, object stores and tables. Each has an embedded adapter
+//! (`tributary-local`) and an AWS adapter (`tributary-aws`), and one contract suite (`testing`, feature `test-util`)
+//! that both must pass.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// What can go wrong at a port. Retryability is decided here, where the error is born, and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// A conditional write found the item in another state than required. Never retried blindly.
+    #[error("condition failed: {0}")]
+    ConditionFailed(String),
+    /// The service asked us to slow down. Retryable.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Network errors, 5xx, timeouts. Retryable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (bad key, too large, missing resource). Retrying will not help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl PortError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PortError::Throttled(_) | PortError::Unavailable(_))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Queue (SQS standard queue semantics: at-least-once, visibility timeout, receive count, DLQ by redrive policy).
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Most entries one `send_batch` call may carry (SQS SendMessageBatch limit).
+pub const MAX_SEND_BATCH: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Unique within one `send_batch` call; failures are reported by this id.
+    pub id: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedEntry {
+    pub id: String,
+    pub retryable: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// Stable across redeliveries of the same message.
+    pub message_id: String,
+    /// Changes on every receive; needed to delete or change visibility.
+    pub receipt_handle: String,
+    pub body: String,
+    /// How many times this message has been received, this receive included (SQS `ApproximateReceiveCount`).
+    pub receive_count: u32,
+    /// When the message was first sent, epoch milliseconds (SQS `SentTimestamp`).
+    pub sent_timestamp_ms: i64,
+}
+
+/// One queue. A queue with a dead-letter queue moves a message there once it has been received more than
+/// `max_receive_count` times without being deleted (configured on the queue, as SQS's redrive policy is).
+pub trait Queue: Send + Sync {
+    /// Sends at most [`MAX_SEND_BATCH`] messages. `Ok` lists the entries that were not accepted; an `Err` means
+    /// none were.
+    fn send_batch(&self, messages: &[OutgoingMessage]) -> impl Future<Output = Result<Vec<FailedEntry>, PortError>> + Send;
+
+    /// Receives up to `max` (1..=10) visible messages, hiding them for `visibility_timeout`. Waits up to `wait`
+    /// for at least one message (long polling); returns an empty vector if none arrived.
+    fn receive(
+        &self,
+        max: usize,
+        visibility_timeout: Duration,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<ReceivedMessage>, PortError>> + Send;
+
+    /// Deletes a received message. Deleting with a stale receipt handle is not an error.
+    fn delete(&self, receipt_handle: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Changes how long a received message stays hidden (zero makes it visible at once).
+    fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        visibility_timeout: Duration,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Approximate number of messages held (visible plus in flight).
+    fn approximate_len(&self) -> impl Future<Output = Result<u64, PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Object store (S3 semantics).
+// ---------------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Keys are `/`-separated relative paths of printable characters; `..` segments, empty segments and a leading
+/// `/` are refused with [`PortError::Invalid`] by every adapter.
+pub trait ObjectStore: Send + Sync {
+    /// Writes the whole object atomically: readers see the old or the new bytes, never a mix.
+    fn put(&self, key: &str, bytes: Vec<u8>) -> impl Future<Output = Result<(), PortError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, PortError>> + Send;
+    /// Bytes `start..end` (end exclusive, `None` = to the end). A start at or past the end gives an empty vector.
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, PortError>> + Send;
+    fn head(&self, key: &str) -> impl Future<Output = Result<Option<ObjectMeta>, PortError>> + Send;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, PortError>> + Send;
+    /// Deleting a missing object is not an error.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Shared key check, so that adapters refuse the same keys.
+pub fn validate_object_key(key: &str) -> Result<(), PortError> {
+    let bad = key.is_empty()
+        || key.len() > 1024
+        || key.starts_with('/')
+        || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || key.chars().any(|c| c.is_control() || c == '\\');
+    if bad {
+        return Err(PortError::Invalid(format!("object key is not allowed ({} bytes)", key.len())));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Table store (one DynamoDB-style table: partition key + sort key, JSON attributes, conditional transactions).
+// The shape the identity, delivery and DSR issues build on.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Most operations one transaction may carry (DynamoDB TransactWriteItems limit).
+pub const MAX_TRANSACT_ITEMS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemKey {
+    pub pk: String,
+    pub sk: String,
+}
+
+impl ItemKey {
+    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+        ItemKey { pk: pk.into(), sk: sk.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub key: ItemKey,
+    /// Attributes other than the key. Names `pk`, `sk`, `v` and `ttl` are reserved.
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+    /// Optimistic-concurrency version, stored as attribute `v`. Writers bump it themselves.
+    pub version: u64,
+    /// Expiry, epoch seconds, stored as attribute `ttl`. Expired items are invisible to `get` and `query`
+    /// even before the store removes them (DynamoDB deletes within days, not at once).
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    None,
+    /// No (unexpired) item has this key.
+    NotExists,
+    /// An (unexpired) item has this key.
+    Exists,
+    /// The item exists with exactly this version.
+    VersionIs(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    Put { item: Item, condition: Condition },
+    Delete { key: ItemKey, condition: Condition },
+    Check { key: ItemKey, condition: Condition },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    pub items: Vec<Item>,
+    /// Sort key to pass as `start_after` for the next page, if there may be more.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransactError {
+    /// The operation at `index` failed its condition; nothing was written.
+    #[error("condition failed on operation {index}")]
+    ConditionFailed { index: usize },
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+pub trait TableStore: Send + Sync {
+    fn get(&self, key: &ItemKey) -> impl Future<Output = Result<Option<Item>, PortError>> + Send;
+    /// Items of partition `pk` whose sort key starts with `sk_prefix`, ascending by sort key, at most `limit`.
+    fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<QueryPage, PortError>> + Send;
+    /// All operations or none, at most [`MAX_TRANSACT_ITEMS`], no two on the same key.
+    fn transact(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<(), TransactError>> + Send;
+    /// A single conditional write; `ConditionFailed` comes back as `PortError::ConditionFailed`.
+    fn write(&self, op: WriteOp) -> impl Future<Output = Result<(), PortError>> + Send;
+}
