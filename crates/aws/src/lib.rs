@@ -1,1 +1,113 @@
+//! AWS adapters of Tributary's ports: [`SqsQueue`] ([`Queue`](tributary_core::ports::Queue)), [`S3Store`]
+//! ([`ObjectStore`](tributary_core::ports::ObjectStore)) and [`DynamoTable`]
+//! ([`TableStore`](tributary_core::ports::TableStore)), plus [`admin`] helpers that create resources for tests and
+//! local tooling.
+//!
+//! This is the only crate that names `aws_sdk_*` types, and none of them appears in its public API: callers build
+//! an [`AwsClients`] from the environment and ask it for adapters.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let aws = tributary_aws::AwsClients::from_env().await;
+//! aws.warm().await;
+//! let events = aws.sqs_queue("https://sqs.eu-west-1.amazonaws.com/123456789012/events");
+//! let imports = aws.s3_store("my-bucket", "imports");
+//! let table = aws.dynamo_table("tributary");
+//! # let _ = (events, imports, table);
+//! # }
+//! ```
 
+pub mod admin;
+mod dynamo;
+mod error;
+mod s3;
+mod sqs;
+
+pub use dynamo::DynamoTable;
+pub use s3::S3Store;
+pub use sqs::SqsQueue;
+
+/// The environment variable that points every service at another endpoint (moto, LocalStack).
+pub const ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
+
+/// One SDK configuration and a client per service. Cheap to clone (the clients share one HTTP connection pool);
+/// build it once at cold start and hand out adapters.
+#[derive(Clone, Debug)]
+pub struct AwsClients {
+    sqs: aws_sdk_sqs::Client,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl AwsClients {
+    /// Loads the standard AWS configuration chain (environment, profile, container or instance credentials,
+    /// region) with the latest behaviour version. `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>` are
+    /// honoured by the SDK itself; when any of them is set, S3 switches to path-style addressing, which local
+    /// emulators need.
+    pub async fn from_env() -> Self {
+        Self::load(None).await
+    }
+
+    /// Like [`from_env`](Self::from_env), but every service talks to `endpoint_url` (an emulator, a VPC
+    /// endpoint), whatever the environment says; S3 uses path-style addressing.
+    pub async fn with_endpoint(endpoint_url: &str) -> Self {
+        Self::load(Some(endpoint_url)).await
+    }
+
+    async fn load(endpoint_url: Option<&str>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        let overridden = sdk.endpoint_url().is_some() || endpoint_override_in_env();
+        let s3_conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(overridden)
+            .build();
+        AwsClients {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            s3: aws_sdk_s3::Client::from_conf(s3_conf),
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+        }
+    }
+
+    /// The queue at `url` (a full SQS queue URL).
+    pub fn sqs_queue(&self, url: impl Into<String>) -> SqsQueue {
+        SqsQueue::new(self.sqs.clone(), url.into())
+    }
+
+    /// Objects in `bucket`, every key under `prefix` (`""` for the bucket root; a trailing `/` is added).
+    pub fn s3_store(&self, bucket: impl Into<String>, prefix: impl Into<String>) -> S3Store {
+        S3Store::new(self.s3.clone(), bucket.into(), &prefix.into())
+    }
+
+    /// The DynamoDB table `name`, with string keys `pk` (hash) and `sk` (range).
+    pub fn dynamo_table(&self, name: impl Into<String>) -> DynamoTable {
+        DynamoTable::new(self.dynamodb.clone(), name.into())
+    }
+
+    /// Opens a connection to each service with a cheap call, so that the first real request of an invocation does
+    /// not pay for DNS and TLS. Call it during init; failures (including missing permissions, which still open the
+    /// connection) are ignored.
+    #[tracing::instrument(skip_all)]
+    pub async fn warm(&self) {
+        let sqs = self.sqs.list_queues().max_results(1).send();
+        let s3 = self.s3.list_buckets().max_buckets(1).send();
+        let dynamodb = self.dynamodb.list_tables().limit(1).send();
+        let (a, b, c) = futures::join!(sqs, s3, dynamodb);
+        tracing::debug!(
+            sqs = a.is_ok(),
+            s3 = b.is_ok(),
+            dynamodb = c.is_ok(),
+            "Connections warmed."
+        );
+    }
+}
+
+/// Whether `AWS_ENDPOINT_URL` or any `AWS_ENDPOINT_URL_<SERVICE>` is set to something.
+fn endpoint_override_in_env() -> bool {
+    std::env::vars_os().any(|(k, v)| {
+        let k = k.to_string_lossy();
+        !v.is_empty() && (k == ENDPOINT_ENV || k.starts_with("AWS_ENDPOINT_URL_"))
+    })
+}

@@ -33,8 +33,11 @@ impl Emf {
             return None;
         }
         let dims: Vec<&str> = self.dimensions.iter().map(|(k, _)| k.as_str()).collect();
-        let metrics: Vec<Value> =
-            self.counters.iter().map(|(n, _)| json!({"Name": n, "Unit": "Count"})).collect();
+        let metrics: Vec<Value> = self
+            .counters
+            .iter()
+            .map(|(n, _)| json!({"Name": n, "Unit": "Count"}))
+            .collect();
         let mut doc = Map::new();
         doc.insert(
             "_aws".into(),
@@ -56,11 +59,22 @@ mod tests {
 
     #[test]
     fn emf_line_has_the_cloudwatch_directive_and_values() {
-        let line = Emf::new().dimension("SourceId", "web").count("EventsAccepted", 3).count("Rejected.missing_id", 1).line(42).unwrap();
+        let line = Emf::new()
+            .dimension("SourceId", "web")
+            .count("EventsAccepted", 3)
+            .count("Rejected.missing_id", 1)
+            .line(42)
+            .unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 42);
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "SourceId");
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Name"], "Rejected.missing_id");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "SourceId"
+        );
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Name"],
+            "Rejected.missing_id"
+        );
         assert_eq!(v["SourceId"], "web");
         assert_eq!(v["EventsAccepted"], 3);
         assert!(Emf::new().dimension("a", "b").line(0).is_none());

@@ -1,0 +1,649 @@
+//! [`TableStore`] on one DynamoDB table with string keys `pk` (hash) and `sk` (range).
+//!
+//! Items are stored as `pk`, `sk`, `v` (version, N), `ttl` (expiry in epoch seconds, N, absent when the item does
+//! not expire) and one top-level attribute per JSON attribute. DynamoDB deletes expired items only eventually, so
+//! every read filters them and every condition treats them as absent.
+
+use std::collections::{HashMap, HashSet};
+
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
+use serde_json::{Map, Number, Value};
+use tributary_core::ports::{
+    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
+    MAX_TRANSACT_ITEMS,
+};
+
+use crate::error::{self, Kind};
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const VERSION: &str = "v";
+const TTL: &str = "ttl";
+/// Most items one Query call is asked for; DynamoDB also stops at 1 MB.
+const QUERY_BATCH: usize = 1000;
+
+/// One DynamoDB table.
+#[derive(Clone, Debug)]
+pub struct DynamoTable {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// JSON <-> AttributeValue.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// JSON to a DynamoDB attribute value: objects → M, arrays → L, strings → S, numbers → N, bools → BOOL,
+/// null → NULL.
+fn to_av(value: &Value) -> AttributeValue {
+    match value {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(n) => AttributeValue::N(n.to_string()),
+        Value::String(s) => AttributeValue::S(s.clone()),
+        Value::Array(a) => AttributeValue::L(a.iter().map(to_av).collect()),
+        Value::Object(m) => {
+            AttributeValue::M(m.iter().map(|(k, v)| (k.clone(), to_av(v))).collect())
+        }
+    }
+}
+
+/// A DynamoDB number string to JSON: integers stay integers (i64, then u64), anything else becomes an f64.
+fn number(n: &str) -> Option<Number> {
+    let n = n.trim();
+    if !n.contains(['.', 'e', 'E']) {
+        if let Ok(i) = n.parse::<i64>() {
+            return Some(Number::from(i));
+        }
+        if let Ok(u) = n.parse::<u64>() {
+            return Some(Number::from(u));
+        }
+    }
+    n.parse::<f64>().ok().and_then(Number::from_f64)
+}
+
+/// A DynamoDB attribute value to JSON. Types our writer never produces are mapped too (sets → arrays, binary →
+/// base64 strings), so items written by other tools still read. `name` is only for the error message.
+fn from_av(name: &str, av: &AttributeValue) -> Result<Value, PortError> {
+    use base64::Engine as _;
+    let bad_number = || {
+        PortError::Invalid(format!(
+            "dynamodb: attribute {name:?} holds a malformed number"
+        ))
+    };
+    Ok(match av {
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::N(n) => Value::Number(number(n).ok_or_else(bad_number)?),
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::L(l) => Value::Array(
+            l.iter()
+                .map(|v| from_av(name, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        AttributeValue::M(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), from_av(name, v)?)))
+                .collect::<Result<_, PortError>>()?,
+        ),
+        AttributeValue::Ss(ss) => Value::Array(ss.iter().cloned().map(Value::String).collect()),
+        AttributeValue::Ns(ns) => Value::Array(
+            ns.iter()
+                .map(|n| number(n).map(Value::Number).ok_or_else(bad_number))
+                .collect::<Result<_, _>>()?,
+        ),
+        AttributeValue::B(b) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref()))
+        }
+        AttributeValue::Bs(bs) => Value::Array(
+            bs.iter()
+                .map(|b| {
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref()))
+                })
+                .collect(),
+        ),
+        _ => {
+            return Err(PortError::Invalid(format!(
+                "dynamodb: attribute {name:?} has an unknown type"
+            )))
+        }
+    })
+}
+
+fn key_av(key: &ItemKey) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(key.pk.clone())),
+        (SK.to_owned(), AttributeValue::S(key.sk.clone())),
+    ])
+}
+
+/// An [`Item`] as DynamoDB attributes. Attribute names that collide with the stored key, version or expiry
+/// attributes are refused.
+fn item_to_av(item: &Item) -> Result<HashMap<String, AttributeValue>, PortError> {
+    let mut out = key_av(&item.key);
+    for (name, value) in &item.attrs {
+        if matches!(name.as_str(), PK | SK | VERSION | TTL) {
+            return Err(PortError::Invalid(format!(
+                "attribute name {name:?} is reserved"
+            )));
+        }
+        out.insert(name.clone(), to_av(value));
+    }
+    out.insert(
+        VERSION.to_owned(),
+        AttributeValue::N(item.version.to_string()),
+    );
+    if let Some(t) = item.expires_at {
+        out.insert(TTL.to_owned(), AttributeValue::N(t.to_string()));
+    }
+    Ok(out)
+}
+
+/// DynamoDB attributes back to an [`Item`]. A missing `v` reads as version 0.
+fn item_from_av(mut av: HashMap<String, AttributeValue>) -> Result<Item, PortError> {
+    let string = |v: Option<AttributeValue>, name: &str| match v {
+        Some(AttributeValue::S(s)) => Ok(s),
+        _ => Err(PortError::Invalid(format!(
+            "dynamodb: item without a string {name:?}"
+        ))),
+    };
+    let pk = string(av.remove(PK), PK)?;
+    let sk = string(av.remove(SK), SK)?;
+    let version = match av.remove(VERSION) {
+        None => 0,
+        Some(AttributeValue::N(n)) => n
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| PortError::Invalid("dynamodb: item with a malformed version".into()))?,
+        Some(_) => {
+            return Err(PortError::Invalid(
+                "dynamodb: item with a malformed version".into(),
+            ))
+        }
+    };
+    let expires_at = match av.remove(TTL) {
+        None | Some(AttributeValue::Null(_)) => None,
+        Some(AttributeValue::N(n)) => Some(epoch_seconds(&n)?),
+        Some(_) => {
+            return Err(PortError::Invalid(
+                "dynamodb: item with a malformed ttl".into(),
+            ))
+        }
+    };
+    let mut attrs = Map::new();
+    for (name, value) in &av {
+        let v = from_av(name, value)?;
+        attrs.insert(name.clone(), v);
+    }
+    Ok(Item {
+        key: ItemKey { pk, sk },
+        attrs,
+        version,
+        expires_at,
+    })
+}
+
+fn epoch_seconds(n: &str) -> Result<i64, PortError> {
+    let n = n.trim();
+    n.parse::<i64>()
+        .ok()
+        .or_else(|| {
+            n.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| f.floor() as i64)
+        })
+        .ok_or_else(|| PortError::Invalid("dynamodb: item with a malformed ttl".into()))
+}
+
+fn now_epoch_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn is_expired(item: &Item, now: i64) -> bool {
+    matches!(item.expires_at, Some(t) if t <= now)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Conditions.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A condition as a DynamoDB ConditionExpression with only the names and values it uses (DynamoDB refuses
+/// unused ones). Expired items count as absent.
+#[derive(Debug, Default, PartialEq)]
+struct Expr {
+    expression: Option<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+const NOT_EXPIRED: &str = "(attribute_not_exists(#ttl) OR #ttl > :now)";
+
+fn condition_expr(condition: &Condition, now: i64, for_check: bool) -> Expr {
+    let ttl_name = || HashMap::from([("#ttl".to_owned(), TTL.to_owned())]);
+    let now_value = || HashMap::from([(":now".to_owned(), AttributeValue::N(now.to_string()))]);
+    match condition {
+        // A ConditionCheck needs an expression; this one is always true.
+        Condition::None if for_check => Expr {
+            expression: Some("attribute_exists(pk) OR attribute_not_exists(pk)".to_owned()),
+            ..Expr::default()
+        },
+        Condition::None => Expr::default(),
+        Condition::NotExists => Expr {
+            expression: Some("attribute_not_exists(pk) OR #ttl <= :now".to_owned()),
+            names: ttl_name(),
+            values: now_value(),
+        },
+        Condition::Exists => Expr {
+            expression: Some(format!("attribute_exists(pk) AND {NOT_EXPIRED}")),
+            names: ttl_name(),
+            values: now_value(),
+        },
+        Condition::VersionIs(v) => {
+            let mut names = ttl_name();
+            names.insert("#v".to_owned(), VERSION.to_owned());
+            let mut values = now_value();
+            values.insert(":v".to_owned(), AttributeValue::N(v.to_string()));
+            Expr {
+                expression: Some(format!("#v = :v AND {NOT_EXPIRED}")),
+                names,
+                values,
+            }
+        }
+    }
+}
+
+fn non_empty<K, V>(m: HashMap<K, V>) -> Option<HashMap<K, V>> {
+    if m.is_empty() {
+        None
+    } else {
+        Some(m)
+    }
+}
+
+fn op_key(op: &WriteOp) -> &ItemKey {
+    match op {
+        WriteOp::Put { item, .. } => &item.key,
+        WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key,
+    }
+}
+
+const BUILD_FAILED: &str = "dynamodb TransactWriteItems: operation could not be built";
+
+impl DynamoTable {
+    pub(crate) fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        DynamoTable { client, table }
+    }
+
+    /// The table name.
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    fn transact_item(&self, op: &WriteOp, now: i64) -> Result<TransactWriteItem, PortError> {
+        let build_failed = |_| PortError::Invalid(BUILD_FAILED.to_owned());
+        Ok(match op {
+            WriteOp::Put { item, condition } => {
+                let e = condition_expr(condition, now, false);
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item_to_av(item)?))
+                    .set_condition_expression(e.expression)
+                    .set_expression_attribute_names(non_empty(e.names))
+                    .set_expression_attribute_values(non_empty(e.values))
+                    .build()
+                    .map_err(build_failed)?;
+                TransactWriteItem::builder().put(put).build()
+            }
+            WriteOp::Delete { key, condition } => {
+                let e = condition_expr(condition, now, false);
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_av(key)))
+                    .set_condition_expression(e.expression)
+                    .set_expression_attribute_names(non_empty(e.names))
+                    .set_expression_attribute_values(non_empty(e.values))
+                    .build()
+                    .map_err(build_failed)?;
+                TransactWriteItem::builder().delete(delete).build()
+            }
+            WriteOp::Check { key, condition } => {
+                let e = condition_expr(condition, now, true);
+                let check = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_av(key)))
+                    .set_condition_expression(e.expression)
+                    .set_expression_attribute_names(non_empty(e.names))
+                    .set_expression_attribute_values(non_empty(e.values))
+                    .build()
+                    .map_err(build_failed)?;
+                TransactWriteItem::builder().condition_check(check).build()
+            }
+        })
+    }
+
+    async fn put_item(&self, item: &Item, condition: &Condition) -> Result<(), PortError> {
+        let e = condition_expr(condition, now_epoch_s(), false);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_to_av(item)?))
+            .set_condition_expression(e.expression)
+            .set_expression_attribute_names(non_empty(e.names))
+            .set_expression_attribute_values(non_empty(e.values))
+            .send()
+            .await
+            .map_err(|err| error::dynamodb("PutItem", &err))?;
+        Ok(())
+    }
+
+    async fn delete_item(&self, key: &ItemKey, condition: &Condition) -> Result<(), PortError> {
+        let e = condition_expr(condition, now_epoch_s(), false);
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_av(key)))
+            .set_condition_expression(e.expression)
+            .set_expression_attribute_names(non_empty(e.names))
+            .set_expression_attribute_values(non_empty(e.values))
+            .send()
+            .await
+            .map_err(|err| error::dynamodb("DeleteItem", &err))?;
+        Ok(())
+    }
+}
+
+/// Decides a cancelled transaction from its per-operation reasons: the first failed condition wins; otherwise a
+/// conflict or throttling is retryable; anything else is a bad request.
+fn cancelled(reasons: &[Option<&str>]) -> TransactError {
+    if let Some(index) = reasons.iter().position(|c| {
+        matches!(
+            c.map(error::dynamodb_reason_kind),
+            Some(Kind::ConditionFailed)
+        )
+    }) {
+        return TransactError::ConditionFailed { index };
+    }
+    let codes: Vec<&str> = reasons
+        .iter()
+        .filter_map(|c| *c)
+        .filter(|c| *c != "None")
+        .collect();
+    let what = format!(
+        "dynamodb TransactWriteItems: cancelled ({})",
+        codes.join(", ")
+    );
+    let has = |kind: Kind| codes.iter().any(|c| error::dynamodb_reason_kind(c) == kind);
+    TransactError::Port(if has(Kind::Throttled) {
+        PortError::Throttled(what)
+    } else if has(Kind::Unavailable) {
+        PortError::Unavailable(what)
+    } else {
+        PortError::Invalid(what)
+    })
+}
+
+impl TableStore for DynamoTable {
+    #[tracing::instrument(skip_all, fields(table = %self.table))]
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_av(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| error::dynamodb("GetItem", &e))?;
+        let Some(av) = out.item else { return Ok(None) };
+        let item = item_from_av(av)?;
+        Ok(if is_expired(&item, now_epoch_s()) {
+            None
+        } else {
+            Some(item)
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(table = %self.table, limit = limit, calls, returned))]
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<QueryPage, PortError> {
+        if limit == 0 {
+            return Err(PortError::Invalid("query limit must be at least 1".into()));
+        }
+        // DynamoDB refuses a start key outside the key condition, so place `start_after` against the prefix range
+        // first: before it, it changes nothing; after it, nothing is left.
+        let mut start_key = match start_after {
+            Some(after) if after.starts_with(sk_prefix) => Some(key_av(&ItemKey::new(pk, after))),
+            Some(after) if after < sk_prefix => None,
+            Some(_) => {
+                return Ok(QueryPage {
+                    items: Vec::new(),
+                    next: None,
+                })
+            }
+            None => None,
+        };
+        let (condition, mut values) = if sk_prefix.is_empty() {
+            ("#pk = :pk", HashMap::new())
+        } else {
+            (
+                "#pk = :pk AND begins_with(#sk, :prefix)",
+                HashMap::from([(
+                    ":prefix".to_owned(),
+                    AttributeValue::S(sk_prefix.to_owned()),
+                )]),
+            )
+        };
+        values.insert(":pk".to_owned(), AttributeValue::S(pk.to_owned()));
+        let mut names = HashMap::from([("#pk".to_owned(), PK.to_owned())]);
+        if !sk_prefix.is_empty() {
+            names.insert("#sk".to_owned(), SK.to_owned());
+        }
+        let now = now_epoch_s();
+        let mut items: Vec<Item> = Vec::new();
+        let mut calls = 0u32;
+        // One item past `limit` tells whether there is more, so `next` is `None` on the last page.
+        let next = loop {
+            let want = (limit - items.len()).saturating_add(1).min(QUERY_BATCH);
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(condition)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_exclusive_start_key(start_key.take())
+                .consistent_read(true)
+                .limit(i32::try_from(want).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|e| error::dynamodb("Query", &e))?;
+            calls += 1;
+            for av in out.items() {
+                let item = item_from_av(av.clone())?;
+                if !is_expired(&item, now) {
+                    items.push(item);
+                }
+            }
+            if items.len() > limit {
+                items.truncate(limit);
+                break items.last().map(|i| i.key.sk.clone());
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start_key = Some(k.clone()),
+                _ => break None,
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("calls", calls);
+        span.record("returned", items.len());
+        Ok(QueryPage { items, next })
+    }
+
+    #[tracing::instrument(skip_all, fields(table = %self.table, ops = ops.len()))]
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
+        if ops.is_empty() {
+            // DynamoDB refuses an empty TransactItems list too.
+            return Err(
+                PortError::Invalid("a transaction needs at least one operation".into()).into(),
+            );
+        }
+        if ops.len() > MAX_TRANSACT_ITEMS {
+            return Err(PortError::Invalid(format!(
+                "dynamodb TransactWriteItems: {} operations, at most {MAX_TRANSACT_ITEMS} allowed",
+                ops.len()
+            ))
+            .into());
+        }
+        let mut seen = HashSet::with_capacity(ops.len());
+        if let Some(dup) = ops.iter().position(|op| !seen.insert(op_key(op))) {
+            return Err(PortError::Invalid(format!(
+                "dynamodb TransactWriteItems: operation {dup} touches a key an earlier operation touches"
+            ))
+            .into());
+        }
+        let now = now_epoch_s();
+        let items = ops
+            .iter()
+            .map(|op| self.transact_item(op, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    let reasons: Vec<Option<&str>> =
+                        c.cancellation_reasons().iter().map(|r| r.code()).collect();
+                    let err = cancelled(&reasons);
+                    tracing::debug!(error = %err, "Transaction cancelled.");
+                    Err(err)
+                }
+                _ => Err(error::dynamodb("TransactWriteItems", &e).into()),
+            },
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(table = %self.table))]
+    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
+        match &op {
+            WriteOp::Put { item, condition } => self.put_item(item, condition).await,
+            WriteOp::Delete { key, condition } => self.delete_item(key, condition).await,
+            // DynamoDB has no single-item condition check outside a transaction.
+            WriteOp::Check { .. } => match self.transact(vec![op]).await {
+                Ok(()) => Ok(()),
+                Err(TransactError::ConditionFailed { .. }) => Err(PortError::ConditionFailed(
+                    "dynamodb ConditionCheck: ConditionalCheckFailed".into(),
+                )),
+                Err(TransactError::Port(e)) => Err(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_attribute_values() {
+        let v = json!({
+            "s": "Grüße", "empty": "", "i": -17, "u": u64::MAX, "min": i64::MIN, "f": 12.5, "tiny": 1.7275580049601788e-9,
+            "big": 6.02214076e23, "t": true, "n": null, "o": {}, "a": [], "nested": {"l": [1, 2.5, "x", false, null, {"d": [[]]}]},
+        });
+        let back = from_av("x", &to_av(&v)).expect("converts back");
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn items_round_trip_and_reserved_names_are_refused() {
+        let mut attrs = Map::new();
+        attrs.insert("name".into(), json!("Ann"));
+        let item = Item {
+            key: ItemKey::new("p", "s"),
+            attrs,
+            version: 1 << 40,
+            expires_at: Some(1_700_000_000),
+        };
+        let av = item_to_av(&item).expect("converts");
+        assert_eq!(
+            av.get("v"),
+            Some(&AttributeValue::N("1099511627776".into()))
+        );
+        assert_eq!(av.get("ttl"), Some(&AttributeValue::N("1700000000".into())));
+        assert_eq!(item_from_av(av).expect("reads"), item);
+
+        let mut bad = item.clone();
+        bad.attrs.insert("ttl".into(), json!(1));
+        assert!(matches!(item_to_av(&bad), Err(PortError::Invalid(_))));
+    }
+
+    #[test]
+    fn numbers_from_dynamodb() {
+        assert_eq!(number("42"), Some(Number::from(42)));
+        assert_eq!(number("18446744073709551615"), Some(Number::from(u64::MAX)));
+        assert_eq!(number("1E+2"), Number::from_f64(100.0));
+        assert_eq!(
+            number("602214076000000000000000"),
+            Number::from_f64(6.02214076e23)
+        );
+        assert_eq!(number("abc"), None);
+    }
+
+    #[test]
+    fn conditions_use_only_their_names_and_values() {
+        let e = condition_expr(&Condition::VersionIs(3), 100, false);
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("#v = :v AND (attribute_not_exists(#ttl) OR #ttl > :now)")
+        );
+        assert_eq!(e.names.len(), 2);
+        assert_eq!(e.values.get(":v"), Some(&AttributeValue::N("3".into())));
+        assert_eq!(
+            condition_expr(&Condition::None, 100, false),
+            Expr::default()
+        );
+        assert!(condition_expr(&Condition::None, 100, true)
+            .expression
+            .is_some());
+        let e = condition_expr(&Condition::NotExists, 100, false);
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("attribute_not_exists(pk) OR #ttl <= :now")
+        );
+    }
+
+    #[test]
+    fn cancellation_reasons() {
+        assert_eq!(
+            cancelled(&[Some("None"), Some("ConditionalCheckFailed")]),
+            TransactError::ConditionFailed { index: 1 }
+        );
+        assert!(matches!(
+            cancelled(&[Some("TransactionConflict"), Some("None")]),
+            TransactError::Port(PortError::Unavailable(_))
+        ));
+        assert!(matches!(
+            cancelled(&[Some("ValidationError")]),
+            TransactError::Port(PortError::Invalid(_))
+        ));
+        assert!(matches!(
+            cancelled(&[]),
+            TransactError::Port(PortError::Invalid(_))
+        ));
+    }
+}

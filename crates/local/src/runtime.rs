@@ -1,0 +1,637 @@
+//! The local runtime behind `tributary serve`: one process that plays API Gateway and Lambda's SQS trigger for the
+//! real handlers.
+//!
+//! - HTTP requests become `ApiGatewayV2httpRequest`s (payload format 2.0, body base64-encoded when binary) and go to
+//!   the same ingest handler that runs on Lambda.
+//! - Each registered SQS trigger polls a durable SQLite queue and delivers `SqsEvent` batches exactly as Lambda does:
+//!   records carry receive counts, `batchItemFailures` keeps the failed ones for redelivery after the visibility
+//!   timeout, a handler error returns the whole batch, and the queue's redrive policy moves poison messages to its
+//!   DLQ.
+//!
+//! Nothing here knows what the handlers do.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body as LambdaBody;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tributary_core::config::{Sha256Hex, SourceConfig, SourceId, WorkspaceConfig};
+use tributary_core::ingest::{Envelope, CEILING};
+use tributary_core::ports::{
+    Condition, Item, ItemKey, PortError, Queue, ReceivedMessage, TableStore, WriteOp,
+};
+use tributary_ingest::{AuthMode, Ingest, IngestSettings, MetricsSink};
+
+use crate::dir_store::DirStore;
+use crate::sqlite_queue::{QueueOptions, SqliteQueue};
+use crate::sqlite_table::SqliteTable;
+
+/// Names of the local queues, as the SAM template names them on AWS.
+pub const EVENTS_QUEUE: &str = "events";
+pub const EVENTS_DLQ: &str = "events-dlq";
+/// Receives before a message moves to the DLQ (the template's `maxReceiveCount`).
+pub const MAX_RECEIVE_COUNT: u32 = 5;
+/// Most entries kept in the request log of `/_local/requests`.
+const REQUEST_LOG_CAP: usize = 10_000;
+
+/// Where `serve` keeps its state: `queues.sqlite`, `tables.sqlite`, `objects/`.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn queues(&self) -> PathBuf {
+        self.0.join("queues.sqlite")
+    }
+    pub fn tables(&self) -> PathBuf {
+        self.0.join("tables.sqlite")
+    }
+    pub fn objects(&self) -> PathBuf {
+        self.0.join("objects")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Demo workspace
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The keys of the demo workspace, kept in the data dir so a restart keeps them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DemoKeys {
+    pub write_key: String,
+    pub management_key: String,
+}
+
+/// Loads or creates the demo keys and the workspace that accepts them.
+pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKeys)> {
+    let path = data.0.join("demo-keys.json");
+    let keys = match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?
+        }
+        Err(_) => {
+            let keys = DemoKeys {
+                write_key: format!("wk_{}", uuid::Uuid::new_v4().simple()),
+                management_key: format!("mk_{}", uuid::Uuid::new_v4().simple()),
+            };
+            std::fs::write(&path, serde_json::to_vec_pretty(&keys)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            keys
+        }
+    };
+    let cfg = WorkspaceConfig {
+        workspace: "demo".into(),
+        sources: vec![SourceConfig {
+            id: SourceId::try_from("demo".to_string()).map_err(anyhow::Error::msg)?,
+            name: Some("Demo source".into()),
+            write_key_sha256: vec![Sha256Hex::of(&keys.write_key)],
+            class: tributary_core::config::DataPartyClass::FirstParty,
+            limits: Default::default(),
+            rate_limit: None,
+            enabled: true,
+        }],
+        management_keys: vec![tributary_core::config::ManagementKey {
+            id: "demo-admin".into(),
+            key_sha256: Sha256Hex::of(&keys.management_key),
+            scopes: vec![
+                tributary_core::config::Scope::ProfilesRead,
+                tributary_core::config::Scope::Dsr,
+                tributary_core::config::Scope::Admin,
+            ],
+        }],
+    };
+    Ok((cfg, keys))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SQS trigger emulation
+// ---------------------------------------------------------------------------------------------------------------
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A Lambda function subscribed to a queue: takes an `SqsEvent`, returns the partial batch response.
+pub type SqsHandler =
+    Arc<dyn Fn(SqsEvent) -> BoxFuture<anyhow::Result<SqsBatchResponse>> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct TriggerSettings {
+    pub batch_size: usize,
+    pub visibility_timeout: Duration,
+    pub wait: Duration,
+    /// Shown as `eventSourceARN` on every record.
+    pub queue_arn: String,
+}
+
+impl TriggerSettings {
+    pub fn for_queue(name: &str) -> Self {
+        TriggerSettings {
+            batch_size: 10,
+            visibility_timeout: Duration::from_secs(30),
+            wait: Duration::from_millis(500),
+            queue_arn: format!("arn:aws:sqs:local:000000000000:{name}"),
+        }
+    }
+}
+
+/// The `SqsEvent` Lambda would deliver for these messages, built from the same JSON shape.
+pub fn sqs_event(messages: &[ReceivedMessage], queue_arn: &str) -> anyhow::Result<SqsEvent> {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "messageId": m.message_id,
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "md5OfBody": null,
+                "attributes": {
+                    "ApproximateReceiveCount": m.receive_count.to_string(),
+                    "SentTimestamp": m.sent_timestamp_ms.to_string(),
+                    "SenderId": "local",
+                    "ApproximateFirstReceiveTimestamp": m.sent_timestamp_ms.to_string(),
+                },
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "local",
+            })
+        })
+        .collect();
+    Ok(serde_json::from_value(json!({ "Records": records }))?)
+}
+
+/// Polls `queue` and feeds `handler` until `shutdown` flips, with Lambda's partial-batch rules. The batch in hand
+/// when shutdown arrives is finished first; anything not deleted is redelivered on the next start.
+pub async fn run_trigger<Q: Queue>(
+    queue: Q,
+    handler: SqsHandler,
+    settings: TriggerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        let received = tokio::select! {
+            r = queue.receive(settings.batch_size, settings.visibility_timeout, settings.wait) => r,
+            _ = shutdown.changed() => break,
+        };
+        let messages = match received {
+            Ok(m) => {
+                backoff = Duration::from_millis(100);
+                m
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Queue receive failed.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let failed = match sqs_event(&messages, &settings.queue_arn) {
+            Ok(event) => match handler(event).await {
+                Ok(resp) => failed_ids(&messages, &resp),
+                Err(e) => {
+                    tracing::warn!(error = %e, records = messages.len(), "Handler failed; whole batch returns.");
+                    messages.iter().map(|m| m.message_id.clone()).collect()
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "Could not build SqsEvent.");
+                messages.iter().map(|m| m.message_id.clone()).collect()
+            }
+        };
+        for m in &messages {
+            if !failed.contains(&m.message_id) {
+                if let Err(e) = queue.delete(&m.receipt_handle).await {
+                    tracing::warn!(error = %e, "Delete after success failed; message will be redelivered.");
+                }
+            }
+        }
+    }
+}
+
+/// Lambda's reading of a partial batch response: an identifier that names no record of the batch fails all of it.
+fn failed_ids(messages: &[ReceivedMessage], resp: &SqsBatchResponse) -> Vec<String> {
+    let ids: Vec<String> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    if ids
+        .iter()
+        .any(|id| !messages.iter().any(|m| &m.message_id == id))
+    {
+        return messages.iter().map(|m| m.message_id.clone()).collect();
+    }
+    ids
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Placeholder consumer of the events queue (until the stitch function exists): stores each event once.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Stores every consumed event in a table, once per (source, messageId), so tests can read what reached the
+/// consumer. Items: pk `sink`, sk `<sourceId>/<messageId>`, attrs `{sourceId, event, seq}`.
+pub async fn sink_handler<T: TableStore>(table: &T, event: SqsEvent) -> SqsBatchResponse {
+    let mut failures = Vec::new();
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        if let Err(e) = sink_record(table, record.body.as_deref().unwrap_or("")).await {
+            tracing::warn!(error = %e, "Sink could not store a record.");
+            failures.push(id);
+        }
+    }
+    let mut resp = SqsBatchResponse::default();
+    resp.batch_item_failures = failures
+        .into_iter()
+        .filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok())
+        .collect();
+    resp
+}
+
+async fn sink_record<T: TableStore>(table: &T, body: &str) -> anyhow::Result<()> {
+    let envelope: Envelope =
+        serde_json::from_str(body).context("record body is not an events envelope")?;
+    for event in envelope.events {
+        let message_id = event
+            .get("messageId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let seq = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("sourceId".into(), Value::String(envelope.source_id.clone()));
+        attrs.insert("event".into(), event);
+        attrs.insert("seq".into(), json!(seq));
+        let item = Item {
+            key: ItemKey::new("sink", format!("{}/{}", envelope.source_id, message_id)),
+            attrs,
+            version: 1,
+            expires_at: None,
+        };
+        match table
+            .write(WriteOp::Put {
+                item,
+                condition: Condition::NotExists,
+            })
+            .await
+        {
+            Ok(()) | Err(PortError::ConditionFailed(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Everything the sink holds, in consumption order.
+pub async fn sink_contents<T: TableStore>(table: &T) -> Result<Vec<Value>, PortError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = table.query("sink", "", after.as_deref(), 1000).await?;
+        for item in page.items {
+            let seq = item.attrs.get("seq").and_then(Value::as_i64).unwrap_or(0);
+            out.push((
+                seq,
+                json!({"sourceId": item.attrs.get("sourceId"), "event": item.attrs.get("event")}),
+            ));
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    out.sort_by_key(|(seq, _)| *seq);
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HTTP front: API Gateway HTTP API, payload format 2.0
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The event API Gateway would hand to the function for this request.
+pub fn apigw_request(
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    peer: SocketAddr,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<ApiGatewayV2httpRequest> {
+    let mut hdrs = serde_json::Map::new();
+    for (name, value) in headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        // Payload 2.0 joins repeated headers with commas.
+        match hdrs.get_mut(name.as_str()) {
+            Some(Value::String(prev)) => {
+                prev.push(',');
+                prev.push_str(&v);
+            }
+            _ => {
+                hdrs.insert(name.as_str().to_string(), Value::String(v));
+            }
+        }
+    }
+    // Binary bodies (gzip, non-UTF-8) arrive base64-encoded, as on API Gateway.
+    let encoded =
+        headers.contains_key(http::header::CONTENT_ENCODING) || std::str::from_utf8(body).is_err();
+    let body_field = if body.is_empty() {
+        Value::Null
+    } else if encoded {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(body))
+    } else {
+        Value::String(String::from_utf8_lossy(body).into_owned())
+    };
+    let path = uri.path();
+    let user_agent = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let time_epoch = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let event = json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": uri.query().unwrap_or(""),
+        "headers": hdrs,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "local",
+            "domainName": "localhost",
+            "domainPrefix": "localhost",
+            "http": {
+                "method": method.as_str(),
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": peer.ip().to_string(),
+                "userAgent": user_agent,
+            },
+            "requestId": request_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.format(&time::format_description::well_known::Rfc2822).unwrap_or_default(),
+            "timeEpoch": time_epoch,
+        },
+        "body": body_field,
+        "isBase64Encoded": encoded && !body.is_empty(),
+    });
+    Ok(serde_json::from_value(event)?)
+}
+
+/// Turns the function's response back into HTTP.
+pub fn http_response(resp: ApiGatewayV2httpResponse) -> Response {
+    let status = http::StatusCode::from_u16(resp.status_code as u16)
+        .unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let body = match resp.body {
+        Some(LambdaBody::Text(t)) if resp.is_base64_encoded => Body::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .unwrap_or_default(),
+        ),
+        Some(LambdaBody::Text(t)) => Body::from(t),
+        Some(LambdaBody::Binary(b)) => Body::from(b),
+        _ => Body::empty(),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = resp.headers;
+    out
+}
+
+/// One tracking request as the local runtime answered it (for `/_local/requests`); never the body or the key.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub user_agent: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub auth: &'static str,
+}
+
+struct AppState<M> {
+    ingest: Arc<Ingest<SqliteQueue, M>>,
+    sink: SqliteTable,
+    requests: Mutex<Vec<RequestRecord>>,
+}
+
+/// A running local platform.
+pub struct Platform {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Options for [`start`].
+pub struct PlatformOptions {
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub workspace: WorkspaceConfig,
+}
+
+/// Opens the stores under the data dir, binds the HTTP listener and starts the SQS triggers.
+pub async fn start<M: MetricsSink + 'static>(
+    opts: PlatformOptions,
+    metrics: M,
+) -> anyhow::Result<Platform> {
+    let data = DataDir(opts.data_dir.clone());
+    std::fs::create_dir_all(&data.0)
+        .with_context(|| format!("creating data dir {}", data.0.display()))?;
+    let _objects =
+        DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
+    let open_queue = |name: &str, options: QueueOptions| {
+        SqliteQueue::open(&data.queues(), name, options)
+            .map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
+    };
+    let events = open_queue(
+        EVENTS_QUEUE,
+        QueueOptions {
+            dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)),
+        },
+    )?;
+    let sink = SqliteTable::open(&data.tables(), "sink")
+        .map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
+
+    let ingest = Arc::new(Ingest::new(
+        events,
+        metrics,
+        Arc::new(opts.workspace),
+        IngestSettings::default(),
+    ));
+    let state = Arc::new(AppState {
+        ingest,
+        sink,
+        requests: Mutex::new(Vec::new()),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // The events queue's consumer: the sink for now (the stitch function replaces it).
+    let sink_table = SqliteTable::open(&data.tables(), "sink")
+        .map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
+    let sink_table = Arc::new(sink_table);
+    let handler: SqsHandler = Arc::new(move |event| {
+        let t = sink_table.clone();
+        Box::pin(async move { Ok(sink_handler(&*t, event).await) })
+    });
+    let consumer_queue = open_queue(
+        EVENTS_QUEUE,
+        QueueOptions {
+            dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)),
+        },
+    )?;
+    tasks.push(tokio::spawn(run_trigger(
+        consumer_queue,
+        handler,
+        TriggerSettings::for_queue(EVENTS_QUEUE),
+        shutdown_rx.clone(),
+    )));
+
+    let app = Router::new()
+        .route("/_local/events", get(local_events::<M>))
+        .route("/_local/requests", get(local_requests::<M>))
+        .fallback(front::<M>)
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .with_context(|| format!("binding {}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed.");
+        }
+    }));
+    Ok(Platform {
+        addr,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+impl Platform {
+    /// Stops accepting requests, lets in-flight requests and batches finish, and waits for every task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn front<M: MetricsSink + 'static>(
+    State(state): State<Arc<AppState<M>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: http::Request<Body>,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    // API Gateway's own cap is 10 MB; ours is the hard ceiling of any source, and the handler applies the rest.
+    let bytes = match axum::body::to_bytes(body, CEILING.max_request_bytes + 1).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                http::StatusCode::BAD_REQUEST,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                json!({"code": "request_too_large", "message": "request body too large"})
+                    .to_string(),
+            )
+                .into_response()
+        }
+    };
+    let event = match apigw_request(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &bytes,
+        peer,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "Could not build the API Gateway event.");
+            return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let resp = state.ingest.handle(event).await;
+    if parts.uri.path().contains("/v1/") {
+        let h = |n: http::header::HeaderName| {
+            parts
+                .headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let record = RequestRecord {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            status: resp.status_code as u16,
+            user_agent: h(http::header::USER_AGENT),
+            content_type: h(http::header::CONTENT_TYPE),
+            content_encoding: h(http::header::CONTENT_ENCODING),
+            auth: AuthMode::of(&parts.headers).as_str(),
+        };
+        if let Ok(mut log) = state.requests.lock() {
+            if log.len() >= REQUEST_LOG_CAP {
+                log.remove(0);
+            }
+            log.push(record);
+        }
+    }
+    http_response(resp)
+}
+
+async fn local_events<M: MetricsSink + 'static>(State(state): State<Arc<AppState<M>>>) -> Response {
+    match sink_contents(&state.sink).await {
+        Ok(events) => axum::Json(json!({ "events": events })).into_response(),
+        Err(e) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"code": "store_unavailable", "message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn local_requests<M: MetricsSink + 'static>(
+    State(state): State<Arc<AppState<M>>>,
+) -> Response {
+    let log = state.requests.lock().map(|l| l.clone()).unwrap_or_default();
+    axum::Json(json!({ "requests": log })).into_response()
+}
+
+/// Reads and checks a workspace file, naming the file in every error.
+pub fn load_workspace(path: &Path) -> anyhow::Result<WorkspaceConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    tributary_core::config::load(&text).map_err(|errs| {
+        let lines: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect();
+        anyhow::anyhow!(lines.join("\n"))
+    })
+}

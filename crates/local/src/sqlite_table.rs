@@ -1,0 +1,418 @@
+//! DynamoDB-style tables in one SQLite file: partition key + sort key, JSON attributes, a version, an expiry,
+//! conditional writes and all-or-nothing transactions.
+//!
+//! Several logical tables share one database file (a `tbl` column). Attributes are stored as JSON text; versions
+//! are stored bit-for-bit as SQLite integers, so every `u64` round-trips. Expired items stay on disk until
+//! [`SqliteTable::purge_expired`] removes them, but are invisible to reads and count as absent for conditions from
+//! the second they expire, which is what DynamoDB's TTL guarantees callers who filter on it.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::{Map, Value};
+use tributary_core::ports::{
+    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
+    MAX_TRANSACT_ITEMS,
+};
+
+use crate::sqlite_queue::{now_ms, sqlite_error, Db};
+
+/// DynamoDB's item size limit; enforced on the JSON form so oversized items fail locally too.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// DynamoDB's key length limits (bytes).
+const MAX_PK_BYTES: usize = 2048;
+const MAX_SK_BYTES: usize = 1024;
+/// Attribute names the AWS adapter uses for the key, the version and the expiry.
+const RESERVED_ATTRS: [&str; 4] = ["pk", "sk", "v", "ttl"];
+
+const TABLE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tributary_table_items (
+    tbl        TEXT    NOT NULL,
+    pk         TEXT    NOT NULL,
+    sk         TEXT    NOT NULL,
+    attrs      TEXT    NOT NULL,
+    v          INTEGER NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (tbl, pk, sk)
+) WITHOUT ROWID;
+";
+
+/// One logical table in a SQLite database file. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct SqliteTable {
+    db: Arc<Db>,
+    table: Arc<str>,
+}
+
+impl std::fmt::Debug for SqliteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTable")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteTable {
+    /// Opens (creating if needed) the database at `db_path` and the logical table `table` in it.
+    pub fn open(db_path: &Path, table: &str) -> Result<Self, PortError> {
+        if table.is_empty() {
+            return Err(PortError::Invalid("table name must not be empty".into()));
+        }
+        let db = Db::open(db_path, TABLE_SCHEMA)?;
+        Ok(SqliteTable {
+            db: Arc::new(db),
+            table: Arc::from(table),
+        })
+    }
+
+    /// The logical table's name inside the database file.
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    /// Every item of the table sorted by key, expired ones included (they are still stored), for tests and tooling.
+    pub async fn scan_all(&self) -> Result<Vec<Item>, PortError> {
+        let table = self.table.clone();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT pk, sk, attrs, v, expires_at FROM tributary_table_items WHERE tbl = ?1
+                         ORDER BY pk, sk",
+                    )
+                    .map_err(|e| sqlite_error("scan", e))?;
+                let rows = stmt.query_map(params![&*table], read_row).map_err(|e| sqlite_error("scan", e))?;
+                let raw: Vec<RawItem> = rows.collect::<Result<_, _>>().map_err(|e| sqlite_error("scan", e))?;
+                raw.into_iter().map(RawItem::into_item).collect()
+            })
+            .await
+    }
+
+    /// Removes expired items from disk (DynamoDB's TTL sweeper); returns how many went.
+    pub async fn purge_expired(&self) -> Result<u64, PortError> {
+        let table = self.table.clone();
+        self.db
+            .call(move |conn| {
+                let n = conn
+                    .execute(
+                        "DELETE FROM tributary_table_items WHERE tbl = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2",
+                        params![&*table, now_s()],
+                    )
+                    .map_err(|e| sqlite_error("purge_expired", e))?;
+                Ok(n as u64)
+            })
+            .await
+    }
+}
+
+fn now_s() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// A row as stored, before the attributes are parsed (parsing happens outside rusqlite's row callback so a
+/// corrupt value becomes a `PortError`, not a rusqlite conversion error).
+struct RawItem {
+    pk: String,
+    sk: String,
+    attrs: String,
+    v: i64,
+    expires_at: Option<i64>,
+}
+
+impl RawItem {
+    fn into_item(self) -> Result<Item, PortError> {
+        let attrs: Map<String, Value> = serde_json::from_str(&self.attrs).map_err(|e| {
+            PortError::Invalid(format!(
+                "stored attributes of an item are not a JSON object: {e}"
+            ))
+        })?;
+        Ok(Item {
+            key: ItemKey {
+                pk: self.pk,
+                sk: self.sk,
+            },
+            attrs,
+            // Stored bit-for-bit (see `version_to_sql`).
+            version: self.v as u64,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
+    Ok(RawItem {
+        pk: r.get(0)?,
+        sk: r.get(1)?,
+        attrs: r.get(2)?,
+        v: r.get(3)?,
+        expires_at: r.get(4)?,
+    })
+}
+
+/// SQLite integers are i64; the bit pattern keeps every u64 exact (only equality is ever asked of it).
+fn version_to_sql(v: u64) -> i64 {
+    v as i64
+}
+
+fn validate_key(key: &ItemKey) -> Result<(), PortError> {
+    if key.pk.is_empty() || key.sk.is_empty() {
+        return Err(PortError::Invalid(
+            "partition and sort keys must not be empty".into(),
+        ));
+    }
+    if key.pk.len() > MAX_PK_BYTES || key.sk.len() > MAX_SK_BYTES {
+        return Err(PortError::Invalid(format!(
+            "key too long ({} / {} bytes; limits {MAX_PK_BYTES} / {MAX_SK_BYTES})",
+            key.pk.len(),
+            key.sk.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an operation and serialises a put's attributes once, before the transaction starts.
+fn prepare(op: &WriteOp) -> Result<Option<String>, PortError> {
+    match op {
+        WriteOp::Put { item, .. } => {
+            validate_key(&item.key)?;
+            if let Some(name) = RESERVED_ATTRS.iter().find(|n| item.attrs.contains_key(**n)) {
+                return Err(PortError::Invalid(format!(
+                    "attribute name {name:?} is reserved"
+                )));
+            }
+            let json = serde_json::to_string(&item.attrs)
+                .map_err(|e| PortError::Invalid(format!("attributes cannot be serialised: {e}")))?;
+            let size = json.len() + item.key.pk.len() + item.key.sk.len();
+            if size > MAX_ITEM_BYTES {
+                return Err(PortError::Invalid(format!(
+                    "item of {size} bytes exceeds {MAX_ITEM_BYTES}"
+                )));
+            }
+            Ok(Some(json))
+        }
+        WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => {
+            validate_key(key)?;
+            Ok(None)
+        }
+    }
+}
+
+fn op_parts(op: &WriteOp) -> (&ItemKey, &Condition) {
+    match op {
+        WriteOp::Put { item, condition } => (&item.key, condition),
+        WriteOp::Delete { key, condition } | WriteOp::Check { key, condition } => (key, condition),
+    }
+}
+
+fn condition_holds(condition: &Condition, current_version: Option<u64>) -> bool {
+    match condition {
+        Condition::None => true,
+        Condition::NotExists => current_version.is_none(),
+        Condition::Exists => current_version.is_some(),
+        Condition::VersionIs(v) => current_version == Some(*v),
+    }
+}
+
+enum TxFailure {
+    Condition(usize),
+    Port(PortError),
+}
+
+/// Checks every condition, then applies every write, inside one IMMEDIATE transaction: the write lock is taken up
+/// front, so no other writer can slip in between check and write, and an early return rolls everything back.
+fn apply(
+    conn: &mut Connection,
+    table: &str,
+    ops: &[WriteOp],
+    prepared: &[Option<String>],
+) -> Result<(), TxFailure> {
+    let err = |e| TxFailure::Port(sqlite_error("transaction", e));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let now = now_s();
+    for (index, op) in ops.iter().enumerate() {
+        let (key, condition) = op_parts(op);
+        if matches!(condition, Condition::None) {
+            continue;
+        }
+        let current: Option<i64> = tx
+            .prepare_cached(
+                "SELECT v FROM tributary_table_items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3
+                 AND (expires_at IS NULL OR expires_at > ?4)",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![table, &key.pk, &key.sk, now], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(err)?;
+        if !condition_holds(condition, current.map(|v| v as u64)) {
+            return Err(TxFailure::Condition(index));
+        }
+    }
+    for (op, json) in ops.iter().zip(prepared) {
+        match (op, json) {
+            (WriteOp::Put { item, .. }, Some(json)) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO tributary_table_items (tbl, pk, sk, attrs, v, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        table,
+                        &item.key.pk,
+                        &item.key.sk,
+                        json,
+                        version_to_sql(item.version),
+                        item.expires_at
+                    ])
+                })
+                .map_err(err)?;
+            }
+            (WriteOp::Delete { key, .. }, _) => {
+                tx.prepare_cached(
+                    "DELETE FROM tributary_table_items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3",
+                )
+                .and_then(|mut s| s.execute(params![table, &key.pk, &key.sk]))
+                .map_err(err)?;
+            }
+            _ => {}
+        }
+    }
+    tx.commit().map_err(err)
+}
+
+impl SqliteTable {
+    async fn run(&self, ops: Vec<WriteOp>) -> Result<(), TxFailure> {
+        let prepared = ops
+            .iter()
+            .map(prepare)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TxFailure::Port)?;
+        let table = self.table.clone();
+        self.db
+            .call(move |conn| Ok(apply(conn, &table, &ops, &prepared)))
+            .await
+            .map_err(TxFailure::Port)?
+    }
+}
+
+impl TableStore for SqliteTable {
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        validate_key(key)?;
+        let table = self.table.clone();
+        let key = key.clone();
+        self.db
+            .call(move |conn| {
+                let raw = conn
+                    .prepare_cached(
+                        "SELECT pk, sk, attrs, v, expires_at FROM tributary_table_items
+                         WHERE tbl = ?1 AND pk = ?2 AND sk = ?3 AND (expires_at IS NULL OR expires_at > ?4)",
+                    )
+                    .and_then(|mut s| s.query_row(params![&*table, &key.pk, &key.sk, now_s()], read_row).optional())
+                    .map_err(|e| sqlite_error("get", e))?;
+                raw.map(RawItem::into_item).transpose()
+            })
+            .await
+    }
+
+    /// Pages are exact: `next` is set only when another matching item follows.
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<QueryPage, PortError> {
+        if limit == 0 {
+            return Err(PortError::Invalid("query limit must be at least 1".into()));
+        }
+        let table = self.table.clone();
+        let (pk, prefix, after) = (
+            pk.to_string(),
+            sk_prefix.to_string(),
+            start_after.map(str::to_string),
+        );
+        let fetch = i64::try_from(limit)
+            .unwrap_or(i64::MAX - 1)
+            .saturating_add(1);
+        self.db
+            .call(move |conn| {
+                // `sk >= prefix` lets the primary key index seek; `substr` (in characters, like `length`) keeps
+                // exactly the keys that start with the prefix. TEXT compares bytewise, as DynamoDB does.
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT pk, sk, attrs, v, expires_at FROM tributary_table_items
+                         WHERE tbl = ?1 AND pk = ?2 AND sk >= ?3 AND substr(sk, 1, length(?3)) = ?3
+                           AND (?4 IS NULL OR sk > ?4) AND (expires_at IS NULL OR expires_at > ?5)
+                         ORDER BY sk LIMIT ?6",
+                    )
+                    .map_err(|e| sqlite_error("query", e))?;
+                let rows = stmt
+                    .query_map(
+                        params![&*table, pk, prefix, after, now_s(), fetch],
+                        read_row,
+                    )
+                    .map_err(|e| sqlite_error("query", e))?;
+                let mut raw: Vec<RawItem> = rows
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| sqlite_error("query", e))?;
+                let more = raw.len() > limit;
+                raw.truncate(limit);
+                let items = raw
+                    .into_iter()
+                    .map(RawItem::into_item)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let next = if more {
+                    items.last().map(|i| i.key.sk.clone())
+                } else {
+                    None
+                };
+                Ok(QueryPage { items, next })
+            })
+            .await
+    }
+
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
+        if ops.is_empty() {
+            return Err(
+                PortError::Invalid("a transaction needs at least one operation".into()).into(),
+            );
+        }
+        if ops.len() > MAX_TRANSACT_ITEMS {
+            return Err(PortError::Invalid(format!(
+                "a transaction holds at most {MAX_TRANSACT_ITEMS} operations, got {}",
+                ops.len()
+            ))
+            .into());
+        }
+        let mut keys = HashSet::new();
+        for (index, op) in ops.iter().enumerate() {
+            let (key, _) = op_parts(op);
+            if !keys.insert(key) {
+                // Positions, not key values: keys may hold identifiers that must not reach logs.
+                return Err(PortError::Invalid(format!(
+                    "a transaction may not hold two operations on one key (operation {index} repeats an earlier key)"
+                ))
+                .into());
+            }
+        }
+        match self.run(ops).await {
+            Ok(()) => Ok(()),
+            Err(TxFailure::Condition(index)) => Err(TransactError::ConditionFailed { index }),
+            Err(TxFailure::Port(e)) => Err(TransactError::Port(e)),
+        }
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
+        // The condition, not the key: keys may hold identifiers that must not reach logs.
+        let what = format!("{:?} does not hold", op_parts(&op).1);
+        match self.run(vec![op]).await {
+            Ok(()) => Ok(()),
+            Err(TxFailure::Condition(_)) => Err(PortError::ConditionFailed(what)),
+            Err(TxFailure::Port(e)) => Err(e),
+        }
+    }
+}

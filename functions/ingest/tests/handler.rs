@@ -1,0 +1,611 @@
+//! The ingest handler driven by the API Gateway events in `events/`: every route, auth mode and encoding, and the
+//! hostile corpus. A recording queue stands in for SQS so the tests can see exactly what was queued.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use base64::Engine;
+use serde_json::{json, Value};
+use time::macros::datetime;
+use time::OffsetDateTime;
+use tributary_core::config::WorkspaceConfig;
+use tributary_core::ingest::Envelope;
+use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
+use tributary_ingest::{Ingest, IngestSettings, MemoryMetrics};
+
+const NOW: OffsetDateTime = datetime!(2025-03-10 12:00:10 UTC);
+const WRITE_KEY: &str = "test-write-key";
+
+fn events_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../events")
+}
+
+fn read_json(rel: &str) -> Value {
+    let path = events_dir().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn workspace() -> WorkspaceConfig {
+    let text =
+        std::fs::read_to_string(events_dir().join("workspace.yaml")).expect("workspace.yaml");
+    tributary_core::config::load(&text).expect("fixture workspace is valid")
+}
+
+/// What the queue did on each call.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Accept,
+    /// Refuse every entry of the first `n` calls as retryable, then accept.
+    FailFirst(usize),
+    /// Fail every call with a retryable error.
+    Down,
+}
+
+/// In-memory stand-in for SQS that records every accepted message.
+#[derive(Clone)]
+struct RecordingQueue {
+    sent: Arc<Mutex<Vec<String>>>,
+    calls: Arc<Mutex<Vec<usize>>>,
+    behaviour: Behaviour,
+}
+
+impl RecordingQueue {
+    fn new(behaviour: Behaviour) -> Self {
+        RecordingQueue {
+            sent: Default::default(),
+            calls: Default::default(),
+            behaviour,
+        }
+    }
+
+    fn envelopes(&self) -> Vec<Envelope> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_str(b).expect("envelope"))
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.envelopes()
+            .into_iter()
+            .flat_map(|e| e.events)
+            .collect()
+    }
+}
+
+impl Queue for RecordingQueue {
+    async fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<FailedEntry>, PortError> {
+        assert!(
+            messages.len() <= 10,
+            "SendMessageBatch takes at most 10 entries"
+        );
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(messages.len());
+            calls.len()
+        };
+        match self.behaviour {
+            Behaviour::Down => Err(PortError::Unavailable("queue down".into())),
+            Behaviour::FailFirst(n) if call <= n => Ok(messages
+                .iter()
+                .map(|m| FailedEntry {
+                    id: m.id.clone(),
+                    retryable: true,
+                    reason: "InternalError".into(),
+                })
+                .collect()),
+            _ => {
+                let mut sent = self.sent.lock().unwrap();
+                for m in messages {
+                    assert!(
+                        m.body.len() <= 256 * 1024,
+                        "message of {} bytes",
+                        m.body.len()
+                    );
+                    sent.push(m.body.clone());
+                }
+                Ok(vec![])
+            }
+        }
+    }
+    async fn receive(
+        &self,
+        _: usize,
+        _: Duration,
+        _: Duration,
+    ) -> Result<Vec<ReceivedMessage>, PortError> {
+        Ok(vec![])
+    }
+    async fn delete(&self, _: &str) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn change_visibility(&self, _: &str, _: Duration) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn approximate_len(&self) -> Result<u64, PortError> {
+        Ok(self.sent.lock().unwrap().len() as u64)
+    }
+}
+
+struct World {
+    ingest: Ingest<RecordingQueue, Arc<MemoryMetrics>>,
+    queue: RecordingQueue,
+    metrics: Arc<MemoryMetrics>,
+}
+
+fn world_with(behaviour: Behaviour, workspace: WorkspaceConfig) -> World {
+    let queue = RecordingQueue::new(behaviour);
+    let metrics = Arc::new(MemoryMetrics::default());
+    let settings = IngestSettings {
+        send_backoff: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let ingest = Ingest::new(
+        queue.clone(),
+        metrics.clone(),
+        Arc::new(workspace),
+        settings,
+    )
+    .with_clock(|| NOW);
+    World {
+        ingest,
+        queue,
+        metrics,
+    }
+}
+
+fn world() -> World {
+    world_with(Behaviour::Accept, workspace())
+}
+
+fn body_json(resp: &ApiGatewayV2httpResponse) -> Value {
+    match &resp.body {
+        Some(Body::Text(t)) => {
+            serde_json::from_str(t).unwrap_or_else(|e| panic!("response body not JSON ({e}): {t}"))
+        }
+        other => panic!("unexpected body {other:?}"),
+    }
+}
+
+fn request(v: Value) -> ApiGatewayV2httpRequest {
+    serde_json::from_value(v).expect("valid API Gateway v2 event")
+}
+
+#[tokio::test]
+async fn every_fixture_gets_its_documented_outcome() {
+    let cases = read_json("apigw/cases.json");
+    for case in cases["cases"].as_array().unwrap() {
+        let file = case["file"].as_str().unwrap();
+        let w = world();
+        let resp = w
+            .ingest
+            .handle(request(read_json(&format!("apigw/{file}"))))
+            .await;
+        let body = body_json(&resp);
+        assert_eq!(
+            resp.status_code,
+            case["status"].as_i64().unwrap(),
+            "{file}: {body}"
+        );
+        assert_eq!(
+            resp.headers.get("content-type").unwrap(),
+            "application/json",
+            "{file}"
+        );
+        if resp.status_code != 200 || file == "health.json" {
+            if let Some(code) = case.get("code") {
+                assert_eq!(&body["code"], code, "{file}");
+                assert!(body["message"].is_string(), "{file}");
+            }
+            assert!(
+                w.queue.events().is_empty(),
+                "{file}: refused request queued events"
+            );
+            continue;
+        }
+        assert_eq!(body["success"], true, "{file}");
+        assert_eq!(body["accepted"], case["accepted"], "{file}: {body}");
+        assert_eq!(
+            body["rejected"].as_array().unwrap().len() as u64,
+            case["rejected"].as_u64().unwrap(),
+            "{file}"
+        );
+        let events = w.queue.events();
+        let ids: Vec<&str> = events
+            .iter()
+            .map(|e| e["messageId"].as_str().unwrap())
+            .collect();
+        let expected: Vec<&str> = case["messageIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(ids, expected, "{file}: queued events in order");
+        for env in w.queue.envelopes() {
+            assert_eq!(env.source_id, "web", "{file}");
+        }
+        for e in &events {
+            assert_eq!(e["receivedAt"], "2025-03-10T12:00:10.000Z", "{file}");
+            assert!(
+                e.get("writeKey").is_none(),
+                "{file}: the write key must never be stored"
+            );
+            assert!(
+                e["type"].is_string() && e["timestamp"].is_string(),
+                "{file}"
+            );
+            // Segment's explicit context.ip wins over the caller's address.
+            let expected_ip = if e["messageId"] == "fixture-track-1" {
+                "24.5.68.47"
+            } else {
+                "198.51.100.23"
+            };
+            assert_eq!(e["context"]["ip"], expected_ip, "{file}");
+            assert!(e["context"]["userAgent"].is_string(), "{file}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn clock_skew_is_corrected_and_batch_context_merged() {
+    let w = world();
+    let resp = w
+        .ingest
+        .handle(request(read_json("apigw/track.json")))
+        .await;
+    assert_eq!(resp.status_code, 200);
+    let e = &w.queue.events()[0];
+    // timestamp = receivedAt − (sentAt − originalTimestamp) = 12:00:10 − (11:59:59 − 11:59:58)
+    assert_eq!(e["timestamp"], "2025-03-10T12:00:09.000Z");
+    assert_eq!(e["originalTimestamp"], "2025-03-10T11:59:58.000Z");
+    assert_eq!(e["sentAt"], "2025-03-10T11:59:59.000Z");
+    assert_eq!(e["properties"]["revenue"], 14.99);
+    assert_eq!(e["type"], "track");
+
+    let w = world();
+    w.ingest
+        .handle(request(read_json(
+            "apigw/batch-gzip-form-content-type.json",
+        )))
+        .await;
+    let events = w.queue.events();
+    assert_eq!(events.len(), 6);
+    for e in &events {
+        assert_eq!(
+            e["context"]["device"]["type"], "phone",
+            "batch context merged into {}",
+            e["messageId"]
+        );
+        assert_eq!(e["integrations"]["All"], true);
+        assert_eq!(e["context"]["userAgent"], "analytics-node/3.0.13");
+    }
+    // A numeric userId becomes a string; batch-level sentAt applies to each item.
+    assert_eq!(events[3]["userId"], "42");
+    assert_eq!(events[0]["sentAt"], "2025-03-10T11:59:59.000Z");
+    assert!(
+        events[0].get("anonymousId").is_none(),
+        "null anonymousId is dropped"
+    );
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Builds the body a corpus case describes.
+fn generate(spec: &Value) -> Vec<u8> {
+    let n = |k: &str| spec[k].as_u64().unwrap() as usize;
+    match spec["kind"].as_str().unwrap() {
+        "gzip_zeros" => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..n("bytes") >> 20 {
+                enc.write_all(&chunk).unwrap();
+            }
+            enc.finish().unwrap()
+        }
+        "gzip_batch_padded" => gzip(&padded_batch(n("bytes"))),
+        "truncated_gzip" => {
+            let full = gzip(br#"{"batch":[{"type":"track","userId":"u1","event":"E"}]}"#);
+            full[..full.len() / 2].to_vec()
+        }
+        "deep_array" => {
+            let d = n("depth");
+            let mut s = String::from(r#"{"userId":"u1","event":"E","properties":{"x":"#);
+            s.push_str(&"[".repeat(d));
+            s.push_str(&"]".repeat(d));
+            s.push_str("}}");
+            s.into_bytes()
+        }
+        "long_string" => {
+            json!({"userId": "u1", "event": "E", "properties": {"s": "a".repeat(n("bytes"))}})
+                .to_string()
+                .into_bytes()
+        }
+        "big_batch" => {
+            let items: Vec<Value> = (0..n("events"))
+                .map(|i| json!({"type": "track", "userId": i, "event": "E"}))
+                .collect();
+            json!({ "batch": items }).to_string().into_bytes()
+        }
+        "padded_batch" => padded_batch(n("bytes")),
+        "wide_event" => {
+            let props: serde_json::Map<String, Value> = (0..n("bytes") / 100)
+                .map(|i| (format!("p{i}"), Value::String("v".repeat(90))))
+                .collect();
+            json!({"userId": "u1", "event": "E", "properties": props})
+                .to_string()
+                .into_bytes()
+        }
+        other => panic!("unknown generator {other}"),
+    }
+}
+
+/// A valid batch of small events whose JSON is at least `bytes` long.
+fn padded_batch(bytes: usize) -> Vec<u8> {
+    let item = json!({"type": "track", "userId": "u1", "event": "E", "properties": {"pad": "x".repeat(1000)}});
+    let per = item.to_string().len() + 1;
+    let items: Vec<Value> = (0..bytes / per + 1).map(|_| item.clone()).collect();
+    json!({ "batch": items }).to_string().into_bytes()
+}
+
+#[tokio::test]
+async fn hostile_corpus_gets_documented_status_and_code_and_queues_nothing_rejected() {
+    let corpus = read_json("hostile/corpus.json");
+    let cases = corpus["cases"].as_array().unwrap();
+    assert!(
+        cases.len() >= 25,
+        "the corpus must hold at least 25 requests"
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"))
+    );
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let mut headers = serde_json::Map::new();
+        headers.insert("content-type".into(), json!("application/json"));
+        if case["auth"] != "none" {
+            headers.insert("authorization".into(), json!(basic));
+        }
+        if let Some(h) = case["headers"].as_object() {
+            headers.extend(h.clone());
+        }
+        let (body, b64) = if case["noBody"] == true {
+            (Value::Null, false)
+        } else if let Some(spec) = case.get("generate") {
+            let bytes = generate(spec);
+            let binary = case["headers"]["content-encoding"].is_string()
+                || std::str::from_utf8(&bytes).is_err();
+            if binary {
+                (
+                    json!(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                    true,
+                )
+            } else {
+                (json!(String::from_utf8(bytes).unwrap()), false)
+            }
+        } else if let Some(b) = case["bodyBase64"].as_str() {
+            (json!(b), true)
+        } else {
+            let b = case["body"].as_str().unwrap();
+            if case["headers"]["content-encoding"].is_string() {
+                (
+                    json!(base64::engine::general_purpose::STANDARD.encode(b)),
+                    true,
+                )
+            } else {
+                (json!(b), case["isBase64Encoded"] == true)
+            }
+        };
+        let method = case["method"].as_str().unwrap_or("POST");
+        let path = case["path"].as_str().unwrap();
+        let event = json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+            "headers": headers,
+            "requestContext": {"http": {"method": method, "path": path, "sourceIp": "198.51.100.7", "userAgent": "corpus"},
+                               "requestId": "r", "routeKey": "$default", "stage": "$default", "timeEpoch": 0},
+            "body": body, "isBase64Encoded": b64,
+        });
+        let w = world();
+        let resp = w.ingest.handle(request(event)).await;
+        let out = body_json(&resp);
+        assert_eq!(
+            resp.status_code,
+            case["status"].as_i64().unwrap(),
+            "{name}: {out}"
+        );
+        let queued = w.queue.events();
+        if resp.status_code == 200 {
+            assert_eq!(out["accepted"], case["accepted"], "{name}");
+            let codes: Vec<&str> = out["rejected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["code"].as_str().unwrap())
+                .collect();
+            let expected: Vec<&str> = case["rejectedCodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            assert_eq!(codes, expected, "{name}");
+            assert_eq!(
+                queued.len() as u64,
+                case["accepted"].as_u64().unwrap(),
+                "{name}: only accepted events queued"
+            );
+        } else {
+            assert_eq!(out["code"], case["code"], "{name}: {out}");
+            assert!(
+                out["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{name}: message"
+            );
+            assert!(
+                queued.is_empty(),
+                "{name}: nothing may be queued for a refused request"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn transient_queue_failures_are_retried_and_a_dead_queue_gives_503() {
+    let w = world_with(Behaviour::FailFirst(2), workspace());
+    let resp = w
+        .ingest
+        .handle(request(read_json("apigw/batch-basic.json")))
+        .await;
+    assert_eq!(resp.status_code, 200, "{:?}", resp.body);
+    assert_eq!(w.queue.events().len(), 6);
+    assert_eq!(w.queue.calls.lock().unwrap().len(), 3);
+
+    let w = world_with(Behaviour::Down, workspace());
+    let resp = w
+        .ingest
+        .handle(request(read_json("apigw/batch-basic.json")))
+        .await;
+    assert_eq!(resp.status_code, 503);
+    assert_eq!(body_json(&resp)["code"], "queue_unavailable");
+    assert_eq!(
+        w.queue.calls.lock().unwrap().len(),
+        4,
+        "default settings try four times"
+    );
+}
+
+#[tokio::test]
+async fn large_batches_are_packed_into_bounded_messages_at_most_ten_per_call() {
+    let items: Vec<Value> = (0..2_500)
+        .map(|i| json!({"type": "track", "userId": format!("user-{i}"), "event": "Viewed", "messageId": format!("m-{i}"),
+                        "properties": {"pad": "y".repeat(60)}}))
+        .collect();
+    let body = json!({ "batch": items }).to_string();
+    assert!(body.len() < 500 * 1024);
+    let mut ev = read_json("apigw/batch-basic.json");
+    ev["body"] = json!(body);
+    let w = world();
+    let resp = w.ingest.handle(request(ev)).await;
+    assert_eq!(resp.status_code, 200, "{:?}", resp.body);
+    let events = w.queue.events();
+    assert_eq!(events.len(), 2_500);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["messageId"], format!("m-{i}"), "order kept");
+    }
+    let calls = w.queue.calls.lock().unwrap().clone();
+    assert!(calls.iter().all(|&n| n <= 10), "{calls:?}");
+    assert!(
+        w.queue.envelopes().len() > 1,
+        "more than one message for ~450 KB of events"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let mut ws = workspace();
+    ws.sources[0].rate_limit = Some(tributary_core::config::RateLimit {
+        requests_per_second: 0.5,
+        burst: 2,
+    });
+    let w = world_with(Behaviour::Accept, ws);
+    let statuses: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(
+                w.ingest
+                    .handle(request(read_json("apigw/track.json")))
+                    .await
+                    .status_code,
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, vec![200, 200, 429]);
+    let resp = w
+        .ingest
+        .handle(request(read_json("apigw/track.json")))
+        .await;
+    assert_eq!(resp.status_code, 429);
+    assert_eq!(body_json(&resp)["code"], "rate_limited");
+    let retry: u64 = resp
+        .headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
+    assert!(resp.headers.contains_key("x-ratelimit-reset"));
+    assert_eq!(w.queue.events().len(), 2);
+}
+
+#[tokio::test]
+async fn disabled_source_answers_404_and_per_source_limits_apply() {
+    let mut ws = workspace();
+    ws.sources[0].enabled = false;
+    let w = world_with(Behaviour::Accept, ws);
+    let resp = w
+        .ingest
+        .handle(request(read_json("apigw/track.json")))
+        .await;
+    assert_eq!(
+        (resp.status_code, body_json(&resp)["code"].clone()),
+        (404, json!("source_disabled"))
+    );
+
+    let mut ws = workspace();
+    ws.sources[0].limits.max_batch_events = 5;
+    let w = world_with(Behaviour::Accept, ws);
+    let resp = w
+        .ingest
+        .handle(request(read_json("apigw/batch-body-write-key.json")))
+        .await;
+    assert_eq!(
+        (resp.status_code, body_json(&resp)["code"].clone()),
+        (400, json!("batch_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_emf_lines_without_pii() {
+    let w = world();
+    w.ingest
+        .handle(request(read_json("apigw/batch-partial.json")))
+        .await;
+    w.ingest
+        .handle(request(read_json("apigw/unknown-write-key.json")))
+        .await;
+    let lines = w.metrics.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 2);
+    let ok: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(ok["EventsAccepted"], 4);
+    assert_eq!(ok["EventsRejected"], 3);
+    assert_eq!(ok["EventsRejected.missing_event"], 1);
+    assert_eq!(ok["EventsRejected.missing_id"], 1);
+    assert_eq!(ok["EventsRejected.unknown_type"], 1);
+    assert_eq!(ok["SourceId"], "web");
+    assert_eq!(ok["Route"], "batch");
+    let refused: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(refused["RequestsRefused.invalid_write_key"], 1);
+    for l in &lines {
+        assert!(
+            !l.contains("jake@example.com") && !l.contains("019mr8mf4r") && !l.contains(WRITE_KEY),
+            "PII in {l}"
+        );
+    }
+}

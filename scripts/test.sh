@@ -1,0 +1,380 @@
+#!/usr/bin/env bash
+# Tributary's one test command (README, and `.ci/run`): installs what the tests need, then runs every tier.
+#
+#   ./scripts/test.sh               install/refresh the tools, build once, run all tiers, print a summary
+#   ./scripts/test.sh --setup-only  only install/refresh the tools (Python venv, npm packages)
+#
+# Tiers (DESIGN.md §4):
+#   1. unit, contract and end-to-end tests (cargo nextest, every test binary but the two below)
+#      + real SDK clients (tests/tests/sdk_clients.rs: official Python and Node clients against `tributary serve`)
+#   2. the AWS adapters against moto_server on loopback (tests/tests/aws.rs, feature aws-integration)
+#   3. infra: cfn-lint on infra/template.yaml, plus the SAM transform run offline
+# and the hygiene checks: cargo fmt --check, cargo clippy -D warnings, doctests.
+#
+# Installs, idempotently (a second run only checks stamps):
+#   .test-tools/venv                 Python venv with scripts/requirements-test.txt (moto, cfn-lint, SDKs)
+#   tests/sdk/node/node_modules      npm ci from tests/sdk/node/package-lock.json
+#   Debian packages only when python3/venv or node/npm are missing (apt-get update once first).
+#
+# Every step runs even when an earlier one failed (except that nothing runs on a failed build); the exit code is
+# non-zero if any step failed. moto_server is started on a free loopback port and always stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+exec </dev/null # CI has no stdin; nothing here may wait for input.
+
+TOOLS="$ROOT/.test-tools"
+VENV="$TOOLS/venv"
+REQUIREMENTS="$ROOT/scripts/requirements-test.txt"
+NODE_DIR="$ROOT/tests/sdk/node"
+LOGS="$TOOLS/logs"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 DEBIAN_FRONTEND=noninteractive
+export npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
+
+SETUP_ONLY=false
+for arg in "$@"; do
+  case "$arg" in
+    --setup-only) SETUP_ONLY=true ;;
+    -h | --help)
+      sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "test.sh: unknown argument: $arg (try --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() {
+  echo "test.sh: $*" >&2
+  exit 1
+}
+sha256_of() { cat "$@" | sha256sum | cut -c1-64; }
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step bookkeeping: every step's outcome and duration, printed at the end.
+SUMMARY=()
+FAILED=0
+record() { # record STATUS NAME DETAIL SECONDS
+  SUMMARY+=("$(printf '%-4s  %-9s %s (%ss)' "$1" "$2" "$3" "$4")")
+  if [[ "$1" != PASS ]]; then FAILED=1; fi
+}
+
+# run_step NAME DETAIL CMD... : runs CMD with its output shown and kept in $LOGS/NAME.log, records the outcome.
+run_step() {
+  local name="$1" detail="$2" start=$SECONDS rc=0
+  shift 2
+  log "$name: $*"
+  "$@" 2>&1 | tee "$LOGS/$name.log" || rc=$?
+  if ((rc == 0)); then
+    record PASS "$name" "$detail" $((SECONDS - start))
+  else
+    record FAIL "$name" "$detail (exit $rc; log: ${LOGS#"$ROOT"/}/$name.log)" $((SECONDS - start))
+  fi
+  return "$rc"
+}
+
+MOTO_PID=""
+cleanup() {
+  local rc=$?
+  if [[ -n "$MOTO_PID" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$MOTO_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------------------------
+# Setup: system packages (only if missing), the Python venv, the npm packages.
+APT_UPDATED=false
+apt_install() {
+  command -v apt-get >/dev/null || die "need $* but apt-get is not available; install them by hand"
+  if ! $APT_UPDATED; then
+    apt-get update -qq
+    APT_UPDATED=true
+  fi
+  apt-get install -y -qq --no-install-recommends "$@"
+}
+
+ensure_python() {
+  if ! command -v python3 >/dev/null; then
+    apt_install python3 python3-venv python3-pip
+  fi
+  python3 -c 'import sys; assert sys.version_info >= (3, 9), sys.version' ||
+    die "python3 >= 3.9 is needed ($(python3 --version 2>&1))"
+  # Debian's python3 lacks ensurepip (hence venv) until python3-venv is installed.
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+}
+
+ensure_venv() {
+  local stamp="$VENV/.tributary-requirements" want
+  want="$(sha256_of "$REQUIREMENTS")-$(python3 -c 'import sys; print(sys.version.split()[0])')"
+  if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null &&
+    [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "python venv up to date ($VENV)"
+    return 0
+  fi
+  ensure_python
+  if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --progress-bar off -r "$REQUIREMENTS"
+  echo "$want" >"$stamp"
+}
+
+ensure_node() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+  fi
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]')"
+  ((major >= 18)) || die "node >= 18 is needed for the SDK tests (found $(node --version))"
+}
+
+ensure_node_modules() {
+  local stamp="$NODE_DIR/node_modules/.tributary-lock" want
+  ensure_node
+  if [[ -f "$NODE_DIR/package-lock.json" ]]; then
+    want="$(sha256_of "$NODE_DIR/package.json" "$NODE_DIR/package-lock.json")-$(node --version)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+      echo "npm packages up to date ($NODE_DIR/node_modules)"
+      return 0
+    fi
+    # npm ci refuses this lock when the registry lacks some of an optional dependency's platform builds (this
+    # machine's registry has no darwin/win32 builds of msgpackr-extract, a dependency of rudder-sdk-node's
+    # optional Redis queue), because it then cannot prove the lock complete. npm install --no-save still installs
+    # exactly the locked versions and leaves the lock alone.
+    if ! (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >"$LOGS/npm-ci.log" 2>&1); then
+      echo "npm ci refused the lock (see ${LOGS#"$ROOT"/}/npm-ci.log); installing the locked versions with npm install --no-save"
+      (cd "$NODE_DIR" && npm install --no-save --no-audit --no-fund --loglevel=error)
+    fi
+  else
+    # First install ever: resolve the pinned versions and write the lock file (commit it).
+    (cd "$NODE_DIR" && npm install --no-audit --no-fund --loglevel=error)
+    want="$(sha256_of "$NODE_DIR/package.json" "$NODE_DIR/package-lock.json")-$(node --version)"
+  fi
+  echo "$want" >"$stamp"
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain with rustup"
+  local component
+  for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+      rustup component add "$component" || die "cargo $component is missing and could not be installed"
+    fi
+  done
+}
+
+setup() {
+  ensure_rust
+  ensure_venv
+  ensure_node_modules
+}
+
+mkdir -p "$LOGS"
+setup_start=$SECONDS
+log "setup: tools in ${TOOLS#"$ROOT"/}, ${NODE_DIR#"$ROOT"/}/node_modules"
+# A subshell outside any `if`/`||`, so that `set -e` holds inside it: a failed pip/npm stops the setup before it
+# writes its stamp.
+set +e
+(
+  set -e
+  setup
+) 2>&1 | tee "$LOGS/setup.log"
+setup_rc=${PIPESTATUS[0]}
+set -e
+if ((setup_rc != 0)); then
+  record FAIL setup "install of the test tools failed (log: ${LOGS#"$ROOT"/}/setup.log)" $((SECONDS - setup_start))
+  printf '\n%s\n' "${SUMMARY[@]}"
+  exit 1
+fi
+record PASS setup "python venv, npm packages, cargo fmt/clippy" $((SECONDS - setup_start))
+if $SETUP_ONLY; then
+  printf '\n%s\n' "${SUMMARY[@]}"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# moto_server on a free loopback port, for the AWS tier (tests fail, not skip, without it).
+start_moto() {
+  local start=$SECONDS port attempt
+  for attempt in 1 2 3; do
+    port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$LOGS/moto.log" 2>&1 &
+    MOTO_PID=$!
+    # Up when it answers anything over HTTP; give up early if the process died (e.g. the port was taken).
+    if "$VENV/bin/python" - "$port" "$MOTO_PID" <<'EOF'; then
+import os, sys, time, urllib.request, urllib.error
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+        sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+EOF
+      export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+      export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+      export AWS_EC2_METADATA_DISABLED=true
+      unset AWS_PROFILE AWS_SESSION_TOKEN
+      record PASS moto "moto_server at $AWS_ENDPOINT_URL (pid $MOTO_PID)" $((SECONDS - start))
+      return 0
+    fi
+    kill "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+    MOTO_PID=""
+    echo "moto_server did not come up on port $port (attempt $attempt); log:" >&2
+    tail -n 20 "$LOGS/moto.log" >&2 || true
+  done
+  record FAIL moto "moto_server did not start (log: ${LOGS#"$ROOT"/}/moto.log)" $((SECONDS - start))
+  return 1
+}
+log "moto: starting moto_server"
+start_moto || true
+
+export TRIBUTARY_PYTHON="$VENV/bin/python"
+export TRIBUTARY_NODE_MODULES="$NODE_DIR/node_modules"
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tier 3 (cheap, first): the SAM template.
+run_step cfn-lint "tier 3: cfn-lint infra/template.yaml" "$VENV/bin/cfn-lint" infra/template.yaml || true
+
+sam_transform() {
+  # cfn-lint validates SAM resources against SAM's schemas but no longer runs the transform itself; run it
+  # offline (no AWS calls: a fixed managed-policy map, placeholder code location) and lint what it produces.
+  local out="$TOOLS/template.transformed.json"
+  rm -f "$out"
+  "$VENV/bin/python" - infra/template.yaml "$out" <<'EOF' || return 1
+import json, sys
+from cfnlint.decode import decode
+from samtranslator.translator.transform import transform
+
+template, matches = decode(sys.argv[1])
+if matches:
+    sys.exit("\n".join(str(m) for m in matches))
+template = json.loads(json.dumps(template, default=str))
+template.setdefault("Globals", {}).setdefault("Function", {})["CodeUri"] = "s3://artifacts/code.zip"
+for resource in template.get("Resources", {}).values():
+    if resource.get("Type") == "AWS::Serverless::Function":
+        resource.get("Properties", {}).pop("CodeUri", None)
+
+
+class Policies:
+    def load(self):
+        return {"AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
+
+
+params = {"WorkspaceConfigUri": "s3://config-bucket/tributary.yaml"}
+with open(sys.argv[2], "w") as f:
+    json.dump(transform(template, params, Policies()), f, indent=1)
+EOF
+  "$VENV/bin/cfn-lint" "$out"
+}
+run_step sam "tier 3: SAM transform of infra/template.yaml + cfn-lint of the result" sam_transform || true
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rust: format, one build, the test tiers, doctests, clippy.
+LOCKED=()
+if [[ -f Cargo.lock ]]; then LOCKED=(--locked); fi
+
+run_step fmt "cargo fmt --all -- --check" cargo fmt --all -- --check || true
+
+BUILD_OK=true
+run_step build "cargo build --workspace --all-targets --all-features" \
+  cargo build --workspace --all-targets --all-features "${LOCKED[@]}" || BUILD_OK=false
+
+TOTAL_PASSED=0 TOTAL_FAILED=0 TOTAL_SKIPPED=0
+# count_results LOG: adds nextest's "Summary ... N passed, N failed ..." or libtest's "test result:" lines.
+count_results() {
+  local line n
+  line="$(grep -E '^ *Summary \[' "$1" | tail -n 1 || true)"
+  if [[ -n "$line" ]]; then
+    n="$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)"
+    TOTAL_PASSED=$((TOTAL_PASSED + n))
+    for what in failed 'timed out'; do
+      n="$(grep -oE "[0-9]+ $what" <<<"$line" | grep -oE '^[0-9]+' || echo 0)"
+      TOTAL_FAILED=$((TOTAL_FAILED + n))
+    done
+    n="$(grep -oE '[0-9]+ skipped' <<<"$line" | grep -oE '[0-9]+' || echo 0)"
+    TOTAL_SKIPPED=$((TOTAL_SKIPPED + n))
+    return
+  fi
+  while read -r p f i; do
+    TOTAL_PASSED=$((TOTAL_PASSED + p)) TOTAL_FAILED=$((TOTAL_FAILED + f)) TOTAL_SKIPPED=$((TOTAL_SKIPPED + i))
+  done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/p' "$1")
+}
+
+AWS_BIN='tributary-tests::aws'
+SDK_BIN='tributary-tests::sdk_clients'
+if $BUILD_OK; then
+  if cargo nextest --version >/dev/null 2>&1; then
+    # One build, up to three runs split by tier so that each gets its own line below. nextest rejects a filter
+    # naming a binary that does not exist, so list the binaries first; a missing tier binary is a failure.
+    BINARIES="$(cargo nextest list --workspace --all-features "${LOCKED[@]}" --list-type binaries-only \
+      --message-format json 2>"$LOGS/nextest-list.log" |
+      "$VENV/bin/python" -c 'import json, sys; print("\n".join(json.load(sys.stdin)["rust-binaries"]))' || true)"
+    has_binary() { grep -qxF "$1" <<<"$BINARIES"; }
+    nextest() { cargo nextest run --workspace --all-features --no-fail-fast "${LOCKED[@]}" --no-tests=fail "$@"; }
+    others=()
+    for bin in "$AWS_BIN" "$SDK_BIN"; do
+      if has_binary "$bin"; then others+=("binary_id($bin)"); fi
+    done
+    tier1=()
+    if ((${#others[@]})); then tier1=(-E "not ($(IFS='|'; echo "${others[*]}"))"); fi
+    run_step tests "tier 1: unit, contract, end-to-end (nextest)" nextest "${tier1[@]}" || true
+    count_results "$LOGS/tests.log"
+    if has_binary "$SDK_BIN"; then
+      run_step sdk "tier 1: official Segment/RudderStack SDK clients vs tributary serve" \
+        nextest -E "binary_id($SDK_BIN)" || true
+      count_results "$LOGS/sdk.log"
+    else
+      record FAIL sdk "no test binary $SDK_BIN (tests/Cargo.toml [[test]] sdk_clients)" 0
+    fi
+    if ! has_binary "$AWS_BIN"; then
+      record FAIL aws "tier 2: no test binary $AWS_BIN (tests/Cargo.toml [[test]] aws)" 0
+    elif [[ -z "$MOTO_PID" ]]; then
+      record FAIL aws "tier 2: not run, moto_server did not start" 0
+    else
+      run_step aws "tier 2: AWS adapters on moto_server" nextest -E "binary_id($AWS_BIN)" || true
+      count_results "$LOGS/aws.log"
+    fi
+  else
+    echo "cargo-nextest not found: falling back to cargo test" >&2
+    run_step tests "tiers 1+2: cargo test (cargo-nextest missing)" \
+      cargo test --workspace --all-features --no-fail-fast "${LOCKED[@]}" || true
+    count_results "$LOGS/tests.log"
+  fi
+  run_step doctest "cargo test --doc" cargo test --doc --workspace --all-features "${LOCKED[@]}" || true
+  count_results "$LOGS/doctest.log"
+  run_step clippy "cargo clippy --all-targets --all-features -D warnings" \
+    cargo clippy --workspace --all-targets --all-features "${LOCKED[@]}" -- -D warnings || true
+else
+  for step in tests sdk aws doctest clippy; do record SKIP "$step" "not run: the build failed" 0; done
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+printf '\n\033[1m==> summary\033[0m\n'
+printf '%s\n' "${SUMMARY[@]}"
+if ((FAILED)); then echo "RESULT: FAILED"; else echo "RESULT: all steps passed"; fi
+echo "tests: $TOTAL_PASSED passed, $TOTAL_FAILED failed, $TOTAL_SKIPPED skipped"
+exit "$FAILED"
