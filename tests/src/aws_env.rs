@@ -21,11 +21,9 @@ pub fn init() -> String {
     let url = endpoint();
     static DEFAULTS: Once = Once::new();
     DEFAULTS.call_once(|| {
-        for (name, value) in [
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ] {
+        for (name, value) in
+            [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")]
+        {
             if std::env::var_os(name).is_none_or(|v| v.is_empty()) {
                 // Safe enough here: called once, before the test starts any thread that reads the environment.
                 std::env::set_var(name, value);

@@ -39,21 +39,14 @@ pub fn tributary_bin() -> PathBuf {
             return PathBuf::from(bin);
         }
         let exe = std::env::current_exe().expect("current_exe of the test");
-        let mut profile_dir = exe
-            .parent()
-            .expect("test executable has a parent directory")
-            .to_path_buf();
+        let mut profile_dir = exe.parent().expect("test executable has a parent directory").to_path_buf();
         if profile_dir.ends_with("deps") {
             profile_dir.pop();
         }
         let bin = profile_dir.join(format!("tributary{}", std::env::consts::EXE_SUFFIX));
         if !bin.exists() {
             build_tributary(&profile_dir);
-            assert!(
-                bin.exists(),
-                "cargo build succeeded but {} does not exist",
-                bin.display()
-            );
+            assert!(bin.exists(), "cargo build succeeded but {} does not exist", bin.display());
         }
         bin
     })
@@ -78,9 +71,7 @@ fn build_tributary(profile_dir: &Path) {
     }
     // Build from the workspace, whatever directory the test runner started the test in.
     cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}{}",
@@ -131,26 +122,13 @@ impl Serve {
 
     /// Starts `tributary serve` with the given workspace config (YAML) and an empty data directory.
     pub fn start_with_config(config: &str) -> Serve {
-        let dir = tempfile::Builder::new()
-            .prefix("tributary-test-")
-            .tempdir()
-            .expect("temporary directory");
+        let dir = tempfile::Builder::new().prefix("tributary-test-").tempdir().expect("temporary directory");
         let config_path = dir.path().join("workspace.yaml");
         std::fs::write(&config_path, config).expect("write the workspace config");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create the data directory");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
-        let mut serve = Serve {
-            child: None,
-            base_url: String::new(),
-            config_path,
-            data_dir,
-            http,
-            _dir: dir,
-        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
+        let mut serve = Serve { child: None, base_url: String::new(), config_path, data_dir, http, _dir: dir };
         serve.spawn();
         serve
     }
@@ -227,20 +205,12 @@ impl Serve {
 
     async fn get_array(&self, path: &str, field: &str) -> Vec<Value> {
         let url = format!("{}{path}", self.base_url);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let response = self.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"));
+        let body = response.text().await.unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"));
         assert!(status.is_success(), "GET {url}: {status}: {body}");
-        let mut json: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"));
+        let mut json: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"));
         match json.get_mut(field).map(Value::take) {
             Some(Value::Array(items)) => items,
             _ => panic!("GET {url}: expected {{\"{field}\": [...]}}, got {body}"),
@@ -262,9 +232,7 @@ impl Serve {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {}: {e}", bin.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("piped stdout");
 
         // The reader thread hands over the ready line's URL, then keeps forwarding the server's stdout to stderr
@@ -276,10 +244,7 @@ impl Serve {
                 let Ok(line) = line else { break };
                 match line.strip_prefix(READY_PREFIX) {
                     Some(url) if tx.is_some() => {
-                        let _ = tx
-                            .take()
-                            .expect("checked")
-                            .send(url.trim().trim_end_matches('/').to_string());
+                        let _ = tx.take().expect("checked").send(url.trim().trim_end_matches('/').to_string());
                     }
                     _ => eprintln!("[tributary serve] {line}"),
                 }
@@ -294,10 +259,7 @@ impl Serve {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "{} serve printed no `{READY_PREFIX}…` line within {READY_TIMEOUT:?}",
-                    bin.display()
-                );
+                panic!("{} serve printed no `{READY_PREFIX}…` line within {READY_TIMEOUT:?}", bin.display());
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // stdout closed before the ready line: the server exited (or closed stdout).
@@ -305,10 +267,7 @@ impl Serve {
                     Some(status) => status.to_string(),
                     None => "still running with stdout closed; killed".to_string(),
                 };
-                panic!(
-                    "{} serve stopped before it was ready ({status}); see its stderr above",
-                    bin.display()
-                );
+                panic!("{} serve stopped before it was ready ({status}); see its stderr above", bin.display());
             }
         }
     }
@@ -356,14 +315,8 @@ mod tests {
         assert_eq!(cfg.sources.len(), 1);
         let web = &cfg.sources[0];
         assert_eq!(web.id.as_str(), "web");
-        assert_eq!(
-            web.write_key_sha256[0].as_str(),
-            tributary_core::sha256_hex(TEST_WRITE_KEY.as_bytes())
-        );
-        assert_eq!(
-            web.class,
-            tributary_core::config::DataPartyClass::FirstParty
-        );
+        assert_eq!(web.write_key_sha256[0].as_str(), tributary_core::sha256_hex(TEST_WRITE_KEY.as_bytes()));
+        assert_eq!(web.class, tributary_core::config::DataPartyClass::FirstParty);
         assert!(web.rate_limit.is_none());
         assert_eq!(cfg.management_keys.len(), 1);
     }
@@ -374,24 +327,15 @@ mod tests {
         let data_dir = serve.data_dir().to_path_buf();
         let health = |base: String| async move {
             let url = format!("{base}/health");
-            reqwest::get(&url)
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-                .status()
+            reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}")).status()
         };
         assert!(health(serve.base_url().to_string()).await.is_success());
-        assert!(
-            serve.consumed().await.is_empty(),
-            "a fresh data dir has consumed nothing"
-        );
+        assert!(serve.consumed().await.is_empty(), "a fresh data dir has consumed nothing");
         assert!(serve.requests().await.is_empty(), "no tracking request yet");
 
         serve.kill9();
         serve.restart();
         assert_eq!(serve.data_dir(), data_dir);
-        assert!(
-            health(serve.base_url().to_string()).await.is_success(),
-            "answers again after restart"
-        );
+        assert!(health(serve.base_url().to_string()).await.is_success(), "answers again after restart");
     }
 }

@@ -13,12 +13,9 @@ use std::time::Duration;
 
 use tributary_aws::{admin, AwsClients};
 use tributary_core::ports::{
-    Condition, Item, ItemKey, ObjectStore, OutgoingMessage, PortError, Queue, TableStore,
-    TransactError, WriteOp,
+    Condition, Item, ItemKey, ObjectStore, OutgoingMessage, PortError, Queue, TableStore, TransactError, WriteOp,
 };
-use tributary_core::testing::{
-    object_store_contract, queue_contract, queue_dlq_contract, table_store_contract,
-};
+use tributary_core::testing::{object_store_contract, queue_contract, queue_dlq_contract, table_store_contract};
 use tributary_tests::aws_env;
 
 /// Clients for this test (one per test: connection pools belong to the test's runtime), and the endpoint.
@@ -37,9 +34,7 @@ fn unreachable(what: &str, url: &str, e: PortError) -> ! {
 
 async fn new_queue(aws: &AwsClients, url: &str, dlq: Option<(&str, u32)>) -> String {
     let name = unique("queue");
-    admin::create_queue(aws, &name, dlq)
-        .await
-        .unwrap_or_else(|e| unreachable("create_queue", url, e))
+    admin::create_queue(aws, &name, dlq).await.unwrap_or_else(|e| unreachable("create_queue", url, e))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -64,57 +59,36 @@ async fn sqs_queue_dlq_contract() {
 #[tokio::test]
 async fn s3_store_contract_at_bucket_root() {
     let (aws, url) = clients().await;
-    let bucket = admin::create_bucket(&aws, &unique("bucket"))
-        .await
-        .unwrap_or_else(|e| unreachable("create_bucket", &url, e));
+    let bucket =
+        admin::create_bucket(&aws, &unique("bucket")).await.unwrap_or_else(|e| unreachable("create_bucket", &url, e));
     object_store_contract(&aws.s3_store(bucket, "")).await;
 }
 
 #[tokio::test]
 async fn s3_store_contract_under_a_prefix() {
     let (aws, url) = clients().await;
-    let bucket = admin::create_bucket(&aws, &unique("bucket"))
-        .await
-        .unwrap_or_else(|e| unreachable("create_bucket", &url, e));
+    let bucket =
+        admin::create_bucket(&aws, &unique("bucket")).await.unwrap_or_else(|e| unreachable("create_bucket", &url, e));
     // Neighbours outside the prefix, including one that shares its first characters, must stay invisible.
     let root = aws.s3_store(bucket.clone(), "");
     for key in ["outside.txt", "tenant-a-sibling/x.txt", "tenant/x.txt"] {
-        root.put(key, b"not yours".to_vec())
-            .await
-            .unwrap_or_else(|e| unreachable("put", &url, e));
+        root.put(key, b"not yours".to_vec()).await.unwrap_or_else(|e| unreachable("put", &url, e));
     }
     let store = aws.s3_store(bucket.clone(), "/tenant-a/");
     assert_eq!(store.prefix(), "tenant-a/");
     object_store_contract(&store).await;
 
-    store
-        .put("inside.txt", b"mine".to_vec())
-        .await
-        .unwrap_or_else(|e| unreachable("put", &url, e));
-    let all: Vec<String> = root
-        .list("")
-        .await
-        .unwrap_or_else(|e| unreachable("list", &url, e))
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(
-        all,
-        [
-            "outside.txt",
-            "tenant-a-sibling/x.txt",
-            "tenant-a/inside.txt",
-            "tenant/x.txt"
-        ]
-    );
+    store.put("inside.txt", b"mine".to_vec()).await.unwrap_or_else(|e| unreachable("put", &url, e));
+    let all: Vec<String> =
+        root.list("").await.unwrap_or_else(|e| unreachable("list", &url, e)).into_iter().map(|m| m.key).collect();
+    assert_eq!(all, ["outside.txt", "tenant-a-sibling/x.txt", "tenant-a/inside.txt", "tenant/x.txt"]);
 }
 
 #[tokio::test]
 async fn dynamo_table_contract() {
     let (aws, url) = clients().await;
-    let table = admin::create_table(&aws, &unique("table"))
-        .await
-        .unwrap_or_else(|e| unreachable("create_table", &url, e));
+    let table =
+        admin::create_table(&aws, &unique("table")).await.unwrap_or_else(|e| unreachable("create_table", &url, e));
     table_store_contract(&aws.dynamo_table(table)).await;
 }
 
@@ -128,50 +102,22 @@ async fn missing_resources_are_invalid_not_retryable() {
     aws.warm().await;
     aws.s3_store(unique("missing"), "").warm().await;
 
-    let gone = format!(
-        "{}/000000000000/{}",
-        url.trim_end_matches('/'),
-        unique("missing")
-    );
+    let gone = format!("{}/000000000000/{}", url.trim_end_matches('/'), unique("missing"));
     let q = aws.sqs_queue(gone);
-    let e = q
-        .approximate_len()
-        .await
-        .expect_err("a missing queue has no length");
+    let e = q.approximate_len().await.expect_err("a missing queue has no length");
     assert!(matches!(e, PortError::Invalid(_)), "missing queue: {e:?}");
-    let e = q
-        .send_batch(&[OutgoingMessage {
-            id: "a".into(),
-            body: "x".into(),
-        }])
-        .await
-        .expect_err("missing queue");
-    assert!(
-        matches!(e, PortError::Invalid(_)),
-        "send to a missing queue: {e:?}"
-    );
+    let e = q.send_batch(&[OutgoingMessage { id: "a".into(), body: "x".into() }]).await.expect_err("missing queue");
+    assert!(matches!(e, PortError::Invalid(_)), "send to a missing queue: {e:?}");
 
     let s = aws.s3_store(unique("missing"), "");
-    let e = s
-        .get("a/b.txt")
-        .await
-        .expect_err("a missing bucket is not a missing object");
+    let e = s.get("a/b.txt").await.expect_err("a missing bucket is not a missing object");
     assert!(matches!(e, PortError::Invalid(_)), "missing bucket: {e:?}");
-    assert!(
-        e.to_string().contains("NoSuchBucket"),
-        "error names the code: {e}"
-    );
+    assert!(e.to_string().contains("NoSuchBucket"), "error names the code: {e}");
 
     let t = aws.dynamo_table(unique("missing"));
-    let e = t
-        .get(&ItemKey::new("p", "s"))
-        .await
-        .expect_err("a missing table");
+    let e = t.get(&ItemKey::new("p", "s")).await.expect_err("a missing table");
     assert!(matches!(e, PortError::Invalid(_)), "missing table: {e:?}");
-    let e = t
-        .query("p", "", None, 10)
-        .await
-        .expect_err("a missing table");
+    let e = t.query("p", "", None, 10).await.expect_err("a missing table");
     assert!(matches!(e, PortError::Invalid(_)), "missing table: {e:?}");
 }
 
@@ -181,54 +127,26 @@ async fn sqs_refuses_bad_entries_one_by_one_and_accepts_any_entry_id() {
     let q = aws.sqs_queue(new_queue(&aws, &url, None).await);
     let messages = [
         // Ids outside SQS's alphabet are fine: the adapter numbers entries on the wire.
-        OutgoingMessage {
-            id: "event 1/ü".into(),
-            body: "good".into(),
-        },
-        OutgoingMessage {
-            id: "nul".into(),
-            body: "bad \u{0} body".into(),
-        },
-        OutgoingMessage {
-            id: "huge".into(),
-            body: "x".repeat(1024 * 1024 + 1),
-        },
-        OutgoingMessage {
-            id: "event#2".into(),
-            body: "also good".into(),
-        },
+        OutgoingMessage { id: "event 1/ü".into(), body: "good".into() },
+        OutgoingMessage { id: "nul".into(), body: "bad \u{0} body".into() },
+        OutgoingMessage { id: "huge".into(), body: "x".repeat(1024 * 1024 + 1) },
+        OutgoingMessage { id: "event#2".into(), body: "also good".into() },
     ];
-    let failed = q
-        .send_batch(&messages)
-        .await
-        .unwrap_or_else(|e| unreachable("send_batch", &url, e));
+    let failed = q.send_batch(&messages).await.unwrap_or_else(|e| unreachable("send_batch", &url, e));
     let mut ids: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["huge", "nul"]);
     assert!(failed.iter().all(|f| !f.retryable), "{failed:?}");
-    assert!(
-        failed.iter().all(|f| f.reason.len() < 200),
-        "no bodies in reasons: {failed:?}"
-    );
+    assert!(failed.iter().all(|f| f.reason.len() < 200), "no bodies in reasons: {failed:?}");
 
-    let got = q
-        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
-        .await
-        .expect("receive");
+    let got = q.receive(10, Duration::from_secs(30), Duration::from_secs(1)).await.expect("receive");
     let mut bodies: Vec<&str> = got.iter().map(|m| m.body.as_str()).collect();
     bodies.sort();
     assert_eq!(bodies, ["also good", "good"]);
 
-    let too_many: Vec<OutgoingMessage> = (0..11)
-        .map(|i| OutgoingMessage {
-            id: format!("m{i}"),
-            body: "b".into(),
-        })
-        .collect();
-    assert!(matches!(
-        q.send_batch(&too_many).await,
-        Err(PortError::Invalid(_))
-    ));
+    let too_many: Vec<OutgoingMessage> =
+        (0..11).map(|i| OutgoingMessage { id: format!("m{i}"), body: "b".into() }).collect();
+    assert!(matches!(q.send_batch(&too_many).await, Err(PortError::Invalid(_))));
     assert_eq!(q.send_batch(&[]).await, Ok(vec![]));
 }
 
@@ -238,151 +156,73 @@ async fn sqs_splits_a_batch_larger_than_one_request() {
     let q = aws.sqs_queue(new_queue(&aws, &url, None).await);
     // Three 400 KiB bodies: each fits, together they exceed the 1 MiB request limit.
     let messages: Vec<OutgoingMessage> = (0..3)
-        .map(|i| OutgoingMessage {
-            id: format!("big-{i}"),
-            body: format!("{i}{}", "y".repeat(400 * 1024)),
-        })
+        .map(|i| OutgoingMessage { id: format!("big-{i}"), body: format!("{i}{}", "y".repeat(400 * 1024)) })
         .collect();
-    let failed = q
-        .send_batch(&messages)
-        .await
-        .unwrap_or_else(|e| unreachable("send_batch", &url, e));
+    let failed = q.send_batch(&messages).await.unwrap_or_else(|e| unreachable("send_batch", &url, e));
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(q.approximate_len().await, Ok(3));
 }
 
 fn item(pk: &str, sk: &str, attrs: serde_json::Value) -> Item {
-    let serde_json::Value::Object(attrs) = attrs else {
-        panic!("attrs must be an object")
-    };
-    Item {
-        key: ItemKey::new(pk, sk),
-        attrs,
-        version: 1,
-        expires_at: None,
-    }
+    let serde_json::Value::Object(attrs) = attrs else { panic!("attrs must be an object") };
+    Item { key: ItemKey::new(pk, sk), attrs, version: 1, expires_at: None }
 }
 
 #[tokio::test]
 async fn dynamo_refuses_reserved_attribute_names_and_pages_past_expired_items() {
     let (aws, url) = clients().await;
     let t = aws.dynamo_table(
-        admin::create_table(&aws, &unique("table"))
-            .await
-            .unwrap_or_else(|e| unreachable("create_table", &url, e)),
+        admin::create_table(&aws, &unique("table")).await.unwrap_or_else(|e| unreachable("create_table", &url, e)),
     );
 
     let bad = item("p", "s", serde_json::json!({"ttl": 5}));
-    let r = t
-        .write(WriteOp::Put {
-            item: bad.clone(),
-            condition: Condition::None,
-        })
-        .await;
+    let r = t.write(WriteOp::Put { item: bad.clone(), condition: Condition::None }).await;
     assert!(matches!(r, Err(PortError::Invalid(_))), "{r:?}");
-    let r = t
-        .transact(vec![WriteOp::Put {
-            item: bad,
-            condition: Condition::None,
-        }])
-        .await;
-    assert!(
-        matches!(r, Err(TransactError::Port(PortError::Invalid(_)))),
-        "{r:?}"
-    );
+    let r = t.transact(vec![WriteOp::Put { item: bad, condition: Condition::None }]).await;
+    assert!(matches!(r, Err(TransactError::Port(PortError::Invalid(_)))), "{r:?}");
 
     // Expired items between live ones: pages stay full and `next` is exact.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     for i in 0..9 {
         let mut it = item("page", &format!("e#{i}"), serde_json::json!({"i": i}));
         if i % 3 != 2 {
             it.expires_at = Some(now - 60);
         }
-        t.write(WriteOp::Put {
-            item: it,
-            condition: Condition::None,
-        })
-        .await
-        .expect("put");
+        t.write(WriteOp::Put { item: it, condition: Condition::None }).await.expect("put");
     }
     let first = t.query("page", "e#", None, 2).await.expect("query");
     let sks: Vec<&str> = first.items.iter().map(|i| i.key.sk.as_str()).collect();
     assert_eq!(sks, ["e#2", "e#5"]);
     assert_eq!(first.next.as_deref(), Some("e#5"));
-    let second = t
-        .query("page", "e#", first.next.as_deref(), 2)
-        .await
-        .expect("query");
+    let second = t.query("page", "e#", first.next.as_deref(), 2).await.expect("query");
     let sks: Vec<&str> = second.items.iter().map(|i| i.key.sk.as_str()).collect();
     assert_eq!(sks, ["e#8"]);
     assert_eq!(second.next, None);
 
     // Same refusals as the embedded adapter.
-    assert!(matches!(
-        t.query("page", "e#", None, 0).await,
-        Err(PortError::Invalid(_))
-    ));
-    assert!(matches!(
-        t.transact(vec![]).await,
-        Err(TransactError::Port(PortError::Invalid(_)))
-    ));
+    assert!(matches!(t.query("page", "e#", None, 0).await, Err(PortError::Invalid(_))));
+    assert!(matches!(t.transact(vec![]).await, Err(TransactError::Port(PortError::Invalid(_)))));
 
     // A start key before or after the prefix range.
-    assert_eq!(
-        t.query("page", "e#", Some("a"), 10)
-            .await
-            .expect("query")
-            .items
-            .len(),
-        3
-    );
-    assert!(t
-        .query("page", "e#", Some("f"), 10)
-        .await
-        .expect("query")
-        .items
-        .is_empty());
+    assert_eq!(t.query("page", "e#", Some("a"), 10).await.expect("query").items.len(), 3);
+    assert!(t.query("page", "e#", Some("f"), 10).await.expect("query").items.is_empty());
 }
 
 #[tokio::test]
 async fn admin_is_idempotent() {
     let (aws, url) = clients().await;
     let name = unique("again");
-    let first = admin::create_queue(&aws, &name, None)
-        .await
-        .unwrap_or_else(|e| unreachable("create_queue", &url, e));
-    assert_eq!(
-        admin::create_queue(&aws, &name, None).await.as_deref(),
-        Ok(first.as_str())
-    );
+    let first = admin::create_queue(&aws, &name, None).await.unwrap_or_else(|e| unreachable("create_queue", &url, e));
+    assert_eq!(admin::create_queue(&aws, &name, None).await.as_deref(), Ok(first.as_str()));
     let arn = admin::queue_arn(&aws, &first).await.expect("queue_arn");
-    assert!(
-        arn.starts_with("arn:aws:sqs:") && arn.ends_with(&name),
-        "{arn}"
-    );
+    assert!(arn.starts_with("arn:aws:sqs:") && arn.ends_with(&name), "{arn}");
     // A redrive target given by ARN works like one given by URL.
-    admin::create_queue(&aws, &unique("src"), Some((&arn, 3)))
-        .await
-        .expect("create_queue with a DLQ ARN");
+    admin::create_queue(&aws, &unique("src"), Some((&arn, 3))).await.expect("create_queue with a DLQ ARN");
 
-    assert_eq!(
-        admin::create_bucket(&aws, &name).await.as_deref(),
-        Ok(name.as_str())
-    );
-    assert_eq!(
-        admin::create_bucket(&aws, &name).await.as_deref(),
-        Ok(name.as_str())
-    );
-    assert_eq!(
-        admin::create_table(&aws, &name).await.as_deref(),
-        Ok(name.as_str())
-    );
-    assert_eq!(
-        admin::create_table(&aws, &name).await.as_deref(),
-        Ok(name.as_str())
-    );
+    assert_eq!(admin::create_bucket(&aws, &name).await.as_deref(), Ok(name.as_str()));
+    assert_eq!(admin::create_bucket(&aws, &name).await.as_deref(), Ok(name.as_str()));
+    assert_eq!(admin::create_table(&aws, &name).await.as_deref(), Ok(name.as_str()));
+    assert_eq!(admin::create_table(&aws, &name).await.as_deref(), Ok(name.as_str()));
 }
 
 #[tokio::test]

@@ -14,26 +14,17 @@ use tributary_ingest::{Ingest, IngestSettings, MemoryMetrics};
 use tributary_tests::aws_env;
 
 fn fixture(rel: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../events")
-        .join(rel);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events").join(rel);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 #[tokio::test]
 async fn ingest_on_sqs_queues_every_accepted_event_and_they_read_back_intact() {
     let aws = aws_env::clients().await;
-    let dlq = admin::create_queue(&aws, &aws_env::unique("events-dlq"), None)
-        .await
-        .unwrap();
-    let url = admin::create_queue(&aws, &aws_env::unique("events"), Some((&dlq, 5)))
-        .await
-        .unwrap();
+    let dlq = admin::create_queue(&aws, &aws_env::unique("events-dlq"), None).await.unwrap();
+    let url = admin::create_queue(&aws, &aws_env::unique("events"), Some((&dlq, 5))).await.unwrap();
     let workspace = tributary_core::config::load(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events/workspace.yaml"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events/workspace.yaml")).unwrap(),
     )
     .unwrap();
     let ingest = Ingest::new(
@@ -45,23 +36,10 @@ async fn ingest_on_sqs_queues_every_accepted_event_and_they_read_back_intact() {
 
     let mut expected = BTreeSet::new();
     // Fixtures with distinct message ids (the batch fixtures share theirs).
-    for file in [
-        "batch-gzip-form-content-type.json",
-        "track.json",
-        "identify.json",
-        "alias.json",
-    ] {
+    for file in ["batch-gzip-form-content-type.json", "track.json", "identify.json", "alias.json"] {
         let cases = fixture("apigw/cases.json");
-        let case = cases["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["file"] == file)
-            .unwrap()
-            .clone();
-        let resp = ingest
-            .handle(serde_json::from_value(fixture(&format!("apigw/{file}"))).unwrap())
-            .await;
+        let case = cases["cases"].as_array().unwrap().iter().find(|c| c["file"] == file).unwrap().clone();
+        let resp = ingest.handle(serde_json::from_value(fixture(&format!("apigw/{file}"))).unwrap()).await;
         assert_eq!(resp.status_code, 200, "{file}");
         for id in case["messageIds"].as_array().unwrap() {
             expected.insert((file, id.as_str().unwrap().to_string()));
@@ -81,10 +59,7 @@ async fn ingest_on_sqs_queues_every_accepted_event_and_they_read_back_intact() {
     let mut messages = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
-        let batch = queue
-            .receive(10, Duration::from_secs(30), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let batch = queue.receive(10, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
         if batch.is_empty() {
             break;
         }
@@ -97,23 +72,14 @@ async fn ingest_on_sqs_queues_every_accepted_event_and_they_read_back_intact() {
             queue.delete(&m.receipt_handle).await.unwrap();
         }
     }
-    let ids: BTreeSet<String> = got
-        .iter()
-        .map(|e| e["messageId"].as_str().unwrap().to_string())
-        .collect();
+    let ids: BTreeSet<String> = got.iter().map(|e| e["messageId"].as_str().unwrap().to_string()).collect();
     assert_eq!(got.len(), ids.len(), "each event queued once");
     for (file, id) in &expected {
         assert!(ids.contains(id), "{file}: {id} not in SQS");
     }
     assert_eq!(ids.iter().filter(|i| i.starts_with("bulk-")).count(), 2_500);
-    assert!(
-        messages >= 3,
-        "bulk batch packed into several messages, got {messages}"
-    );
-    let track = got
-        .iter()
-        .find(|e| e["messageId"] == "fixture-track-1")
-        .unwrap();
+    assert!(messages >= 3, "bulk batch packed into several messages, got {messages}");
+    let track = got.iter().find(|e| e["messageId"] == "fixture-track-1").unwrap();
     assert_eq!(track["properties"]["revenue"], 14.99);
     assert_eq!(track["userId"], "019mr8mf4r");
     assert!(track.get("writeKey").is_none());

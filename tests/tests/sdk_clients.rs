@@ -118,36 +118,21 @@ async fn run(v: Variant) {
     let summary = run_script(&v, server.base_url());
     let p = v.prefix;
     let sent_timestamp = parse_time(
-        summary["timestamp"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: summary has no timestamp: {summary}", v.script)),
+        summary["timestamp"].as_str().unwrap_or_else(|| panic!("{}: summary has no timestamp: {summary}", v.script)),
         "the script's explicit timestamp",
     );
 
     let consumed = server.wait_consumed(4, CONSUME_TIMEOUT).await;
-    assert_eq!(
-        consumed.len(),
-        4,
-        "{p}: exactly 4 events expected (no duplicates), got:\n{}",
-        pretty(&consumed)
-    );
+    assert_eq!(consumed.len(), 4, "{p}: exactly 4 events expected (no duplicates), got:\n{}", pretty(&consumed));
     for entry in &consumed {
-        assert_eq!(
-            entry["sourceId"], "web",
-            "{p}: every event comes from the `web` source: {entry}"
-        );
+        assert_eq!(entry["sourceId"], "web", "{p}: every event comes from the `web` source: {entry}");
     }
     let event = |kind: &str| -> &Value {
         let id = format!("{p}-{kind}");
         let entry = consumed
             .iter()
             .find(|e| e["event"]["messageId"] == id.as_str())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{p}: no consumed event with messageId {id}:\n{}",
-                    pretty(&consumed)
-                )
-            });
+            .unwrap_or_else(|| panic!("{p}: no consumed event with messageId {id}:\n{}", pretty(&consumed)));
         &entry["event"]
     };
 
@@ -155,88 +140,32 @@ async fn run(v: Variant) {
     let track = event("track");
     let page = event("page");
     let alias = event("alias");
-    for (kind, e) in [
-        ("identify", identify),
-        ("track", track),
-        ("page", page),
-        ("alias", alias),
-    ] {
+    for (kind, e) in [("identify", identify), ("track", track), ("page", page), ("alias", alias)] {
         assert_eq!(e["type"], kind, "{p}: type of {kind}: {e}");
-        assert_eq!(
-            e["userId"],
-            format!("{p}-user").as_str(),
-            "{p}: userId of {kind}: {e}"
-        );
+        assert_eq!(e["userId"], format!("{p}-user").as_str(), "{p}: userId of {kind}: {e}");
         check_timestamps(p, kind, e, sent_timestamp);
     }
 
     // identify: traits at the top level. rudder-sdk-python sends them only in `context.traits`; the normalized
     // identify must still carry them in `traits`, where identity resolution and trait resolution read them.
     let traits = &identify["traits"];
-    assert_eq!(
-        traits["email"],
-        format!("{p}@example.com").as_str(),
-        "{p}: identify traits.email: {identify}"
-    );
-    assert_eq!(
-        traits["name"],
-        format!("{p} Tester").as_str(),
-        "{p}: identify traits.name: {identify}"
-    );
-    assert_eq!(
-        traits["plan"], "enterprise",
-        "{p}: identify traits.plan: {identify}"
-    );
+    assert_eq!(traits["email"], format!("{p}@example.com").as_str(), "{p}: identify traits.email: {identify}");
+    assert_eq!(traits["name"], format!("{p} Tester").as_str(), "{p}: identify traits.name: {identify}");
+    assert_eq!(traits["plan"], "enterprise", "{p}: identify traits.plan: {identify}");
 
     // track: event name, numbers as numbers, nested arrays of objects intact.
-    assert_eq!(
-        track["event"], "Order Completed",
-        "{p}: track event: {track}"
-    );
+    assert_eq!(track["event"], "Order Completed", "{p}: track event: {track}");
     let props = &track["properties"];
-    assert_eq!(
-        props["revenue"].as_f64(),
-        Some(42.5),
-        "{p}: properties.revenue: {track}"
-    );
-    assert_eq!(
-        props["currency"], "EUR",
-        "{p}: properties.currency: {track}"
-    );
-    assert_eq!(
-        props["orderId"],
-        format!("{p}-order").as_str(),
-        "{p}: properties.orderId: {track}"
-    );
-    let products = props["products"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{p}: properties.products: {track}"));
+    assert_eq!(props["revenue"].as_f64(), Some(42.5), "{p}: properties.revenue: {track}");
+    assert_eq!(props["currency"], "EUR", "{p}: properties.currency: {track}");
+    assert_eq!(props["orderId"], format!("{p}-order").as_str(), "{p}: properties.orderId: {track}");
+    let products = props["products"].as_array().unwrap_or_else(|| panic!("{p}: properties.products: {track}"));
     assert_eq!(products.len(), 2, "{p}: two products: {track}");
-    assert_eq!(
-        products[0]["productId"],
-        format!("{p}-sku-1").as_str(),
-        "{p}: products[0]: {track}"
-    );
-    assert_eq!(
-        products[0]["price"].as_f64(),
-        Some(2.5),
-        "{p}: products[0].price: {track}"
-    );
-    assert_eq!(
-        products[0]["quantity"].as_i64(),
-        Some(5),
-        "{p}: products[0].quantity: {track}"
-    );
-    assert_eq!(
-        products[1]["productId"],
-        format!("{p}-sku-2").as_str(),
-        "{p}: products[1]: {track}"
-    );
-    assert_eq!(
-        products[1]["price"].as_f64(),
-        Some(30.0),
-        "{p}: products[1].price: {track}"
-    );
+    assert_eq!(products[0]["productId"], format!("{p}-sku-1").as_str(), "{p}: products[0]: {track}");
+    assert_eq!(products[0]["price"].as_f64(), Some(2.5), "{p}: products[0].price: {track}");
+    assert_eq!(products[0]["quantity"].as_i64(), Some(5), "{p}: products[0].quantity: {track}");
+    assert_eq!(products[1]["productId"], format!("{p}-sku-2").as_str(), "{p}: products[1]: {track}");
+    assert_eq!(products[1]["price"].as_f64(), Some(30.0), "{p}: products[1].price: {track}");
 
     // page: name and properties.
     assert_eq!(page["name"], "Pricing", "{p}: page name: {page}");
@@ -247,11 +176,7 @@ async fn run(v: Variant) {
     );
 
     // alias: both ids.
-    assert_eq!(
-        alias["previousId"],
-        format!("{p}-anon").as_str(),
-        "{p}: alias previousId: {alias}"
-    );
+    assert_eq!(alias["previousId"], format!("{p}-anon").as_str(), "{p}: alias previousId: {alias}");
 
     // The client saw success at once: every request it made was a 200 on /v1/batch (any other answer would have
     // made it retry or report an error), with the encoding and labelling this client is known to use.
@@ -260,14 +185,8 @@ async fn run(v: Variant) {
     for r in &requests {
         let shown = pretty(&requests);
         assert_eq!(r["method"], "POST", "{p}: method: {shown}");
-        assert_eq!(
-            r["path"], "/v1/batch",
-            "{p}: the SDKs only ever post to /v1/batch: {shown}"
-        );
-        assert_eq!(
-            r["status"], 200,
-            "{p}: every answer must be 200 (anything else makes the SDK retry): {shown}"
-        );
+        assert_eq!(r["path"], "/v1/batch", "{p}: the SDKs only ever post to /v1/batch: {shown}");
+        assert_eq!(r["status"], 200, "{p}: every answer must be 200 (anything else makes the SDK retry): {shown}");
         let content_type = r["contentType"].as_str().unwrap_or_default();
         assert!(
             content_type.starts_with(v.content_type),
@@ -277,10 +196,7 @@ async fn run(v: Variant) {
         if v.gzip {
             assert_eq!(r["contentEncoding"], "gzip", "{p}: gzip expected: {shown}");
         } else {
-            assert!(
-                r["contentEncoding"].is_null(),
-                "{p}: no Content-Encoding expected: {shown}"
-            );
+            assert!(r["contentEncoding"].is_null(), "{p}: no Content-Encoding expected: {shown}");
         }
         // All five send `Authorization: Basic base64(writeKey:)` (segment-analytics-python 2.4.0 as well as the
         // body writeKey).
@@ -298,9 +214,7 @@ async fn run(v: Variant) {
 /// explicit time the script sent (the client and server share a clock here, so the skew correction is ~0).
 fn check_timestamps(p: &str, kind: &str, e: &Value, sent: OffsetDateTime) {
     let field = |name: &str| -> OffsetDateTime {
-        let s = e[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("{p}: {kind} has no {name} string: {e}"));
+        let s = e[name].as_str().unwrap_or_else(|| panic!("{p}: {kind} has no {name} string: {e}"));
         parse_time(s, &format!("{p}: {kind}.{name}"))
     };
     let timestamp = field("timestamp");
@@ -322,16 +236,13 @@ fn check_timestamps(p: &str, kind: &str, e: &Value, sent: OffsetDateTime) {
 }
 
 fn parse_time(s: &str, what: &str) -> OffsetDateTime {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .unwrap_or_else(|err| panic!("{what}: {s:?} is not RFC 3339: {err}"))
+    OffsetDateTime::parse(s, &Rfc3339).unwrap_or_else(|err| panic!("{what}: {s:?} is not RFC 3339: {err}"))
 }
 
 /// Runs the client script against `host`; panics (with its output) unless it exits 0 within [`SCRIPT_TIMEOUT`].
 /// Returns the JSON summary, the last line of its stdout.
 fn run_script(v: &Variant, host: &str) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("sdk")
-        .join(v.script);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk").join(v.script);
     let mut cmd = match v.runtime {
         Runtime::Python => {
             let python = required_env(
@@ -339,8 +250,7 @@ fn run_script(v: &Variant, host: &str) -> Value {
                 "a python with segment-analytics-python and rudder-sdk-python (.test-tools/venv/bin/python)",
             );
             let mut cmd = Command::new(python);
-            cmd.env("PYTHONDONTWRITEBYTECODE", "1")
-                .env("PYTHONUNBUFFERED", "1");
+            cmd.env("PYTHONDONTWRITEBYTECODE", "1").env("PYTHONUNBUFFERED", "1");
             cmd
         }
         Runtime::Node => {
@@ -348,61 +258,30 @@ fn run_script(v: &Variant, host: &str) -> Value {
                 "TRIBUTARY_NODE_MODULES",
                 "node_modules with @segment/analytics-node and @rudderstack/rudder-sdk-node (tests/sdk/node/node_modules)",
             ));
-            assert!(
-                modules.is_dir(),
-                "TRIBUTARY_NODE_MODULES={} is not a directory",
-                modules.display()
-            );
+            assert!(modules.is_dir(), "TRIBUTARY_NODE_MODULES={} is not a directory", modules.display());
             let mut cmd = Command::new("node");
-            cmd.env("TRIBUTARY_NODE_MODULES", &modules)
-                .env("NODE_PATH", &modules);
+            cmd.env("TRIBUTARY_NODE_MODULES", &modules).env("NODE_PATH", &modules);
             if let Some(dir) = modules.parent() {
                 cmd.current_dir(dir);
             }
             cmd
         }
     };
-    cmd.arg(&script).args([
-        "--host",
-        host,
-        "--write-key",
-        TEST_WRITE_KEY,
-        "--prefix",
-        v.prefix,
-    ]);
+    cmd.arg(&script).args(["--host", host, "--write-key", TEST_WRITE_KEY, "--prefix", v.prefix]);
     if v.gzip_flag {
         cmd.arg("--gzip");
     }
     let (status, stdout, stderr) = run_with_timeout(cmd, SCRIPT_TIMEOUT);
     let shown = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
     let Some(status) = status else {
-        panic!(
-            "{} did not finish within {SCRIPT_TIMEOUT:?} (killed); a client retrying?\n{shown}",
-            v.script
-        );
+        panic!("{} did not finish within {SCRIPT_TIMEOUT:?} (killed); a client retrying?\n{shown}", v.script);
     };
-    assert!(
-        status.success(),
-        "{} failed ({status}): the client reported errors\n{shown}",
-        v.script
-    );
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    let summary: Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "{}: last stdout line is not the JSON summary ({e})\n{shown}",
-            v.script
-        )
-    });
+    assert!(status.success(), "{} failed ({status}): the client reported errors\n{shown}", v.script);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let summary: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{}: last stdout line is not the JSON summary ({e})\n{shown}", v.script));
     let errors = summary["errors"].as_array().map(Vec::len).unwrap_or(0);
-    assert_eq!(
-        errors, 0,
-        "{}: the client reported errors\n{shown}",
-        v.script
-    );
+    assert_eq!(errors, 0, "{}: the client reported errors\n{shown}", v.script);
     summary
 }
 
@@ -417,16 +296,9 @@ fn required_env(name: &str, what: &str) -> String {
 }
 
 /// Runs `cmd` with piped output; `None` as status if it had to be killed after `timeout`.
-fn run_with_timeout(
-    mut cmd: Command,
-    timeout: Duration,
-) -> (Option<std::process::ExitStatus>, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"));
+fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (Option<std::process::ExitStatus>, String, String) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -448,11 +320,7 @@ fn run_with_timeout(
             }
         }
     };
-    (
-        status,
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    )
+    (status, out.join().unwrap_or_default(), err.join().unwrap_or_default())
 }
 
 fn pretty(values: &[Value]) -> String {

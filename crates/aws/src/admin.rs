@@ -21,30 +21,18 @@ const TABLE_ACTIVE_WITHIN: Duration = Duration::from_secs(120);
 /// the queue gets a redrive policy that moves a message to that dead-letter queue once it has been received
 /// `max_receive_count` times without being deleted.
 #[tracing::instrument(skip_all, fields(queue = name))]
-pub async fn create_queue(
-    aws: &AwsClients,
-    name: &str,
-    dlq: Option<(&str, u32)>,
-) -> Result<String, PortError> {
+pub async fn create_queue(aws: &AwsClients, name: &str, dlq: Option<(&str, u32)>) -> Result<String, PortError> {
     let mut req = aws.sqs.create_queue().queue_name(name);
     if let Some((target, max_receive_count)) = dlq {
-        let arn = if target.starts_with("arn:") {
-            target.to_owned()
-        } else {
-            queue_arn(aws, target).await?
-        };
+        let arn = if target.starts_with("arn:") { target.to_owned() } else { queue_arn(aws, target).await? };
         let policy = serde_json::json!({
             "deadLetterTargetArn": arn,
             "maxReceiveCount": max_receive_count.to_string(),
         });
         req = req.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| error::sqs("CreateQueue", &e))?;
-    out.queue_url
-        .ok_or_else(|| PortError::Unavailable("sqs CreateQueue: answer without a queue URL".into()))
+    let out = req.send().await.map_err(|e| error::sqs("CreateQueue", &e))?;
+    out.queue_url.ok_or_else(|| PortError::Unavailable("sqs CreateQueue: answer without a queue URL".into()))
 }
 
 /// The ARN of the queue at `url`.
@@ -61,9 +49,7 @@ pub async fn queue_arn(aws: &AwsClients, url: &str) -> Result<String, PortError>
     out.attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .cloned()
-        .ok_or_else(|| {
-            PortError::Unavailable("sqs GetQueueAttributes: answer without QueueArn".into())
-        })
+        .ok_or_else(|| PortError::Unavailable("sqs GetQueueAttributes: answer without QueueArn".into()))
 }
 
 /// Creates the S3 bucket `name` in the client's region and returns its name.
@@ -71,16 +57,9 @@ pub async fn queue_arn(aws: &AwsClients, url: &str) -> Result<String, PortError>
 pub async fn create_bucket(aws: &AwsClients, name: &str) -> Result<String, PortError> {
     let mut req = aws.s3.create_bucket().bucket(name);
     // us-east-1 is the default location and must not be named.
-    if let Some(region) = aws
-        .s3
-        .config()
-        .region()
-        .map(|r| r.as_ref())
-        .filter(|r| *r != "us-east-1")
-    {
-        let conf = CreateBucketConfiguration::builder()
-            .location_constraint(BucketLocationConstraint::from(region))
-            .build();
+    if let Some(region) = aws.s3.config().region().map(|r| r.as_ref()).filter(|r| *r != "us-east-1") {
+        let conf =
+            CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region)).build();
         req = req.create_bucket_configuration(conf);
     }
     match req.send().await {
@@ -96,8 +75,7 @@ pub async fn create_bucket(aws: &AwsClients, name: &str) -> Result<String, PortE
 /// attribute `ttl`), waits until it is active and returns its name.
 #[tracing::instrument(skip_all, fields(table = name))]
 pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortError> {
-    let build_failed =
-        |_| PortError::Invalid("dynamodb CreateTable: request could not be built".into());
+    let build_failed = |_| PortError::Invalid("dynamodb CreateTable: request could not be built".into());
     let attr = |n: &str| {
         AttributeDefinition::builder()
             .attribute_name(n)
@@ -105,13 +83,8 @@ pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortEr
             .build()
             .map_err(build_failed)
     };
-    let key = |n: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-            .map_err(build_failed)
-    };
+    let key =
+        |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(build_failed);
     let res = aws
         .dynamodb
         .create_table()
@@ -154,17 +127,8 @@ pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortEr
         .attribute_name("ttl")
         .enabled(true)
         .build()
-        .map_err(|_| {
-            PortError::Invalid("dynamodb UpdateTimeToLive: request could not be built".into())
-        })?;
-    match aws
-        .dynamodb
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(ttl)
-        .send()
-        .await
-    {
+        .map_err(|_| PortError::Invalid("dynamodb UpdateTimeToLive: request could not be built".into()))?;
+    match aws.dynamodb.update_time_to_live().table_name(name).time_to_live_specification(ttl).send().await {
         Ok(_) => Ok(name.to_owned()),
         Err(e) => {
             let err = error::dynamodb("UpdateTimeToLive", &e);

@@ -10,8 +10,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 use serde_json::{Map, Number, Value};
 use tributary_core::ports::{
-    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
-    MAX_TRANSACT_ITEMS,
+    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS,
 };
 
 use crate::error::{self, Kind};
@@ -43,9 +42,7 @@ fn to_av(value: &Value) -> AttributeValue {
         Value::Number(n) => AttributeValue::N(n.to_string()),
         Value::String(s) => AttributeValue::S(s.clone()),
         Value::Array(a) => AttributeValue::L(a.iter().map(to_av).collect()),
-        Value::Object(m) => {
-            AttributeValue::M(m.iter().map(|(k, v)| (k.clone(), to_av(v))).collect())
-        }
+        Value::Object(m) => AttributeValue::M(m.iter().map(|(k, v)| (k.clone(), to_av(v))).collect()),
     }
 }
 
@@ -67,47 +64,25 @@ fn number(n: &str) -> Option<Number> {
 /// base64 strings), so items written by other tools still read. `name` is only for the error message.
 fn from_av(name: &str, av: &AttributeValue) -> Result<Value, PortError> {
     use base64::Engine as _;
-    let bad_number = || {
-        PortError::Invalid(format!(
-            "dynamodb: attribute {name:?} holds a malformed number"
-        ))
-    };
+    let bad_number = || PortError::Invalid(format!("dynamodb: attribute {name:?} holds a malformed number"));
     Ok(match av {
         AttributeValue::Null(_) => Value::Null,
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::N(n) => Value::Number(number(n).ok_or_else(bad_number)?),
         AttributeValue::S(s) => Value::String(s.clone()),
-        AttributeValue::L(l) => Value::Array(
-            l.iter()
-                .map(|v| from_av(name, v))
-                .collect::<Result<_, _>>()?,
-        ),
-        AttributeValue::M(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| Ok((k.clone(), from_av(name, v)?)))
-                .collect::<Result<_, PortError>>()?,
-        ),
+        AttributeValue::L(l) => Value::Array(l.iter().map(|v| from_av(name, v)).collect::<Result<_, _>>()?),
+        AttributeValue::M(m) => {
+            Value::Object(m.iter().map(|(k, v)| Ok((k.clone(), from_av(name, v)?))).collect::<Result<_, PortError>>()?)
+        }
         AttributeValue::Ss(ss) => Value::Array(ss.iter().cloned().map(Value::String).collect()),
         AttributeValue::Ns(ns) => Value::Array(
-            ns.iter()
-                .map(|n| number(n).map(Value::Number).ok_or_else(bad_number))
-                .collect::<Result<_, _>>()?,
+            ns.iter().map(|n| number(n).map(Value::Number).ok_or_else(bad_number)).collect::<Result<_, _>>()?,
         ),
-        AttributeValue::B(b) => {
-            Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref()))
-        }
+        AttributeValue::B(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref())),
         AttributeValue::Bs(bs) => Value::Array(
-            bs.iter()
-                .map(|b| {
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref()))
-                })
-                .collect(),
+            bs.iter().map(|b| Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_ref()))).collect(),
         ),
-        _ => {
-            return Err(PortError::Invalid(format!(
-                "dynamodb: attribute {name:?} has an unknown type"
-            )))
-        }
+        _ => return Err(PortError::Invalid(format!("dynamodb: attribute {name:?} has an unknown type"))),
     })
 }
 
@@ -124,16 +99,11 @@ fn item_to_av(item: &Item) -> Result<HashMap<String, AttributeValue>, PortError>
     let mut out = key_av(&item.key);
     for (name, value) in &item.attrs {
         if matches!(name.as_str(), PK | SK | VERSION | TTL) {
-            return Err(PortError::Invalid(format!(
-                "attribute name {name:?} is reserved"
-            )));
+            return Err(PortError::Invalid(format!("attribute name {name:?} is reserved")));
         }
         out.insert(name.clone(), to_av(value));
     }
-    out.insert(
-        VERSION.to_owned(),
-        AttributeValue::N(item.version.to_string()),
-    );
+    out.insert(VERSION.to_owned(), AttributeValue::N(item.version.to_string()));
     if let Some(t) = item.expires_at {
         out.insert(TTL.to_owned(), AttributeValue::N(t.to_string()));
     }
@@ -144,56 +114,35 @@ fn item_to_av(item: &Item) -> Result<HashMap<String, AttributeValue>, PortError>
 fn item_from_av(mut av: HashMap<String, AttributeValue>) -> Result<Item, PortError> {
     let string = |v: Option<AttributeValue>, name: &str| match v {
         Some(AttributeValue::S(s)) => Ok(s),
-        _ => Err(PortError::Invalid(format!(
-            "dynamodb: item without a string {name:?}"
-        ))),
+        _ => Err(PortError::Invalid(format!("dynamodb: item without a string {name:?}"))),
     };
     let pk = string(av.remove(PK), PK)?;
     let sk = string(av.remove(SK), SK)?;
     let version = match av.remove(VERSION) {
         None => 0,
-        Some(AttributeValue::N(n)) => n
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| PortError::Invalid("dynamodb: item with a malformed version".into()))?,
-        Some(_) => {
-            return Err(PortError::Invalid(
-                "dynamodb: item with a malformed version".into(),
-            ))
+        Some(AttributeValue::N(n)) => {
+            n.trim().parse::<u64>().map_err(|_| PortError::Invalid("dynamodb: item with a malformed version".into()))?
         }
+        Some(_) => return Err(PortError::Invalid("dynamodb: item with a malformed version".into())),
     };
     let expires_at = match av.remove(TTL) {
         None | Some(AttributeValue::Null(_)) => None,
         Some(AttributeValue::N(n)) => Some(epoch_seconds(&n)?),
-        Some(_) => {
-            return Err(PortError::Invalid(
-                "dynamodb: item with a malformed ttl".into(),
-            ))
-        }
+        Some(_) => return Err(PortError::Invalid("dynamodb: item with a malformed ttl".into())),
     };
     let mut attrs = Map::new();
     for (name, value) in &av {
         let v = from_av(name, value)?;
         attrs.insert(name.clone(), v);
     }
-    Ok(Item {
-        key: ItemKey { pk, sk },
-        attrs,
-        version,
-        expires_at,
-    })
+    Ok(Item { key: ItemKey { pk, sk }, attrs, version, expires_at })
 }
 
 fn epoch_seconds(n: &str) -> Result<i64, PortError> {
     let n = n.trim();
     n.parse::<i64>()
         .ok()
-        .or_else(|| {
-            n.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .map(|f| f.floor() as i64)
-        })
+        .or_else(|| n.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f.floor() as i64))
         .ok_or_else(|| PortError::Invalid("dynamodb: item with a malformed ttl".into()))
 }
 
@@ -228,10 +177,9 @@ fn condition_expr(condition: &Condition, now: i64, for_check: bool) -> Expr {
     let now_value = || HashMap::from([(":now".to_owned(), AttributeValue::N(now.to_string()))]);
     match condition {
         // A ConditionCheck needs an expression; this one is always true.
-        Condition::None if for_check => Expr {
-            expression: Some("attribute_exists(pk) OR attribute_not_exists(pk)".to_owned()),
-            ..Expr::default()
-        },
+        Condition::None if for_check => {
+            Expr { expression: Some("attribute_exists(pk) OR attribute_not_exists(pk)".to_owned()), ..Expr::default() }
+        }
         Condition::None => Expr::default(),
         Condition::NotExists => Expr {
             expression: Some("attribute_not_exists(pk) OR #ttl <= :now".to_owned()),
@@ -248,11 +196,7 @@ fn condition_expr(condition: &Condition, now: i64, for_check: bool) -> Expr {
             names.insert("#v".to_owned(), VERSION.to_owned());
             let mut values = now_value();
             values.insert(":v".to_owned(), AttributeValue::N(v.to_string()));
-            Expr {
-                expression: Some(format!("#v = :v AND {NOT_EXPIRED}")),
-                names,
-                values,
-            }
+            Expr { expression: Some(format!("#v = :v AND {NOT_EXPIRED}")), names, values }
         }
     }
 }
@@ -360,23 +304,13 @@ impl DynamoTable {
 /// Decides a cancelled transaction from its per-operation reasons: the first failed condition wins; otherwise a
 /// conflict or throttling is retryable; anything else is a bad request.
 fn cancelled(reasons: &[Option<&str>]) -> TransactError {
-    if let Some(index) = reasons.iter().position(|c| {
-        matches!(
-            c.map(error::dynamodb_reason_kind),
-            Some(Kind::ConditionFailed)
-        )
-    }) {
+    if let Some(index) =
+        reasons.iter().position(|c| matches!(c.map(error::dynamodb_reason_kind), Some(Kind::ConditionFailed)))
+    {
         return TransactError::ConditionFailed { index };
     }
-    let codes: Vec<&str> = reasons
-        .iter()
-        .filter_map(|c| *c)
-        .filter(|c| *c != "None")
-        .collect();
-    let what = format!(
-        "dynamodb TransactWriteItems: cancelled ({})",
-        codes.join(", ")
-    );
+    let codes: Vec<&str> = reasons.iter().filter_map(|c| *c).filter(|c| *c != "None").collect();
+    let what = format!("dynamodb TransactWriteItems: cancelled ({})", codes.join(", "));
     let has = |kind: Kind| codes.iter().any(|c| error::dynamodb_reason_kind(c) == kind);
     TransactError::Port(if has(Kind::Throttled) {
         PortError::Throttled(what)
@@ -401,11 +335,7 @@ impl TableStore for DynamoTable {
             .map_err(|e| error::dynamodb("GetItem", &e))?;
         let Some(av) = out.item else { return Ok(None) };
         let item = item_from_av(av)?;
-        Ok(if is_expired(&item, now_epoch_s()) {
-            None
-        } else {
-            Some(item)
-        })
+        Ok(if is_expired(&item, now_epoch_s()) { None } else { Some(item) })
     }
 
     #[tracing::instrument(skip_all, fields(table = %self.table, limit = limit, calls, returned))]
@@ -424,12 +354,7 @@ impl TableStore for DynamoTable {
         let mut start_key = match start_after {
             Some(after) if after.starts_with(sk_prefix) => Some(key_av(&ItemKey::new(pk, after))),
             Some(after) if after < sk_prefix => None,
-            Some(_) => {
-                return Ok(QueryPage {
-                    items: Vec::new(),
-                    next: None,
-                })
-            }
+            Some(_) => return Ok(QueryPage { items: Vec::new(), next: None }),
             None => None,
         };
         let (condition, mut values) = if sk_prefix.is_empty() {
@@ -437,10 +362,7 @@ impl TableStore for DynamoTable {
         } else {
             (
                 "#pk = :pk AND begins_with(#sk, :prefix)",
-                HashMap::from([(
-                    ":prefix".to_owned(),
-                    AttributeValue::S(sk_prefix.to_owned()),
-                )]),
+                HashMap::from([(":prefix".to_owned(), AttributeValue::S(sk_prefix.to_owned()))]),
             )
         };
         values.insert(":pk".to_owned(), AttributeValue::S(pk.to_owned()));
@@ -493,9 +415,7 @@ impl TableStore for DynamoTable {
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
         if ops.is_empty() {
             // DynamoDB refuses an empty TransactItems list too.
-            return Err(
-                PortError::Invalid("a transaction needs at least one operation".into()).into(),
-            );
+            return Err(PortError::Invalid("a transaction needs at least one operation".into()).into());
         }
         if ops.len() > MAX_TRANSACT_ITEMS {
             return Err(PortError::Invalid(format!(
@@ -512,22 +432,12 @@ impl TableStore for DynamoTable {
             .into());
         }
         let now = now_epoch_s();
-        let items = ops
-            .iter()
-            .map(|op| self.transact_item(op, now))
-            .collect::<Result<Vec<_>, _>>()?;
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
+        let items = ops.iter().map(|op| self.transact_item(op, now)).collect::<Result<Vec<_>, _>>()?;
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => Ok(()),
             Err(e) => match e.as_service_error() {
                 Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
-                    let reasons: Vec<Option<&str>> =
-                        c.cancellation_reasons().iter().map(|r| r.code()).collect();
+                    let reasons: Vec<Option<&str>> = c.cancellation_reasons().iter().map(|r| r.code()).collect();
                     let err = cancelled(&reasons);
                     tracing::debug!(error = %err, "Transaction cancelled.");
                     Err(err)
@@ -545,9 +455,9 @@ impl TableStore for DynamoTable {
             // DynamoDB has no single-item condition check outside a transaction.
             WriteOp::Check { .. } => match self.transact(vec![op]).await {
                 Ok(()) => Ok(()),
-                Err(TransactError::ConditionFailed { .. }) => Err(PortError::ConditionFailed(
-                    "dynamodb ConditionCheck: ConditionalCheckFailed".into(),
-                )),
+                Err(TransactError::ConditionFailed { .. }) => {
+                    Err(PortError::ConditionFailed("dynamodb ConditionCheck: ConditionalCheckFailed".into()))
+                }
                 Err(TransactError::Port(e)) => Err(e),
             },
         }
@@ -573,17 +483,9 @@ mod tests {
     fn items_round_trip_and_reserved_names_are_refused() {
         let mut attrs = Map::new();
         attrs.insert("name".into(), json!("Ann"));
-        let item = Item {
-            key: ItemKey::new("p", "s"),
-            attrs,
-            version: 1 << 40,
-            expires_at: Some(1_700_000_000),
-        };
+        let item = Item { key: ItemKey::new("p", "s"), attrs, version: 1 << 40, expires_at: Some(1_700_000_000) };
         let av = item_to_av(&item).expect("converts");
-        assert_eq!(
-            av.get("v"),
-            Some(&AttributeValue::N("1099511627776".into()))
-        );
+        assert_eq!(av.get("v"), Some(&AttributeValue::N("1099511627776".into())));
         assert_eq!(av.get("ttl"), Some(&AttributeValue::N("1700000000".into())));
         assert_eq!(item_from_av(av).expect("reads"), item);
 
@@ -597,34 +499,20 @@ mod tests {
         assert_eq!(number("42"), Some(Number::from(42)));
         assert_eq!(number("18446744073709551615"), Some(Number::from(u64::MAX)));
         assert_eq!(number("1E+2"), Number::from_f64(100.0));
-        assert_eq!(
-            number("602214076000000000000000"),
-            Number::from_f64(6.02214076e23)
-        );
+        assert_eq!(number("602214076000000000000000"), Number::from_f64(6.02214076e23));
         assert_eq!(number("abc"), None);
     }
 
     #[test]
     fn conditions_use_only_their_names_and_values() {
         let e = condition_expr(&Condition::VersionIs(3), 100, false);
-        assert_eq!(
-            e.expression.as_deref(),
-            Some("#v = :v AND (attribute_not_exists(#ttl) OR #ttl > :now)")
-        );
+        assert_eq!(e.expression.as_deref(), Some("#v = :v AND (attribute_not_exists(#ttl) OR #ttl > :now)"));
         assert_eq!(e.names.len(), 2);
         assert_eq!(e.values.get(":v"), Some(&AttributeValue::N("3".into())));
-        assert_eq!(
-            condition_expr(&Condition::None, 100, false),
-            Expr::default()
-        );
-        assert!(condition_expr(&Condition::None, 100, true)
-            .expression
-            .is_some());
+        assert_eq!(condition_expr(&Condition::None, 100, false), Expr::default());
+        assert!(condition_expr(&Condition::None, 100, true).expression.is_some());
         let e = condition_expr(&Condition::NotExists, 100, false);
-        assert_eq!(
-            e.expression.as_deref(),
-            Some("attribute_not_exists(pk) OR #ttl <= :now")
-        );
+        assert_eq!(e.expression.as_deref(), Some("attribute_not_exists(pk) OR #ttl <= :now"));
     }
 
     #[test]
@@ -637,13 +525,7 @@ mod tests {
             cancelled(&[Some("TransactionConflict"), Some("None")]),
             TransactError::Port(PortError::Unavailable(_))
         ));
-        assert!(matches!(
-            cancelled(&[Some("ValidationError")]),
-            TransactError::Port(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            cancelled(&[]),
-            TransactError::Port(PortError::Invalid(_))
-        ));
+        assert!(matches!(cancelled(&[Some("ValidationError")]), TransactError::Port(PortError::Invalid(_))));
+        assert!(matches!(cancelled(&[]), TransactError::Port(PortError::Invalid(_))));
     }
 }

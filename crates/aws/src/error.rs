@@ -53,21 +53,12 @@ impl Facts {
             SdkError::ServiceError(s) => (Transport::Service, s.err().code().map(str::to_owned)),
             _ => (Transport::Response, None),
         };
-        Facts {
-            code,
-            status,
-            transport,
-        }
+        Facts { code, status, transport }
     }
 }
 
 /// Decides with a per-service code table, falling back on the transport and the HTTP status.
-pub(crate) fn classify(
-    service: &str,
-    op: &str,
-    facts: &Facts,
-    table: fn(&str) -> Option<Kind>,
-) -> PortError {
+pub(crate) fn classify(service: &str, op: &str, facts: &Facts, table: fn(&str) -> Option<Kind>) -> PortError {
     let kind = match facts.transport {
         Transport::Construction => Kind::Invalid,
         Transport::Dispatch | Transport::Timeout | Transport::Response => Kind::Unavailable,
@@ -146,8 +137,8 @@ fn sqs_code(code: &str) -> Option<Kind> {
     let code = code.strip_prefix("AWS.SimpleQueueService.").unwrap_or(code);
     Some(match code {
         "RequestThrottled" | "OverLimit" | "KmsThrottled" => Kind::Throttled,
-        "KmsDisabled" | "KmsInvalidState" | "KmsNotFound" | "KmsOptInRequired"
-        | "KmsAccessDenied" | "KmsInvalidKeyUsage" => Kind::Invalid,
+        "KmsDisabled" | "KmsInvalidState" | "KmsNotFound" | "KmsOptInRequired" | "KmsAccessDenied"
+        | "KmsInvalidKeyUsage" => Kind::Invalid,
         "NonExistentQueue"
         | "QueueDoesNotExist"
         | "QueueDeletedRecently"
@@ -174,9 +165,7 @@ fn sqs_code(code: &str) -> Option<Kind> {
 fn s3_code(code: &str) -> Option<Kind> {
     Some(match code {
         "SlowDown" => Kind::Throttled,
-        "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "OperationAborted" => {
-            Kind::Unavailable
-        }
+        "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "OperationAborted" => Kind::Unavailable,
         "NoSuchBucket"
         | "NoSuchKey"
         | "NotFound"
@@ -198,9 +187,7 @@ fn s3_code(code: &str) -> Option<Kind> {
 
 fn dynamodb_code(code: &str) -> Option<Kind> {
     Some(match code {
-        "ProvisionedThroughputExceededException"
-        | "RequestLimitExceeded"
-        | "ThrottlingException" => Kind::Throttled,
+        "ProvisionedThroughputExceededException" | "RequestLimitExceeded" | "ThrottlingException" => Kind::Throttled,
         // Another transaction holds one of the items: retry with jitter.
         "TransactionConflictException" | "TransactionInProgressException" => Kind::Unavailable,
         "ConditionalCheckFailedException" => Kind::ConditionFailed,
@@ -225,10 +212,7 @@ pub(crate) fn s3<E: ProvideErrorMetadata>(op: &str, err: &SdkError<E, HttpRespon
 }
 
 /// The DynamoDB error helper.
-pub(crate) fn dynamodb<E: ProvideErrorMetadata>(
-    op: &str,
-    err: &SdkError<E, HttpResponse>,
-) -> PortError {
+pub(crate) fn dynamodb<E: ProvideErrorMetadata>(op: &str, err: &SdkError<E, HttpResponse>) -> PortError {
     classify("dynamodb", op, &Facts::of(err), dynamodb_code)
 }
 
@@ -257,11 +241,7 @@ mod tests {
     use super::*;
 
     fn service(code: Option<&str>, status: u16) -> Facts {
-        Facts {
-            code: code.map(str::to_owned),
-            status: Some(status),
-            transport: Transport::Service,
-        }
+        Facts { code: code.map(str::to_owned), status: Some(status), transport: Transport::Service }
     }
 
     #[test]
@@ -299,22 +279,13 @@ mod tests {
             let e = classify("sqs", "ReceiveMessage", &service(code, status), sqs_code);
             assert!(matches!(e, PortError::Invalid(_)), "{e}");
         }
-        let e = classify(
-            "dynamodb",
-            "PutItem",
-            &service(Some("ConditionalCheckFailedException"), 400),
-            dynamodb_code,
-        );
+        let e = classify("dynamodb", "PutItem", &service(Some("ConditionalCheckFailedException"), 400), dynamodb_code);
         assert!(matches!(e, PortError::ConditionFailed(_)), "{e}");
     }
 
     #[test]
     fn transport_failures() {
-        let f = |transport| Facts {
-            code: None,
-            status: None,
-            transport,
-        };
+        let f = |transport| Facts { code: None, status: None, transport };
         assert!(classify("s3", "GetObject", &f(Transport::Dispatch), s3_code).is_retryable());
         assert!(classify("s3", "GetObject", &f(Transport::Timeout), s3_code).is_retryable());
         assert!(!classify("s3", "GetObject", &f(Transport::Construction), s3_code).is_retryable());
@@ -322,15 +293,7 @@ mod tests {
 
     #[test]
     fn messages_name_only_service_operation_and_code() {
-        let e = classify(
-            "dynamodb",
-            "PutItem",
-            &service(Some("ValidationException"), 400),
-            dynamodb_code,
-        );
-        assert_eq!(
-            e.to_string(),
-            "invalid request: dynamodb PutItem: ValidationException (http 400)"
-        );
+        let e = classify("dynamodb", "PutItem", &service(Some("ValidationException"), 400), dynamodb_code);
+        assert_eq!(e.to_string(), "invalid request: dynamodb PutItem: ValidationException (http 400)");
     }
 }

@@ -61,9 +61,7 @@ impl AwsClients {
         }
         let sdk = loader.load().await;
         let overridden = sdk.endpoint_url().is_some() || endpoint_override_in_env();
-        let s3_conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(overridden)
-            .build();
+        let s3_conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(overridden).build();
         AwsClients {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
@@ -95,12 +93,7 @@ impl AwsClients {
         let s3 = self.s3.list_buckets().max_buckets(1).send();
         let dynamodb = self.dynamodb.list_tables().limit(1).send();
         let (a, b, c) = futures::join!(sqs, s3, dynamodb);
-        tracing::debug!(
-            sqs = a.is_ok(),
-            s3 = b.is_ok(),
-            dynamodb = c.is_ok(),
-            "Connections warmed."
-        );
+        tracing::debug!(sqs = a.is_ok(), s3 = b.is_ok(), dynamodb = c.is_ok(), "Connections warmed.");
     }
 }
 

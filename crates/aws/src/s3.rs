@@ -44,11 +44,7 @@ fn range_header(start: u64, end: Option<u64>) -> Option<String> {
 
 impl S3Store {
     pub(crate) fn new(client: aws_sdk_s3::Client, bucket: String, prefix: &str) -> Self {
-        S3Store {
-            client,
-            bucket,
-            prefix: normalise_prefix(prefix),
-        }
+        S3Store { client, bucket, prefix: normalise_prefix(prefix) }
     }
 
     /// The bucket name.
@@ -74,25 +70,10 @@ impl S3Store {
         Ok(format!("{}{key}", self.prefix))
     }
 
-    async fn get_inner(
-        &self,
-        key: &str,
-        range: Option<String>,
-    ) -> Result<Option<Vec<u8>>, PortError> {
+    async fn get_inner(&self, key: &str, range: Option<String>) -> Result<Option<Vec<u8>>, PortError> {
         let full = self.full_key(key)?;
-        let op = if range.is_some() {
-            "GetObject(range)"
-        } else {
-            "GetObject"
-        };
-        let res = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .set_range(range)
-            .send()
-            .await;
+        let op = if range.is_some() { "GetObject(range)" } else { "GetObject" };
+        let res = self.client.get_object().bucket(&self.bucket).key(full).set_range(range).send().await;
         let out = match res {
             Ok(out) => out,
             Err(e) => {
@@ -107,11 +88,8 @@ impl S3Store {
                 return Err(error::s3(op, &e));
             }
         };
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|_| PortError::Unavailable(format!("s3 {op}: body could not be read")))?;
+        let bytes =
+            out.body.collect().await.map_err(|_| PortError::Unavailable(format!("s3 {op}: body could not be read")))?;
         Ok(Some(bytes.into_bytes().to_vec()))
     }
 }
@@ -137,12 +115,7 @@ impl ObjectStore for S3Store {
     }
 
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket, start = start, end = ?end))]
-    async fn get_range(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<Option<Vec<u8>>, PortError> {
+    async fn get_range(&self, key: &str, start: u64, end: Option<u64>) -> Result<Option<Vec<u8>>, PortError> {
         match range_header(start, end) {
             Some(range) => self.get_inner(key, Some(range)).await,
             // An empty range: only existence matters.
@@ -153,23 +126,10 @@ impl ObjectStore for S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket))]
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, PortError> {
         let full = self.full_key(key)?;
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-        {
+        match self.client.head_object().bucket(&self.bucket).key(full).send().await {
             Ok(out) => {
-                let size = out
-                    .content_length()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .unwrap_or(0);
-                Ok(Some(ObjectMeta {
-                    key: key.to_owned(),
-                    size,
-                }))
+                let size = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+                Ok(Some(ObjectMeta { key: key.to_owned(), size }))
             }
             Err(e) => {
                 let (code, status) = error::code_and_status(&e);
@@ -185,9 +145,7 @@ impl ObjectStore for S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket, pages, objects))]
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, PortError> {
         if prefix.chars().any(char::is_control) {
-            return Err(PortError::Invalid(
-                "s3 list prefix holds control characters".into(),
-            ));
+            return Err(PortError::Invalid("s3 list prefix holds control characters".into()));
         }
         let full_prefix = format!("{}{prefix}", self.prefix);
         let mut objects = Vec::new();
@@ -209,15 +167,10 @@ impl ObjectStore for S3Store {
                     continue;
                 };
                 let size = obj.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-                objects.push(ObjectMeta {
-                    key: key.to_owned(),
-                    size,
-                });
+                objects.push(ObjectMeta { key: key.to_owned(), size });
             }
             match out.next_continuation_token() {
-                Some(next) if out.is_truncated().unwrap_or(false) && !next.is_empty() => {
-                    token = Some(next.to_owned())
-                }
+                Some(next) if out.is_truncated().unwrap_or(false) && !next.is_empty() => token = Some(next.to_owned()),
                 _ => break,
             }
         }
@@ -231,14 +184,7 @@ impl ObjectStore for S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket))]
     async fn delete(&self, key: &str) -> Result<(), PortError> {
         let full = self.full_key(key)?;
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-        {
+        match self.client.delete_object().bucket(&self.bucket).key(full).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let (code, status) = error::code_and_status(&e);

@@ -2,12 +2,8 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
-};
-use tributary_core::ports::{
-    FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH,
-};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
+use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH};
 
 use crate::error;
 
@@ -31,12 +27,7 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub(crate) fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
-        let name = url
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let name = url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned();
         SqsQueue { client, url, name }
     }
 
@@ -52,19 +43,14 @@ impl SqsQueue {
 
     /// One SendMessageBatch call. Entry ids on the wire are the positions in `messages` (`m0`…`m9`), so callers'
     /// ids need not follow SQS's id alphabet; failures are mapped back to the callers' ids.
-    async fn send_chunk(
-        &self,
-        messages: &[(usize, &OutgoingMessage)],
-    ) -> Result<Vec<FailedEntry>, PortError> {
+    async fn send_chunk(&self, messages: &[(usize, &OutgoingMessage)]) -> Result<Vec<FailedEntry>, PortError> {
         let mut entries = Vec::with_capacity(messages.len());
         for (pos, m) in messages {
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(format!("m{pos}"))
                 .message_body(m.body.clone())
                 .build()
-                .map_err(|_| {
-                    PortError::Invalid("sqs SendMessageBatch: entry could not be built".into())
-                })?;
+                .map_err(|_| PortError::Invalid("sqs SendMessageBatch: entry could not be built".into()))?;
             entries.push(entry);
         }
         let out = self
@@ -87,11 +73,7 @@ impl SqsQueue {
                 tracing::warn!(queue = %self.name, "SQS reported a failure for an entry it was not sent.");
                 continue;
             };
-            failed.push(FailedEntry {
-                id,
-                retryable: !f.sender_fault(),
-                reason: format!("sqs {}", f.code()),
-            });
+            failed.push(FailedEntry { id, retryable: !f.sender_fault(), reason: format!("sqs {}", f.code()) });
         }
         Ok(failed)
     }
@@ -106,9 +88,7 @@ fn body_problem(body: &str) -> Option<&'static str> {
         return Some("message body larger than 1 MiB");
     }
     // SQS accepts #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF.
-    let allowed = |c: char| {
-        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
-    };
+    let allowed = |c: char| matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}');
     if !body.chars().all(allowed) {
         return Some("message body holds characters SQS does not accept");
     }
@@ -123,10 +103,7 @@ fn secs_ceil(d: Duration, max: u64) -> i32 {
 
 impl Queue for SqsQueue {
     #[tracing::instrument(skip_all, fields(queue = %self.name, count = messages.len()))]
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<FailedEntry>, PortError> {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
         if messages.len() > MAX_SEND_BATCH {
             return Err(PortError::Invalid(format!(
                 "sqs SendMessageBatch: {} messages, at most {MAX_SEND_BATCH} allowed",
@@ -139,11 +116,7 @@ impl Queue for SqsQueue {
         let mut chunk_bytes = 0usize;
         for (pos, m) in messages.iter().enumerate() {
             if let Some(problem) = body_problem(&m.body) {
-                failed.push(FailedEntry {
-                    id: m.id.clone(),
-                    retryable: false,
-                    reason: problem.to_owned(),
-                });
+                failed.push(FailedEntry { id: m.id.clone(), retryable: false, reason: problem.to_owned() });
                 continue;
             }
             match chunks.last_mut() {
@@ -209,19 +182,15 @@ impl Queue for SqsQueue {
             .map_err(|e| error::sqs("ReceiveMessage", &e))?;
         let mut received = Vec::with_capacity(out.messages().len());
         for m in out.messages() {
-            let (Some(message_id), Some(receipt_handle)) = (m.message_id(), m.receipt_handle())
-            else {
-                return Err(PortError::Unavailable(
-                    "sqs ReceiveMessage: message without id or receipt handle".into(),
-                ));
+            let (Some(message_id), Some(receipt_handle)) = (m.message_id(), m.receipt_handle()) else {
+                return Err(PortError::Unavailable("sqs ReceiveMessage: message without id or receipt handle".into()));
             };
             let attr = |name: &MessageSystemAttributeName| m.attributes().and_then(|a| a.get(name));
             let receive_count = attr(&MessageSystemAttributeName::ApproximateReceiveCount)
                 .and_then(|v| v.parse::<u32>().ok())
                 .unwrap_or(1);
-            let sent_timestamp_ms = attr(&MessageSystemAttributeName::SentTimestamp)
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0);
+            let sent_timestamp_ms =
+                attr(&MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
             received.push(ReceivedMessage {
                 message_id: message_id.to_owned(),
                 receipt_handle: receipt_handle.to_owned(),
@@ -236,24 +205,14 @@ impl Queue for SqsQueue {
 
     #[tracing::instrument(skip_all, fields(queue = %self.name))]
     async fn delete(&self, receipt_handle: &str) -> Result<(), PortError> {
-        match self
-            .client
-            .delete_message()
-            .queue_url(&self.url)
-            .receipt_handle(receipt_handle)
-            .send()
-            .await
-        {
+        match self.client.delete_message().queue_url(&self.url).receipt_handle(receipt_handle).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = error::sqs("DeleteMessage", &e);
                 let (code, _) = error::code_and_status(&e);
                 // A stale or unknown receipt handle means the message is gone or someone else holds it: not ours
                 // to delete any more, and not an error by the port's contract.
-                match code
-                    .as_deref()
-                    .map(|c| c.strip_prefix("AWS.SimpleQueueService.").unwrap_or(c))
-                {
+                match code.as_deref().map(|c| c.strip_prefix("AWS.SimpleQueueService.").unwrap_or(c)) {
                     Some("ReceiptHandleIsInvalid") => {
                         tracing::debug!("Delete with a stale receipt handle ignored.");
                         Ok(())
@@ -265,11 +224,7 @@ impl Queue for SqsQueue {
     }
 
     #[tracing::instrument(skip_all, fields(queue = %self.name, visibility_secs = visibility_timeout.as_secs()))]
-    async fn change_visibility(
-        &self,
-        receipt_handle: &str,
-        visibility_timeout: Duration,
-    ) -> Result<(), PortError> {
+    async fn change_visibility(&self, receipt_handle: &str, visibility_timeout: Duration) -> Result<(), PortError> {
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
@@ -297,10 +252,7 @@ impl Queue for SqsQueue {
             match attrs.and_then(|a| a.get(&name)) {
                 None => Ok(0),
                 Some(v) => v.parse::<u64>().map_err(|_| {
-                    PortError::Unavailable(format!(
-                        "sqs GetQueueAttributes: {} is not a number",
-                        name.as_str()
-                    ))
+                    PortError::Unavailable(format!("sqs GetQueueAttributes: {} is not a number", name.as_str()))
                 }),
             }
         };

@@ -24,11 +24,9 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Ingest {
-            events,
-            rounds,
-            round_ms,
-        } => ingest_bench(events, rounds, Duration::from_millis(round_ms)),
+        BenchCommand::Ingest { events, rounds, round_ms } => {
+            ingest_bench(events, rounds, Duration::from_millis(round_ms))
+        }
     }
 }
 
@@ -54,10 +52,8 @@ fn ingest_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Result<(
         user_agent: Some("analytics-python/2.4.0".into()),
     };
     // Check once that the pipeline accepts every event, so we time real work.
-    let parsed = ingest::parse_body(&body, &limits)
-        .map_err(|e| anyhow::anyhow!("sample batch refused: {e}"))?;
-    let processed =
-        ingest::process(Route::Batch, parsed, &ctx, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parsed = ingest::parse_body(&body, &limits).map_err(|e| anyhow::anyhow!("sample batch refused: {e}"))?;
+    let processed = ingest::process(Route::Batch, parsed, &ctx, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
     anyhow::ensure!(
         processed.accepted.len() == events && processed.rejected.is_empty(),
         "sample batch: {} accepted, {} rejected",
@@ -69,11 +65,7 @@ fn ingest_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Result<(
         let v = ingest::parse_body(black_box(&body), &limits).ok();
         if let Some(v) = v {
             if let Ok(p) = ingest::process(Route::Batch, v, &ctx, &limits) {
-                black_box(ingest::pack(
-                    "web",
-                    &p.accepted,
-                    tributary_ingest::DEFAULT_MAX_MESSAGE_BYTES,
-                ));
+                black_box(ingest::pack("web", &p.accepted, tributary_ingest::DEFAULT_MAX_MESSAGE_BYTES));
             }
         }
     };
@@ -94,14 +86,8 @@ fn ingest_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Result<(
     };
     let (b, o) = (median(&mut base), median(&mut ours));
     let mb = body.len() as f64 / 1e6;
-    println!(
-        "ingest core benchmark: {events}-event batch, {} bytes, median of {rounds} rounds",
-        body.len()
-    );
-    println!(
-        "{:<44} {:>12} {:>12} {:>10}",
-        "", "batches/s", "events/s", "MB/s"
-    );
+    println!("ingest core benchmark: {events}-event batch, {} bytes, median of {rounds} rounds", body.len());
+    println!("{:<44} {:>12} {:>12} {:>10}", "", "batches/s", "events/s", "MB/s");
     println!(
         "{:<44} {:>12.0} {:>12.0} {:>10.1}",
         "baseline serde_json::from_slice::<Value>",
@@ -116,10 +102,7 @@ fn ingest_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Result<(
         o * events as f64,
         o * mb
     );
-    println!(
-        "ratio (tributary / baseline): {:.2}  (target ≥ 0.50)",
-        o / b
-    );
+    println!("ratio (tributary / baseline): {:.2}  (target ≥ 0.50)", o / b);
     if cfg!(debug_assertions) {
         println!("note: debug build; run `cargo run --release -p tributary-cli -- bench ingest` for real figures");
     }

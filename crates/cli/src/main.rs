@@ -11,11 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 
 #[derive(Parser)]
-#[command(
-    name = "tributary",
-    version,
-    about = "Tributary: a customer data platform on AWS Lambda, runnable locally."
-)]
+#[command(name = "tributary", version, about = "Tributary: a customer data platform on AWS Lambda, runnable locally.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,22 +54,10 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            config,
-            data_dir,
-            addr,
-        } => serve(config, data_dir, addr),
-        Command::Config {
-            command: ConfigCommand::Check { file },
-        } => config_check(&file),
-        Command::Config {
-            command: ConfigCommand::Schema,
-        } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&tributary_core::config::json_schema())
-                    .unwrap_or_default()
-            );
+        Command::Serve { config, data_dir, addr } => serve(config, data_dir, addr),
+        Command::Config { command: ConfigCommand::Check { file } } => config_check(&file),
+        Command::Config { command: ConfigCommand::Schema } => {
+            println!("{}", serde_json::to_string_pretty(&tributary_core::config::json_schema()).unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => bench::run(command).map(|_| ExitCode::SUCCESS),
@@ -88,8 +72,7 @@ fn main() -> ExitCode {
 }
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     match tributary_core::config::load(&text) {
         Ok(cfg) => {
             println!(
@@ -133,8 +116,7 @@ fn serve(config: Option<PathBuf>, data_dir: PathBuf, addr: SocketAddr) -> anyhow
         )
         .with_writer(std::io::stderr)
         .init();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data = tributary_local::runtime::DataDir(data_dir.clone());
     let workspace = match &config {
         Some(path) => tributary_local::runtime::load_workspace(path)?,
@@ -146,16 +128,10 @@ fn serve(config: Option<PathBuf>, data_dir: PathBuf, addr: SocketAddr) -> anyhow
             cfg
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let platform = tributary_local::runtime::start(
-            tributary_local::runtime::PlatformOptions {
-                data_dir,
-                addr,
-                workspace,
-            },
+            tributary_local::runtime::PlatformOptions { data_dir, addr, workspace },
             LogMetrics,
         )
         .await?;
@@ -172,14 +148,13 @@ fn serve(config: Option<PathBuf>, data_dir: PathBuf, addr: SocketAddr) -> anyhow
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

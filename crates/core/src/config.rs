@@ -100,9 +100,7 @@ pub struct ManagementKey {
     pub scopes: Vec<Scope>,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     #[serde(rename = "profiles:read")]
@@ -129,11 +127,8 @@ impl TryFrom<String> for SourceId {
     fn try_from(s: String) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(SourceId(s))
         } else {
@@ -173,10 +168,7 @@ impl Sha256Hex {
 impl TryFrom<String> for Sha256Hex {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             Ok(Sha256Hex(s))
         } else {
             Err("expected a SHA-256 as 64 lowercase hex characters (e.g. `printf %s KEY | sha256sum`)".to_string())
@@ -202,10 +194,7 @@ pub struct ConfigError {
 /// not only the first.
 pub fn load(text: &str) -> Result<WorkspaceConfig, Vec<ConfigError>> {
     let cfg: WorkspaceConfig = serde_yaml_ng::from_str(text).map_err(|e| {
-        vec![ConfigError {
-            location: e.location().map(|l| (l.line(), l.column())),
-            message: e.to_string(),
-        }]
+        vec![ConfigError { location: e.location().map(|l| (l.line(), l.column())), message: e.to_string() }]
     })?;
     let errors = check(&cfg, text);
     if errors.is_empty() {
@@ -219,32 +208,20 @@ pub fn load(text: &str) -> Result<WorkspaceConfig, Vec<ConfigError>> {
 fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |needle: &str, message: String| {
-        errors.push(ConfigError {
-            location: find_line(text, needle),
-            message,
-        });
+        errors.push(ConfigError { location: find_line(text, needle), message });
     };
     let mut ids = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         if !ids.insert(s.id.as_str()) {
-            err(
-                s.id.as_str(),
-                format!("sources[{i}].id: duplicate source id {:?}", s.id.as_str()),
-            );
+            err(s.id.as_str(), format!("sources[{i}].id: duplicate source id {:?}", s.id.as_str()));
         }
         if s.write_key_sha256.is_empty() {
-            err(
-                s.id.as_str(),
-                format!("sources[{i}].write_key_sha256: a source needs at least one write key"),
-            );
+            err(s.id.as_str(), format!("sources[{i}].write_key_sha256: a source needs at least one write key"));
         }
         for (k, key) in s.write_key_sha256.iter().enumerate() {
             if !keys.insert(key.as_str()) {
-                err(
-                    key.as_str(),
-                    format!("sources[{i}].write_key_sha256[{k}]: write key used by two sources"),
-                );
+                err(key.as_str(), format!("sources[{i}].write_key_sha256[{k}]: write key used by two sources"));
             }
         }
         if let Err(m) = s.limits.check() {
@@ -252,28 +229,17 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
         }
         if let Some(r) = s.rate_limit {
             if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) || r.burst == 0 {
-                err(
-                    s.id.as_str(),
-                    format!(
-                        "sources[{i}].rate_limit: requests_per_second must be > 0 and burst ≥ 1"
-                    ),
-                );
+                err(s.id.as_str(), format!("sources[{i}].rate_limit: requests_per_second must be > 0 and burst ≥ 1"));
             }
         }
     }
     let mut mids = BTreeSet::new();
     for (i, m) in cfg.management_keys.iter().enumerate() {
         if !mids.insert(m.id.as_str()) {
-            err(
-                &m.id,
-                format!("management_keys[{i}].id: duplicate key id {:?}", m.id),
-            );
+            err(&m.id, format!("management_keys[{i}].id: duplicate key id {:?}", m.id));
         }
         if m.scopes.is_empty() {
-            err(
-                &m.id,
-                format!("management_keys[{i}].scopes: a key needs at least one scope"),
-            );
+            err(&m.id, format!("management_keys[{i}].scopes: a key needs at least one scope"));
         }
     }
     errors
@@ -281,9 +247,7 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
 
 /// Best-effort line of the first occurrence of `needle` in the file, for semantic errors.
 fn find_line(text: &str, needle: &str) -> Option<(usize, usize)> {
-    text.lines()
-        .enumerate()
-        .find_map(|(n, line)| line.find(needle).map(|c| (n + 1, c + 1)))
+    text.lines().enumerate().find_map(|(n, line)| line.find(needle).map(|c| (n + 1, c + 1)))
 }
 
 /// The JSON Schema of the workspace file, generated from the types above.
@@ -295,17 +259,12 @@ impl WorkspaceConfig {
     /// The source a write key belongs to, comparing SHA-256 hashes.
     pub fn source_for_write_key(&self, write_key: &str) -> Option<&SourceConfig> {
         let h = crate::sha256_hex(write_key.as_bytes());
-        self.sources
-            .iter()
-            .find(|s| s.write_key_sha256.iter().any(|k| k.as_str() == h))
+        self.sources.iter().find(|s| s.write_key_sha256.iter().any(|k| k.as_str() == h))
     }
 
     /// The loosest limits of all sources: what may be read before the source is known (body write key).
     pub fn widest_limits(&self) -> Limits {
-        self.sources
-            .iter()
-            .map(|s| s.limits)
-            .fold(Limits::default(), |a, b| a.widest(&b))
+        self.sources.iter().map(|s| s.limits).fold(Limits::default(), |a, b| a.widest(&b))
     }
 }
 
@@ -333,15 +292,9 @@ management_keys:
         assert_eq!(cfg.sources[0].id.as_str(), "web");
         assert_eq!(cfg.sources[0].limits, Limits::default());
         // sha256("secret")
-        assert_eq!(
-            cfg.source_for_write_key("secret").map(|s| s.id.as_str()),
-            Some("web")
-        );
+        assert_eq!(cfg.source_for_write_key("secret").map(|s| s.id.as_str()), Some("web"));
         assert!(cfg.source_for_write_key("other").is_none());
-        assert_eq!(
-            cfg.management_keys[0].scopes,
-            vec![Scope::ProfilesRead, Scope::Dsr]
-        );
+        assert_eq!(cfg.management_keys[0].scopes, vec![Scope::ProfilesRead, Scope::Dsr]);
     }
 
     #[test]
@@ -350,10 +303,7 @@ management_keys:
         let errs = load(&bad).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].location.map(|l| l.0), Some(7), "{errs:?}");
-        let bad = GOOD.replace(
-            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b",
-            "nothex",
-        );
+        let bad = GOOD.replace("2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b", "nothex");
         let errs = load(&bad).unwrap_err();
         assert_eq!(errs[0].location.map(|l| l.0), Some(6), "{errs:?}");
         assert!(errs[0].to_string().starts_with("line 6"), "{}", errs[0]);

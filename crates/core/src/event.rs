@@ -70,9 +70,8 @@ impl FromStr for MessageType {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        MessageType::from_name(s).ok_or_else(|| {
-            "message type must be one of track, identify, page, screen, group, alias".to_string()
-        })
+        MessageType::from_name(s)
+            .ok_or_else(|| "message type must be one of track, identify, page, screen, group, alias".to_string())
     }
 }
 
@@ -132,18 +131,10 @@ impl Message {
         let previous_id = lenient_string(m, "previousId");
         let group_id = lenient_string(m, "groupId");
         match kind {
-            MessageType::Track if event.is_none() => {
-                return Err("track message has no `event`".into())
-            }
-            MessageType::Alias if previous_id.is_none() => {
-                return Err("alias message has no `previousId`".into())
-            }
-            MessageType::Alias if user_id.is_none() => {
-                return Err("alias message has no `userId`".into())
-            }
-            MessageType::Group if group_id.is_none() => {
-                return Err("group message has no `groupId`".into())
-            }
+            MessageType::Track if event.is_none() => return Err("track message has no `event`".into()),
+            MessageType::Alias if previous_id.is_none() => return Err("alias message has no `previousId`".into()),
+            MessageType::Alias if user_id.is_none() => return Err("alias message has no `userId`".into()),
+            MessageType::Group if group_id.is_none() => return Err("group message has no `groupId`".into()),
             _ => {}
         }
         Ok(Message {
@@ -193,9 +184,7 @@ fn opt_object(m: &Map<String, Value>, key: &str) -> Result<Map<String, Value>, S
 
 fn required_time(m: &Map<String, Value>, key: &str) -> Result<OffsetDateTime, String> {
     match m.get(key) {
-        Some(Value::String(s)) => {
-            parse_timestamp(s).ok_or_else(|| format!("`{key}` is not a valid timestamp"))
-        }
+        Some(Value::String(s)) => parse_timestamp(s).ok_or_else(|| format!("`{key}` is not a valid timestamp")),
         Some(_) => Err(format!("`{key}` must be a timestamp string")),
         None => Err(format!("`{key}` is missing")),
     }
@@ -231,10 +220,7 @@ mod tests {
         for t in MessageType::ALL {
             assert_eq!(t.as_str().parse::<MessageType>(), Ok(t));
             assert_eq!(serde_json::to_value(t).unwrap(), json!(t.as_str()));
-            assert_eq!(
-                serde_json::from_value::<MessageType>(json!(t.as_str())).unwrap(),
-                t
-            );
+            assert_eq!(serde_json::from_value::<MessageType>(json!(t.as_str())).unwrap(), t);
             assert_eq!(t.to_string(), t.as_str());
         }
         assert!("Track".parse::<MessageType>().is_err());
@@ -266,40 +252,17 @@ mod tests {
     #[test]
     fn reads_every_type() {
         let cases = [
-            (
-                Route::Identify,
-                json!({"userId": "u", "traits": {"email": "a@b.c"}}),
-                MessageType::Identify,
-            ),
-            (
-                Route::Page,
-                json!({"anonymousId": "a", "name": "Home"}),
-                MessageType::Page,
-            ),
-            (
-                Route::Screen,
-                json!({"anonymousId": "a", "name": "Main"}),
-                MessageType::Screen,
-            ),
-            (
-                Route::Group,
-                json!({"userId": "u", "groupId": 7, "traits": {"plan": "pro"}}),
-                MessageType::Group,
-            ),
-            (
-                Route::Alias,
-                json!({"userId": "u", "previousId": "old"}),
-                MessageType::Alias,
-            ),
+            (Route::Identify, json!({"userId": "u", "traits": {"email": "a@b.c"}}), MessageType::Identify),
+            (Route::Page, json!({"anonymousId": "a", "name": "Home"}), MessageType::Page),
+            (Route::Screen, json!({"anonymousId": "a", "name": "Main"}), MessageType::Screen),
+            (Route::Group, json!({"userId": "u", "groupId": 7, "traits": {"plan": "pro"}}), MessageType::Group),
+            (Route::Alias, json!({"userId": "u", "previousId": "old"}), MessageType::Alias),
         ];
         for (route, body, kind) in cases {
             let msg = Message::from_normalized(&normalized(route, body)).unwrap();
             assert_eq!(msg.kind, kind);
             assert!(!msg.message_id.is_empty());
-            assert_eq!(
-                msg.timestamp, msg.received_at,
-                "no client time: timestamp = receivedAt"
-            );
+            assert_eq!(msg.timestamp, msg.received_at, "no client time: timestamp = receivedAt");
             match kind {
                 MessageType::Identify => assert_eq!(msg.traits["email"], json!("a@b.c")),
                 MessageType::Page | MessageType::Screen => assert!(msg.name.is_some()),
@@ -315,10 +278,7 @@ mod tests {
 
     #[test]
     fn serde_roundtrip() {
-        let m = normalized(
-            Route::Track,
-            json!({"userId": "u", "event": "E", "messageId": "m"}),
-        );
+        let m = normalized(Route::Track, json!({"userId": "u", "event": "E", "messageId": "m"}));
         let msg = Message::from_normalized(&m).unwrap();
         let text = serde_json::to_string(&msg).unwrap();
         assert!(text.contains("\"type\":\"track\""));
@@ -355,24 +315,16 @@ mod tests {
         }
         let mut m = obj(good.clone());
         m.remove("receivedAt");
-        assert!(Message::from_normalized(&m)
-            .unwrap_err()
-            .contains("receivedAt"));
+        assert!(Message::from_normalized(&m).unwrap_err().contains("receivedAt"));
         let mut alias = obj(good.clone());
         alias.insert("type".into(), json!("alias"));
-        assert!(Message::from_normalized(&alias)
-            .unwrap_err()
-            .contains("previousId"));
+        assert!(Message::from_normalized(&alias).unwrap_err().contains("previousId"));
         alias.insert("previousId".into(), json!("p"));
         alias.remove("userId");
         alias.insert("anonymousId".into(), json!("a"));
-        assert!(Message::from_normalized(&alias)
-            .unwrap_err()
-            .contains("userId"));
+        assert!(Message::from_normalized(&alias).unwrap_err().contains("userId"));
         let mut group = obj(good);
         group.insert("type".into(), json!("group"));
-        assert!(Message::from_normalized(&group)
-            .unwrap_err()
-            .contains("groupId"));
+        assert!(Message::from_normalized(&group).unwrap_err().contains("groupId"));
     }
 }

@@ -33,11 +33,7 @@ impl Emf {
             return None;
         }
         let dims: Vec<&str> = self.dimensions.iter().map(|(k, _)| k.as_str()).collect();
-        let metrics: Vec<Value> = self
-            .counters
-            .iter()
-            .map(|(n, _)| json!({"Name": n, "Unit": "Count"}))
-            .collect();
+        let metrics: Vec<Value> = self.counters.iter().map(|(n, _)| json!({"Name": n, "Unit": "Count"})).collect();
         let mut doc = Map::new();
         doc.insert(
             "_aws".into(),
@@ -67,14 +63,8 @@ mod tests {
             .unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 42);
-        assert_eq!(
-            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
-            "SourceId"
-        );
-        assert_eq!(
-            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Name"],
-            "Rejected.missing_id"
-        );
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "SourceId");
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Metrics"][1]["Name"], "Rejected.missing_id");
         assert_eq!(v["SourceId"], "web");
         assert_eq!(v["EventsAccepted"], 3);
         assert!(Emf::new().dimension("a", "b").line(0).is_none());

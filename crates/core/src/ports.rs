@@ -118,11 +118,9 @@ pub trait ObjectStore: Send + Sync {
         start: u64,
         end: Option<u64>,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, PortError>> + Send;
-    fn head(&self, key: &str)
-        -> impl Future<Output = Result<Option<ObjectMeta>, PortError>> + Send;
+    fn head(&self, key: &str) -> impl Future<Output = Result<Option<ObjectMeta>, PortError>> + Send;
     /// Every object whose key starts with `prefix`, sorted by key.
-    fn list(&self, prefix: &str)
-        -> impl Future<Output = Result<Vec<ObjectMeta>, PortError>> + Send;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, PortError>> + Send;
     /// Deleting a missing object is not an error.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), PortError>> + Send;
 }
@@ -132,15 +130,10 @@ pub fn validate_object_key(key: &str) -> Result<(), PortError> {
     let bad = key.is_empty()
         || key.len() > 1024
         || key.starts_with('/')
-        || key
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
         || key.chars().any(|c| c.is_control() || c == '\\');
     if bad {
-        return Err(PortError::Invalid(format!(
-            "object key is not allowed ({} bytes)",
-            key.len()
-        )));
+        return Err(PortError::Invalid(format!("object key is not allowed ({} bytes)", key.len())));
     }
     Ok(())
 }
@@ -161,10 +154,7 @@ pub struct ItemKey {
 
 impl ItemKey {
     pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
-        ItemKey {
-            pk: pk.into(),
-            sk: sk.into(),
-        }
+        ItemKey { pk: pk.into(), sk: sk.into() }
     }
 }
 
@@ -225,8 +215,7 @@ pub trait TableStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<QueryPage, PortError>> + Send;
     /// All operations or none, at most [`MAX_TRANSACT_ITEMS`], no two on the same key.
-    fn transact(&self, ops: Vec<WriteOp>)
-        -> impl Future<Output = Result<(), TransactError>> + Send;
+    fn transact(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<(), TransactError>> + Send;
     /// A single conditional write; `ConditionFailed` comes back as `PortError::ConditionFailed`.
     fn write(&self, op: WriteOp) -> impl Future<Output = Result<(), PortError>> + Send;
 }

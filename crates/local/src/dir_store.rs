@@ -30,16 +30,11 @@ impl DirStore {
     /// Opens the store at `root`, creating the directory if needed.
     pub fn open(root: &Path) -> Result<Self, PortError> {
         fs::create_dir_all(root).map_err(|e| io_error("create the store directory", e))?;
-        let root =
-            fs::canonicalize(root).map_err(|e| io_error("resolve the store directory", e))?;
+        let root = fs::canonicalize(root).map_err(|e| io_error("resolve the store directory", e))?;
         if !root.is_dir() {
-            return Err(PortError::Invalid(
-                "object store root is not a directory".into(),
-            ));
+            return Err(PortError::Invalid("object store root is not a directory".into()));
         }
-        Ok(DirStore {
-            root: Arc::new(root),
-        })
+        Ok(DirStore { root: Arc::new(root) })
     }
 
     /// The (canonical) directory holding the objects.
@@ -51,8 +46,7 @@ impl DirStore {
     /// the root, a temporary file, or not a valid key.
     pub fn key_of(&self, path: &Path) -> Option<String> {
         let rel = path.strip_prefix(&*self.root).ok()?;
-        let segments: Option<Vec<&str>> =
-            rel.components().map(|c| c.as_os_str().to_str()).collect();
+        let segments: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
         let key = segments?.join("/");
         check_key(&key).ok()?;
         Some(key)
@@ -75,9 +69,7 @@ impl DirStore {
 fn check_key(key: &str) -> Result<(), PortError> {
     validate_object_key(key)?;
     if key.split('/').any(|seg| seg.ends_with(TEMP_SUFFIX)) {
-        return Err(PortError::Invalid(format!(
-            "object key segments may not end with {TEMP_SUFFIX}"
-        )));
+        return Err(PortError::Invalid(format!("object key segments may not end with {TEMP_SUFFIX}")));
     }
     Ok(())
 }
@@ -89,10 +81,7 @@ fn io_error(what: &str, e: io::Error) -> PortError {
 
 /// "There is no object here": the path, one of its parents, or the path itself is not a file.
 fn is_absent(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
-    )
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory)
 }
 
 /// Opens the object's file, or `None` if no object has this key.
@@ -102,9 +91,7 @@ fn open_object(path: &Path) -> Result<Option<(File, u64)>, PortError> {
         Err(e) if is_absent(&e) => return Ok(None),
         Err(e) => return Err(io_error("open an object", e)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| io_error("read object metadata", e))?;
+    let meta = file.metadata().map_err(|e| io_error("read object metadata", e))?;
     if !meta.is_file() {
         return Ok(None);
     }
@@ -114,23 +101,13 @@ fn open_object(path: &Path) -> Result<Option<(File, u64)>, PortError> {
 fn put_blocking(root: &Path, key: &str, bytes: &[u8]) -> Result<(), PortError> {
     let path = root.join(key);
     let Some(dir) = path.parent() else {
-        return Err(PortError::Invalid(
-            "object key has no parent directory".into(),
-        ));
+        return Err(PortError::Invalid("object key has no parent directory".into()));
     };
-    let conflict =
-        || PortError::Invalid("an object key cannot also be the directory of other keys".into());
+    let conflict = || PortError::Invalid("an object key cannot also be the directory of other keys".into());
     for attempt in 1..=PUT_ATTEMPTS {
         match fs::create_dir_all(dir) {
             Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::NotADirectory | ErrorKind::AlreadyExists
-                ) =>
-            {
-                return Err(conflict())
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotADirectory | ErrorKind::AlreadyExists) => return Err(conflict()),
             Err(e) => return Err(io_error("create an object directory", e)),
         }
         let tmp = dir.join(format!(".{}{TEMP_SUFFIX}", uuid::Uuid::new_v4().simple()));
@@ -159,9 +136,7 @@ fn put_blocking(root: &Path, key: &str, bytes: &[u8]) -> Result<(), PortError> {
         }
         return Ok(());
     }
-    Err(PortError::Unavailable(
-        "object directory kept disappearing during put".into(),
-    ))
+    Err(PortError::Unavailable("object directory kept disappearing during put".into()))
 }
 
 fn range_blocking(path: &Path, start: u64, end: Option<u64>) -> Result<Option<Vec<u8>>, PortError> {
@@ -172,12 +147,9 @@ fn range_blocking(path: &Path, start: u64, end: Option<u64>) -> Result<Option<Ve
     if start >= end {
         return Ok(Some(Vec::new()));
     }
-    file.seek(SeekFrom::Start(start))
-        .map_err(|e| io_error("seek in an object", e))?;
+    file.seek(SeekFrom::Start(start)).map_err(|e| io_error("seek in an object", e))?;
     let mut out = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
-    file.take(end - start)
-        .read_to_end(&mut out)
-        .map_err(|e| io_error("read an object", e))?;
+    file.take(end - start).read_to_end(&mut out).map_err(|e| io_error("read an object", e))?;
     Ok(Some(out))
 }
 
@@ -232,10 +204,7 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, PortError
                 Err(e) => return Err(io_error("read object metadata", e)),
             };
             if meta.is_file() {
-                found.push(ObjectMeta {
-                    key,
-                    size: meta.len(),
-                });
+                found.push(ObjectMeta { key, size: meta.len() });
             }
         }
     }
@@ -265,27 +234,20 @@ impl ObjectStore for DirStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError> {
         check_key(key)?;
         let key = key.to_string();
-        self.blocking(move |root| put_blocking(root, &key, &bytes))
-            .await
+        self.blocking(move |root| put_blocking(root, &key, &bytes)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
         self.get_range(key, 0, None).await
     }
 
-    async fn get_range(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<Option<Vec<u8>>, PortError> {
+    async fn get_range(&self, key: &str, start: u64, end: Option<u64>) -> Result<Option<Vec<u8>>, PortError> {
         check_key(key)?;
         if end.is_some_and(|e| e < start) {
             return Err(PortError::Invalid("range end before range start".into()));
         }
         let key = key.to_string();
-        self.blocking(move |root| range_blocking(&root.join(&key), start, end))
-            .await
+        self.blocking(move |root| range_blocking(&root.join(&key), start, end)).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, PortError> {
@@ -302,8 +264,7 @@ impl ObjectStore for DirStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, PortError> {
         let prefix = prefix.to_string();
-        self.blocking(move |root| list_blocking(root, &prefix))
-            .await
+        self.blocking(move |root| list_blocking(root, &prefix)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), PortError> {

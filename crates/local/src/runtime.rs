@@ -31,9 +31,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tributary_core::config::{Sha256Hex, SourceConfig, SourceId, WorkspaceConfig};
 use tributary_core::ingest::{Envelope, CEILING};
-use tributary_core::ports::{
-    Condition, Item, ItemKey, PortError, Queue, ReceivedMessage, TableStore, WriteOp,
-};
+use tributary_core::ports::{Condition, Item, ItemKey, PortError, Queue, ReceivedMessage, TableStore, WriteOp};
 use tributary_ingest::{AuthMode, Ingest, IngestSettings, MetricsSink};
 
 use crate::dir_store::DirStore;
@@ -79,9 +77,7 @@ pub struct DemoKeys {
 pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKeys)> {
     let path = data.0.join("demo-keys.json");
     let keys = match std::fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?
-        }
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?,
         Err(_) => {
             let keys = DemoKeys {
                 write_key: format!("wk_{}", uuid::Uuid::new_v4().simple()),
@@ -123,8 +119,7 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A Lambda function subscribed to a queue: takes an `SqsEvent`, returns the partial batch response.
-pub type SqsHandler =
-    Arc<dyn Fn(SqsEvent) -> BoxFuture<anyhow::Result<SqsBatchResponse>> + Send + Sync>;
+pub type SqsHandler = Arc<dyn Fn(SqsEvent) -> BoxFuture<anyhow::Result<SqsBatchResponse>> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct TriggerSettings {
@@ -178,15 +173,13 @@ pub async fn run_trigger<Q: Queue>(
     queue: Q,
     handler: SqsHandler,
     settings: TriggerSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    // A receive is never abandoned half-way (that would hide its messages for a whole visibility timeout); it is
+    // bounded by `settings.wait`, so shutdown is noticed within that time.
     while !*shutdown.borrow() {
-        let received = tokio::select! {
-            r = queue.receive(settings.batch_size, settings.visibility_timeout, settings.wait) => r,
-            _ = shutdown.changed() => break,
-        };
-        let messages = match received {
+        let messages = match queue.receive(settings.batch_size, settings.visibility_timeout, settings.wait).await {
             Ok(m) => {
                 backoff = Duration::from_millis(100);
                 m
@@ -226,15 +219,8 @@ pub async fn run_trigger<Q: Queue>(
 
 /// Lambda's reading of a partial batch response: an identifier that names no record of the batch fails all of it.
 fn failed_ids(messages: &[ReceivedMessage], resp: &SqsBatchResponse) -> Vec<String> {
-    let ids: Vec<String> = resp
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
-    if ids
-        .iter()
-        .any(|id| !messages.iter().any(|m| &m.message_id == id))
-    {
+    let ids: Vec<String> = resp.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+    if ids.iter().any(|id| !messages.iter().any(|m| &m.message_id == id)) {
         return messages.iter().map(|m| m.message_id.clone()).collect();
     }
     ids
@@ -256,22 +242,15 @@ pub async fn sink_handler<T: TableStore>(table: &T, event: SqsEvent) -> SqsBatch
         }
     }
     let mut resp = SqsBatchResponse::default();
-    resp.batch_item_failures = failures
-        .into_iter()
-        .filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok())
-        .collect();
+    resp.batch_item_failures =
+        failures.into_iter().filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok()).collect();
     resp
 }
 
 async fn sink_record<T: TableStore>(table: &T, body: &str) -> anyhow::Result<()> {
-    let envelope: Envelope =
-        serde_json::from_str(body).context("record body is not an events envelope")?;
+    let envelope: Envelope = serde_json::from_str(body).context("record body is not an events envelope")?;
     for event in envelope.events {
-        let message_id = event
-            .get("messageId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let message_id = event.get("messageId").and_then(Value::as_str).unwrap_or_default().to_string();
         let seq = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
         let mut attrs = serde_json::Map::new();
         attrs.insert("sourceId".into(), Value::String(envelope.source_id.clone()));
@@ -283,13 +262,7 @@ async fn sink_record<T: TableStore>(table: &T, body: &str) -> anyhow::Result<()>
             version: 1,
             expires_at: None,
         };
-        match table
-            .write(WriteOp::Put {
-                item,
-                condition: Condition::NotExists,
-            })
-            .await
-        {
+        match table.write(WriteOp::Put { item, condition: Condition::NotExists }).await {
             Ok(()) | Err(PortError::ConditionFailed(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -305,10 +278,7 @@ pub async fn sink_contents<T: TableStore>(table: &T) -> Result<Vec<Value>, PortE
         let page = table.query("sink", "", after.as_deref(), 1000).await?;
         for item in page.items {
             let seq = item.attrs.get("seq").and_then(Value::as_i64).unwrap_or(0);
-            out.push((
-                seq,
-                json!({"sourceId": item.attrs.get("sourceId"), "event": item.attrs.get("event")}),
-            ));
+            out.push((seq, json!({"sourceId": item.attrs.get("sourceId"), "event": item.attrs.get("event")})));
         }
         match page.next {
             Some(n) => after = Some(n),
@@ -347,8 +317,7 @@ pub fn apigw_request(
         }
     }
     // Binary bodies (gzip, non-UTF-8) arrive base64-encoded, as on API Gateway.
-    let encoded =
-        headers.contains_key(http::header::CONTENT_ENCODING) || std::str::from_utf8(body).is_err();
+    let encoded = headers.contains_key(http::header::CONTENT_ENCODING) || std::str::from_utf8(body).is_err();
     let body_field = if body.is_empty() {
         Value::Null
     } else if encoded {
@@ -357,10 +326,7 @@ pub fn apigw_request(
         Value::String(String::from_utf8_lossy(body).into_owned())
     };
     let path = uri.path();
-    let user_agent = headers
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let user_agent = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let request_id = uuid::Uuid::new_v4().to_string();
     let time_epoch = (now.unix_timestamp_nanos() / 1_000_000) as i64;
     let event = json!({
@@ -395,14 +361,11 @@ pub fn apigw_request(
 
 /// Turns the function's response back into HTTP.
 pub fn http_response(resp: ApiGatewayV2httpResponse) -> Response {
-    let status = http::StatusCode::from_u16(resp.status_code as u16)
-        .unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let status = http::StatusCode::from_u16(resp.status_code as u16).unwrap_or(http::StatusCode::BAD_GATEWAY);
     let body = match resp.body {
-        Some(LambdaBody::Text(t)) if resp.is_base64_encoded => Body::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .unwrap_or_default(),
-        ),
+        Some(LambdaBody::Text(t)) if resp.is_base64_encoded => {
+            Body::from(base64::engine::general_purpose::STANDARD.decode(t).unwrap_or_default())
+        }
         Some(LambdaBody::Text(t)) => Body::from(t),
         Some(LambdaBody::Binary(b)) => Body::from(b),
         _ => Body::empty(),
@@ -447,57 +410,32 @@ pub struct PlatformOptions {
 }
 
 /// Opens the stores under the data dir, binds the HTTP listener and starts the SQS triggers.
-pub async fn start<M: MetricsSink + 'static>(
-    opts: PlatformOptions,
-    metrics: M,
-) -> anyhow::Result<Platform> {
+pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) -> anyhow::Result<Platform> {
     let data = DataDir(opts.data_dir.clone());
-    std::fs::create_dir_all(&data.0)
-        .with_context(|| format!("creating data dir {}", data.0.display()))?;
-    let _objects =
-        DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
+    std::fs::create_dir_all(&data.0).with_context(|| format!("creating data dir {}", data.0.display()))?;
+    let _objects = DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
     let open_queue = |name: &str, options: QueueOptions| {
-        SqliteQueue::open(&data.queues(), name, options)
-            .map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
+        SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
     };
-    let events = open_queue(
-        EVENTS_QUEUE,
-        QueueOptions {
-            dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)),
-        },
-    )?;
-    let sink = SqliteTable::open(&data.tables(), "sink")
-        .map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
+    let events =
+        open_queue(EVENTS_QUEUE, QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) })?;
+    let sink = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
 
-    let ingest = Arc::new(Ingest::new(
-        events,
-        metrics,
-        Arc::new(opts.workspace),
-        IngestSettings::default(),
-    ));
-    let state = Arc::new(AppState {
-        ingest,
-        sink,
-        requests: Mutex::new(Vec::new()),
-    });
+    let ingest = Arc::new(Ingest::new(events, metrics, Arc::new(opts.workspace), IngestSettings::default()));
+    let state = Arc::new(AppState { ingest, sink, requests: Mutex::new(Vec::new()) });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     // The events queue's consumer: the sink for now (the stitch function replaces it).
-    let sink_table = SqliteTable::open(&data.tables(), "sink")
-        .map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
+    let sink_table = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
     let sink_table = Arc::new(sink_table);
     let handler: SqsHandler = Arc::new(move |event| {
         let t = sink_table.clone();
         Box::pin(async move { Ok(sink_handler(&*t, event).await) })
     });
-    let consumer_queue = open_queue(
-        EVENTS_QUEUE,
-        QueueOptions {
-            dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)),
-        },
-    )?;
+    let consumer_queue =
+        open_queue(EVENTS_QUEUE, QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) })?;
     tasks.push(tokio::spawn(run_trigger(
         consumer_queue,
         handler,
@@ -510,28 +448,19 @@ pub async fn start<M: MetricsSink + 'static>(
         .route("/_local/requests", get(local_requests::<M>))
         .fallback(front::<M>)
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(opts.addr)
-        .await
-        .with_context(|| format!("binding {}", opts.addr))?;
+    let listener = tokio::net::TcpListener::bind(opts.addr).await.with_context(|| format!("binding {}", opts.addr))?;
     let addr = listener.local_addr()?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        });
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            });
         if let Err(e) = server.await {
             tracing::error!(error = %e, "HTTP server failed.");
         }
     }));
-    Ok(Platform {
-        addr,
-        shutdown: shutdown_tx,
-        tasks,
-    })
+    Ok(Platform { addr, shutdown: shutdown_tx, tasks })
 }
 
 impl Platform {
@@ -557,35 +486,22 @@ async fn front<M: MetricsSink + 'static>(
             return (
                 http::StatusCode::BAD_REQUEST,
                 [(http::header::CONTENT_TYPE, "application/json")],
-                json!({"code": "request_too_large", "message": "request body too large"})
-                    .to_string(),
+                json!({"code": "request_too_large", "message": "request body too large"}).to_string(),
             )
                 .into_response()
         }
     };
-    let event = match apigw_request(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &bytes,
-        peer,
-        time::OffsetDateTime::now_utc(),
-    ) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "Could not build the API Gateway event.");
-            return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
-    };
+    let event =
+        match apigw_request(&parts.method, &parts.uri, &parts.headers, &bytes, peer, time::OffsetDateTime::now_utc()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "Could not build the API Gateway event.");
+                return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        };
     let resp = state.ingest.handle(event).await;
     if parts.uri.path().contains("/v1/") {
-        let h = |n: http::header::HeaderName| {
-            parts
-                .headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let h = |n: http::header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         let record = RequestRecord {
             method: parts.method.to_string(),
             path: parts.uri.path().to_string(),
@@ -616,22 +532,16 @@ async fn local_events<M: MetricsSink + 'static>(State(state): State<Arc<AppState
     }
 }
 
-async fn local_requests<M: MetricsSink + 'static>(
-    State(state): State<Arc<AppState<M>>>,
-) -> Response {
+async fn local_requests<M: MetricsSink + 'static>(State(state): State<Arc<AppState<M>>>) -> Response {
     let log = state.requests.lock().map(|l| l.clone()).unwrap_or_default();
     axum::Json(json!({ "requests": log })).into_response()
 }
 
 /// Reads and checks a workspace file, naming the file in every error.
 pub fn load_workspace(path: &Path) -> anyhow::Result<WorkspaceConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     tributary_core::config::load(&text).map_err(|errs| {
-        let lines: Vec<String> = errs
-            .iter()
-            .map(|e| format!("{}: {e}", path.display()))
-            .collect();
+        let lines: Vec<String> = errs.iter().map(|e| format!("{}: {e}", path.display())).collect();
         anyhow::anyhow!(lines.join("\n"))
     })
 }

@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use tokio::sync::Notify;
-use tributary_core::ports::{
-    FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH,
-};
+use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH};
 
 /// SQS's limit for one message body (1 MiB); enforced locally so oversized payloads fail in development, not first
 /// in production. As in the SQS adapter, a batch may total more (that adapter splits it into several requests).
@@ -88,19 +86,13 @@ impl SqliteQueue {
                     )));
                 }
                 if max == 0 {
-                    return Err(PortError::Invalid(
-                        "max_receive_count must be at least 1".into(),
-                    ));
+                    return Err(PortError::Invalid("max_receive_count must be at least 1".into()));
                 }
                 Some((Arc::from(dlq), max))
             }
         };
         let db = Db::open(db_path, QUEUE_SCHEMA)?;
-        Ok(SqliteQueue {
-            db: Arc::new(db),
-            name: Arc::from(name),
-            dead_letter,
-        })
+        Ok(SqliteQueue { db: Arc::new(db), name: Arc::from(name), dead_letter })
     }
 
     /// The queue's name inside the database file.
@@ -141,11 +133,8 @@ impl SqliteQueue {
         let name = self.name.clone();
         self.db
             .call(move |conn| {
-                conn.execute(
-                    "DELETE FROM tributary_queue_messages WHERE queue = ?1",
-                    params![&*name],
-                )
-                .map_err(|e| sqlite_error("purge", e))?;
+                conn.execute("DELETE FROM tributary_queue_messages WHERE queue = ?1", params![&*name])
+                    .map_err(|e| sqlite_error("purge", e))?;
                 Ok(())
             })
             .await
@@ -153,17 +142,11 @@ impl SqliteQueue {
 
     /// One non-waiting receive attempt, in one IMMEDIATE transaction so two receivers (threads or processes)
     /// never take the same message.
-    async fn try_receive(
-        &self,
-        max: usize,
-        visibility_ms: i64,
-    ) -> Result<Vec<ReceivedMessage>, PortError> {
+    async fn try_receive(&self, max: usize, visibility_ms: i64) -> Result<Vec<ReceivedMessage>, PortError> {
         let name = self.name.clone();
         let dead_letter = self.dead_letter.clone();
-        let (received, moved) = self
-            .db
-            .call(move |conn| receive_in_tx(conn, &name, dead_letter.as_ref(), max, visibility_ms))
-            .await?;
+        let (received, moved) =
+            self.db.call(move |conn| receive_in_tx(conn, &name, dead_letter.as_ref(), max, visibility_ms)).await?;
         if moved {
             self.db.notify.notify_waiters();
         }
@@ -189,9 +172,7 @@ fn receive_in_tx(
     if !any_visible {
         return Ok((Vec::new(), false));
     }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(err)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
     let now = now_ms();
     let mut received = Vec::new();
     let mut moved = false;
@@ -258,10 +239,7 @@ fn body_problem(body: &str) -> Option<String> {
         return Some("message body must not be empty".into());
     }
     if body.len() > MAX_MESSAGE_BYTES {
-        return Some(format!(
-            "message body of {} bytes exceeds {MAX_MESSAGE_BYTES}",
-            body.len()
-        ));
+        return Some(format!("message body of {} bytes exceeds {MAX_MESSAGE_BYTES}", body.len()));
     }
     let bad = body.chars().any(|c| {
         let c = c as u32;
@@ -272,18 +250,13 @@ fn body_problem(body: &str) -> Option<String> {
 
 fn visibility_ms(visibility: Duration) -> Result<i64, PortError> {
     if visibility > MAX_VISIBILITY {
-        return Err(PortError::Invalid(format!(
-            "visibility timeout {visibility:?} exceeds 12 hours"
-        )));
+        return Err(PortError::Invalid(format!("visibility timeout {visibility:?} exceeds 12 hours")));
     }
     Ok(i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Queue for SqliteQueue {
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<FailedEntry>, PortError> {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
         if messages.len() > MAX_SEND_BATCH {
             return Err(PortError::Invalid(format!(
                 "a batch holds at most {MAX_SEND_BATCH} messages, got {}",
@@ -295,21 +268,14 @@ impl Queue for SqliteQueue {
         let mut seen = HashSet::new();
         for m in messages {
             if !seen.insert(m.id.as_str()) {
-                return Err(PortError::Invalid(format!(
-                    "batch entry id {:?} is not unique",
-                    m.id
-                )));
+                return Err(PortError::Invalid(format!("batch entry id {:?} is not unique", m.id)));
             }
         }
         let mut failed = Vec::new();
         let mut accepted = Vec::new();
         for m in messages {
             match body_problem(&m.body) {
-                Some(reason) => failed.push(FailedEntry {
-                    id: m.id.clone(),
-                    retryable: false,
-                    reason,
-                }),
+                Some(reason) => failed.push(FailedEntry { id: m.id.clone(), retryable: false, reason }),
                 None => accepted.push(m.body.clone()),
             }
         }
@@ -389,11 +355,7 @@ impl Queue for SqliteQueue {
     }
 
     /// A stale or unknown handle changes nothing and is not an error.
-    async fn change_visibility(
-        &self,
-        receipt_handle: &str,
-        visibility_timeout: Duration,
-    ) -> Result<(), PortError> {
+    async fn change_visibility(&self, receipt_handle: &str, visibility_timeout: Duration) -> Result<(), PortError> {
         let vis = visibility_ms(visibility_timeout)?;
         let name = self.name.clone();
         let receipt = receipt_handle.to_string();
@@ -417,11 +379,9 @@ impl Queue for SqliteQueue {
         let name = self.name.clone();
         self.db
             .call(move |conn| {
-                conn.query_row(
-                    "SELECT COUNT(*) FROM tributary_queue_messages WHERE queue = ?1",
-                    params![&*name],
-                    |r| r.get::<_, i64>(0),
-                )
+                conn.query_row("SELECT COUNT(*) FROM tributary_queue_messages WHERE queue = ?1", params![&*name], |r| {
+                    r.get::<_, i64>(0)
+                })
                 .map(|n| u64::try_from(n).unwrap_or(0))
                 .map_err(|e| sqlite_error("approximate_len", e))
             })
@@ -444,36 +404,23 @@ pub(crate) struct Db {
 impl Db {
     pub(crate) fn open(path: &Path, schema: &str) -> Result<Db, PortError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                PortError::Unavailable(format!("cannot create directory {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| PortError::Unavailable(format!("cannot create directory {}: {e}", parent.display())))?;
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite_error("open", e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| sqlite_error("open", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sqlite_error("open", e))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| sqlite_error("open (journal_mode)", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(PortError::Invalid(format!(
-                "{} cannot use WAL journal mode (got {mode})",
-                path.display()
-            )));
+            return Err(PortError::Invalid(format!("{} cannot use WAL journal mode (got {mode})", path.display())));
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| sqlite_error("open (synchronous)", e))?;
-        conn.execute_batch(schema)
-            .map_err(|e| sqlite_error("open (schema)", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| sqlite_error("open (synchronous)", e))?;
+        conn.execute_batch(schema).map_err(|e| sqlite_error("open (schema)", e))?;
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let notify = notifier_for(&canonical);
-        Ok(Db {
-            path: canonical,
-            conn: Arc::new(Mutex::new(conn)),
-            notify,
-        })
+        Ok(Db { path: canonical, conn: Arc::new(Mutex::new(conn)), notify })
     }
 
     /// Runs `f` on the connection on the blocking pool, so SQLite's waits (disk, busy timeout) never stall the

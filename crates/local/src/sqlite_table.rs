@@ -13,8 +13,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 use tributary_core::ports::{
-    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
-    MAX_TRANSACT_ITEMS,
+    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS,
 };
 
 use crate::sqlite_queue::{now_ms, sqlite_error, Db};
@@ -48,9 +47,7 @@ pub struct SqliteTable {
 
 impl std::fmt::Debug for SqliteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteTable")
-            .field("table", &self.table)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteTable").field("table", &self.table).finish_non_exhaustive()
     }
 }
 
@@ -61,10 +58,7 @@ impl SqliteTable {
             return Err(PortError::Invalid("table name must not be empty".into()));
         }
         let db = Db::open(db_path, TABLE_SCHEMA)?;
-        Ok(SqliteTable {
-            db: Arc::new(db),
-            table: Arc::from(table),
-        })
+        Ok(SqliteTable { db: Arc::new(db), table: Arc::from(table) })
     }
 
     /// The logical table's name inside the database file.
@@ -123,16 +117,10 @@ struct RawItem {
 
 impl RawItem {
     fn into_item(self) -> Result<Item, PortError> {
-        let attrs: Map<String, Value> = serde_json::from_str(&self.attrs).map_err(|e| {
-            PortError::Invalid(format!(
-                "stored attributes of an item are not a JSON object: {e}"
-            ))
-        })?;
+        let attrs: Map<String, Value> = serde_json::from_str(&self.attrs)
+            .map_err(|e| PortError::Invalid(format!("stored attributes of an item are not a JSON object: {e}")))?;
         Ok(Item {
-            key: ItemKey {
-                pk: self.pk,
-                sk: self.sk,
-            },
+            key: ItemKey { pk: self.pk, sk: self.sk },
             attrs,
             // Stored bit-for-bit (see `version_to_sql`).
             version: self.v as u64,
@@ -142,13 +130,7 @@ impl RawItem {
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
-    Ok(RawItem {
-        pk: r.get(0)?,
-        sk: r.get(1)?,
-        attrs: r.get(2)?,
-        v: r.get(3)?,
-        expires_at: r.get(4)?,
-    })
+    Ok(RawItem { pk: r.get(0)?, sk: r.get(1)?, attrs: r.get(2)?, v: r.get(3)?, expires_at: r.get(4)? })
 }
 
 /// SQLite integers are i64; the bit pattern keeps every u64 exact (only equality is ever asked of it).
@@ -158,9 +140,7 @@ fn version_to_sql(v: u64) -> i64 {
 
 fn validate_key(key: &ItemKey) -> Result<(), PortError> {
     if key.pk.is_empty() || key.sk.is_empty() {
-        return Err(PortError::Invalid(
-            "partition and sort keys must not be empty".into(),
-        ));
+        return Err(PortError::Invalid("partition and sort keys must not be empty".into()));
     }
     if key.pk.len() > MAX_PK_BYTES || key.sk.len() > MAX_SK_BYTES {
         return Err(PortError::Invalid(format!(
@@ -178,17 +158,13 @@ fn prepare(op: &WriteOp) -> Result<Option<String>, PortError> {
         WriteOp::Put { item, .. } => {
             validate_key(&item.key)?;
             if let Some(name) = RESERVED_ATTRS.iter().find(|n| item.attrs.contains_key(**n)) {
-                return Err(PortError::Invalid(format!(
-                    "attribute name {name:?} is reserved"
-                )));
+                return Err(PortError::Invalid(format!("attribute name {name:?} is reserved")));
             }
             let json = serde_json::to_string(&item.attrs)
                 .map_err(|e| PortError::Invalid(format!("attributes cannot be serialised: {e}")))?;
             let size = json.len() + item.key.pk.len() + item.key.sk.len();
             if size > MAX_ITEM_BYTES {
-                return Err(PortError::Invalid(format!(
-                    "item of {size} bytes exceeds {MAX_ITEM_BYTES}"
-                )));
+                return Err(PortError::Invalid(format!("item of {size} bytes exceeds {MAX_ITEM_BYTES}")));
             }
             Ok(Some(json))
         }
@@ -222,16 +198,9 @@ enum TxFailure {
 
 /// Checks every condition, then applies every write, inside one IMMEDIATE transaction: the write lock is taken up
 /// front, so no other writer can slip in between check and write, and an early return rolls everything back.
-fn apply(
-    conn: &mut Connection,
-    table: &str,
-    ops: &[WriteOp],
-    prepared: &[Option<String>],
-) -> Result<(), TxFailure> {
+fn apply(conn: &mut Connection, table: &str, ops: &[WriteOp], prepared: &[Option<String>]) -> Result<(), TxFailure> {
     let err = |e| TxFailure::Port(sqlite_error("transaction", e));
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(err)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
     let now = now_s();
     for (index, op) in ops.iter().enumerate() {
         let (key, condition) = op_parts(op);
@@ -243,10 +212,7 @@ fn apply(
                 "SELECT v FROM tributary_table_items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3
                  AND (expires_at IS NULL OR expires_at > ?4)",
             )
-            .and_then(|mut s| {
-                s.query_row(params![table, &key.pk, &key.sk, now], |r| r.get(0))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row(params![table, &key.pk, &key.sk, now], |r| r.get(0)).optional())
             .map_err(err)?;
         if !condition_holds(condition, current.map(|v| v as u64)) {
             return Err(TxFailure::Condition(index));
@@ -272,11 +238,9 @@ fn apply(
                 .map_err(err)?;
             }
             (WriteOp::Delete { key, .. }, _) => {
-                tx.prepare_cached(
-                    "DELETE FROM tributary_table_items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3",
-                )
-                .and_then(|mut s| s.execute(params![table, &key.pk, &key.sk]))
-                .map_err(err)?;
+                tx.prepare_cached("DELETE FROM tributary_table_items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3")
+                    .and_then(|mut s| s.execute(params![table, &key.pk, &key.sk]))
+                    .map_err(err)?;
             }
             _ => {}
         }
@@ -286,16 +250,9 @@ fn apply(
 
 impl SqliteTable {
     async fn run(&self, ops: Vec<WriteOp>) -> Result<(), TxFailure> {
-        let prepared = ops
-            .iter()
-            .map(prepare)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(TxFailure::Port)?;
+        let prepared = ops.iter().map(prepare).collect::<Result<Vec<_>, _>>().map_err(TxFailure::Port)?;
         let table = self.table.clone();
-        self.db
-            .call(move |conn| Ok(apply(conn, &table, &ops, &prepared)))
-            .await
-            .map_err(TxFailure::Port)?
+        self.db.call(move |conn| Ok(apply(conn, &table, &ops, &prepared))).await.map_err(TxFailure::Port)?
     }
 }
 
@@ -330,14 +287,8 @@ impl TableStore for SqliteTable {
             return Err(PortError::Invalid("query limit must be at least 1".into()));
         }
         let table = self.table.clone();
-        let (pk, prefix, after) = (
-            pk.to_string(),
-            sk_prefix.to_string(),
-            start_after.map(str::to_string),
-        );
-        let fetch = i64::try_from(limit)
-            .unwrap_or(i64::MAX - 1)
-            .saturating_add(1);
+        let (pk, prefix, after) = (pk.to_string(), sk_prefix.to_string(), start_after.map(str::to_string));
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1);
         self.db
             .call(move |conn| {
                 // `sk >= prefix` lets the primary key index seek; `substr` (in characters, like `length`) keeps
@@ -351,25 +302,13 @@ impl TableStore for SqliteTable {
                     )
                     .map_err(|e| sqlite_error("query", e))?;
                 let rows = stmt
-                    .query_map(
-                        params![&*table, pk, prefix, after, now_s(), fetch],
-                        read_row,
-                    )
+                    .query_map(params![&*table, pk, prefix, after, now_s(), fetch], read_row)
                     .map_err(|e| sqlite_error("query", e))?;
-                let mut raw: Vec<RawItem> = rows
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| sqlite_error("query", e))?;
+                let mut raw: Vec<RawItem> = rows.collect::<Result<_, _>>().map_err(|e| sqlite_error("query", e))?;
                 let more = raw.len() > limit;
                 raw.truncate(limit);
-                let items = raw
-                    .into_iter()
-                    .map(RawItem::into_item)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let next = if more {
-                    items.last().map(|i| i.key.sk.clone())
-                } else {
-                    None
-                };
+                let items = raw.into_iter().map(RawItem::into_item).collect::<Result<Vec<_>, _>>()?;
+                let next = if more { items.last().map(|i| i.key.sk.clone()) } else { None };
                 Ok(QueryPage { items, next })
             })
             .await
@@ -377,9 +316,7 @@ impl TableStore for SqliteTable {
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
         if ops.is_empty() {
-            return Err(
-                PortError::Invalid("a transaction needs at least one operation".into()).into(),
-            );
+            return Err(PortError::Invalid("a transaction needs at least one operation".into()).into());
         }
         if ops.len() > MAX_TRANSACT_ITEMS {
             return Err(PortError::Invalid(format!(

@@ -104,9 +104,7 @@ impl AuthMode {
     }
 
     pub fn of(headers: &HeaderMap) -> AuthMode {
-        match header(headers, "authorization")
-            .map(|a| a.split_once(' ').map_or(a, |(s, _)| s).to_ascii_lowercase())
-        {
+        match header(headers, "authorization").map(|a| a.split_once(' ').map_or(a, |(s, _)| s).to_ascii_lowercase()) {
             Some(s) if s == "basic" => AuthMode::Basic,
             Some(s) if s == "bearer" => AuthMode::Bearer,
             _ => AuthMode::None,
@@ -115,12 +113,7 @@ impl AuthMode {
 }
 
 impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
-    pub fn new(
-        queue: Q,
-        metrics: M,
-        workspace: Arc<WorkspaceConfig>,
-        settings: IngestSettings,
-    ) -> Self {
+    pub fn new(queue: Q, metrics: M, workspace: Arc<WorkspaceConfig>, settings: IngestSettings) -> Self {
         Ingest {
             queue,
             metrics,
@@ -132,33 +125,20 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
     }
 
     /// Replaces the wall clock (tests pin `receivedAt`).
-    pub fn with_clock(
-        mut self,
-        clock: impl Fn() -> OffsetDateTime + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_clock(mut self, clock: impl Fn() -> OffsetDateTime + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }
 
     /// Handles one API Gateway HTTP API request. Never fails: every outcome is an HTTP response.
     pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        let path = req
-            .raw_path
-            .clone()
-            .or_else(|| req.request_context.http.path.clone())
-            .unwrap_or_default();
+        let path = req.raw_path.clone().or_else(|| req.request_context.http.path.clone()).unwrap_or_default();
         let method = req.request_context.http.method.clone();
-        if path.trim_end_matches('/').ends_with("/health")
-            && (method == Method::GET || method == Method::HEAD)
-        {
+        if path.trim_end_matches('/').ends_with("/health") && (method == Method::GET || method == Method::HEAD) {
             return respond(200, json!({"status": "ok"}));
         }
         let Some(route) = Route::from_path(&path) else {
-            return error_response(&RequestError {
-                status: 404,
-                code: "not_found",
-                message: "no such route".into(),
-            });
+            return error_response(&RequestError { status: 404, code: "not_found", message: "no such route".into() });
         };
         if method != Method::POST {
             return error_response(&RequestError {
@@ -194,10 +174,7 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
         }
         self.emit_metrics(route, &outcome);
         match outcome {
-            Ok(o) => respond(
-                200,
-                json!({"success": true, "accepted": o.accepted, "rejected": o.rejected}),
-            ),
+            Ok(o) => respond(200, json!({"success": true, "accepted": o.accepted, "rejected": o.rejected})),
             Err(f) => {
                 let mut resp = error_response(&f.error);
                 if let Some(secs) = f.retry_after {
@@ -210,23 +187,14 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
         }
     }
 
-    async fn ingest(
-        &self,
-        route: Route,
-        req: &ApiGatewayV2httpRequest,
-    ) -> Result<Accepted, Failure> {
+    async fn ingest(&self, route: Route, req: &ApiGatewayV2httpRequest) -> Result<Accepted, Failure> {
         let received_at = (self.clock)();
         // 1. Raw bytes. API Gateway hands binary (gzip) bodies over as base64.
         let raw: Vec<u8> = match &req.body {
             None => Vec::new(),
             Some(b) if req.is_base64_encoded => base64::engine::general_purpose::STANDARD
                 .decode(b.trim_end())
-                .map_err(|_| {
-                    Failure::new(RequestError::bad_request(
-                        "invalid_base64",
-                        "body is not valid base64",
-                    ))
-                })?,
+                .map_err(|_| Failure::new(RequestError::bad_request("invalid_base64", "body is not valid base64")))?,
             Some(b) => b.as_bytes().to_vec(),
         };
 
@@ -241,9 +209,7 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
         }
         // Before the source is known (body write key), read with the loosest limits of any source.
         let read_limits = source.map_or_else(|| self.workspace.widest_limits(), |s| s.limits);
-        let mut body = self
-            .decode(&raw, &req.headers, &read_limits)
-            .map_err(|e| self.fail(e, source))?;
+        let mut body = self.decode(&raw, &req.headers, &read_limits).map_err(|e| self.fail(e, source))?;
 
         // 3. Otherwise the write key in the body (with or without a Bearer token, which we do not interpret).
         if source.is_none() {
@@ -251,25 +217,18 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
                 Failure::new(RequestError {
                     status: 401,
                     code: "missing_write_key",
-                    message: "send the write key as Basic auth username or as writeKey in the body"
-                        .into(),
+                    message: "send the write key as Basic auth username or as writeKey in the body".into(),
                 })
             })?;
             let s = self.source_for(key)?;
             self.admit(s)?;
             if s.limits != read_limits {
-                body = self
-                    .decode(&raw, &req.headers, &s.limits)
-                    .map_err(|e| self.fail(e, Some(s)))?;
+                body = self.decode(&raw, &req.headers, &s.limits).map_err(|e| self.fail(e, Some(s)))?;
             }
             source = Some(s);
         }
         let Some(source) = source else {
-            return Err(Failure::new(RequestError {
-                status: 401,
-                code: "missing_write_key",
-                message: String::new(),
-            }));
+            return Err(Failure::new(RequestError { status: 401, code: "missing_write_key", message: String::new() }));
         };
 
         // 4. The pure pipeline.
@@ -280,47 +239,26 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
                 .map(str::to_string)
                 .or_else(|| req.request_context.http.user_agent.clone()),
         };
-        let Processed { accepted, rejected } = ingest::process(route, body, &ctx, &source.limits)
-            .map_err(|e| self.fail(e, Some(source)))?;
+        let Processed { accepted, rejected } =
+            ingest::process(route, body, &ctx, &source.limits).map_err(|e| self.fail(e, Some(source)))?;
         if !route.is_batch() {
             // One event and it was refused: say so with a 400, there is nothing to accept.
             if let Some(r) = rejected.first() {
-                return Err(self.fail(
-                    RequestError::bad_request(r.code, r.message.clone()),
-                    Some(source),
-                ));
+                return Err(self.fail(RequestError::bad_request(r.code, r.message.clone()), Some(source)));
             }
         }
 
         // 5. Durably queued before we answer.
-        let bodies = ingest::pack(
-            source.id.as_str(),
-            &accepted,
-            self.settings.max_message_bytes,
-        );
-        self.enqueue(bodies)
-            .await
-            .map_err(|e| self.fail(e, Some(source)))?;
-        Ok(Accepted {
-            source_id: source.id.to_string(),
-            accepted: accepted.len(),
-            rejected,
-        })
+        let bodies = ingest::pack(source.id.as_str(), &accepted, self.settings.max_message_bytes);
+        self.enqueue(bodies).await.map_err(|e| self.fail(e, Some(source)))?;
+        Ok(Accepted { source_id: source.id.to_string(), accepted: accepted.len(), rejected })
     }
 
-    fn decode(
-        &self,
-        raw: &[u8],
-        headers: &HeaderMap,
-        limits: &Limits,
-    ) -> Result<serde_json::Value, RequestError> {
+    fn decode(&self, raw: &[u8], headers: &HeaderMap, limits: &Limits) -> Result<serde_json::Value, RequestError> {
         if raw.len() > limits.max_request_bytes {
             return Err(too_large(raw.len(), limits));
         }
-        let encoding = header(headers, "content-encoding")
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let encoding = header(headers, "content-encoding").unwrap_or("").trim().to_ascii_lowercase();
         let decoded;
         let bytes = match encoding.as_str() {
             "" | "identity" => raw,
@@ -341,19 +279,11 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
 
     fn source_for(&self, key: &str) -> Result<&SourceConfig, Failure> {
         let source = self.workspace.source_for_write_key(key).ok_or_else(|| {
-            Failure::new(RequestError {
-                status: 401,
-                code: "invalid_write_key",
-                message: "unknown write key".into(),
-            })
+            Failure::new(RequestError { status: 401, code: "invalid_write_key", message: "unknown write key".into() })
         })?;
         if !source.enabled {
             return Err(self.fail(
-                RequestError {
-                    status: 404,
-                    code: "source_disabled",
-                    message: "this source is disabled".into(),
-                },
+                RequestError { status: 404, code: "source_disabled", message: "this source is disabled".into() },
                 Some(source),
             ));
         }
@@ -368,28 +298,18 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = buckets
             .entry(source.id.to_string())
-            .or_insert_with(|| TokenBucket {
-                tokens: limit.burst as f64,
-                last: Instant::now(),
-            });
+            .or_insert_with(|| TokenBucket { tokens: limit.burst as f64, last: Instant::now() });
         let now = Instant::now();
-        bucket.tokens = (bucket.tokens
-            + now.duration_since(bucket.last).as_secs_f64() * limit.requests_per_second)
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * limit.requests_per_second)
             .min(limit.burst as f64);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        let wait = ((1.0 - bucket.tokens) / limit.requests_per_second)
-            .ceil()
-            .max(1.0) as u64;
+        let wait = ((1.0 - bucket.tokens) / limit.requests_per_second).ceil().max(1.0) as u64;
         let mut f = self.fail(
-            RequestError {
-                status: 429,
-                code: "rate_limited",
-                message: "too many requests for this source".into(),
-            },
+            RequestError { status: 429, code: "rate_limited", message: "too many requests for this source".into() },
             Some(source),
         );
         f.retry_after = Some(wait);
@@ -398,14 +318,8 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
 
     /// Sends every packed message, ≤ 10 per call, retrying the entries the queue refused with backoff.
     async fn enqueue(&self, bodies: Vec<String>) -> Result<(), RequestError> {
-        let mut pending: Vec<OutgoingMessage> = bodies
-            .into_iter()
-            .enumerate()
-            .map(|(i, body)| OutgoingMessage {
-                id: i.to_string(),
-                body,
-            })
-            .collect();
+        let mut pending: Vec<OutgoingMessage> =
+            bodies.into_iter().enumerate().map(|(i, body)| OutgoingMessage { id: i.to_string(), body }).collect();
         let mut delay = self.settings.send_backoff;
         for attempt in 1..=self.settings.send_attempts.max(1) {
             let mut failed_ids = Vec::new();
@@ -425,12 +339,7 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
             if failed_ids.is_empty() {
                 return Ok(());
             }
-            tracing::warn!(
-                attempt,
-                failed = failed_ids.len(),
-                fatal,
-                "Events queue refused messages."
-            );
+            tracing::warn!(attempt, failed = failed_ids.len(), fatal, "Events queue refused messages.");
             pending.retain(|m| failed_ids.contains(&m.id));
             if fatal {
                 break;
@@ -448,11 +357,7 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
     }
 
     fn fail(&self, error: RequestError, source: Option<&SourceConfig>) -> Failure {
-        Failure {
-            error,
-            source_id: source.map(|s| s.id.to_string()),
-            retry_after: None,
-        }
+        Failure { error, source_id: source.map(|s| s.id.to_string()), retry_after: None }
     }
 
     fn emit_metrics(&self, route: Route, outcome: &Result<Accepted, Failure>) {
@@ -501,11 +406,7 @@ struct Failure {
 
 impl Failure {
     fn new(error: RequestError) -> Self {
-        Failure {
-            error,
-            source_id: None,
-            retry_after: None,
-        }
+        Failure { error, source_id: None, retry_after: None }
     }
 }
 
@@ -517,10 +418,7 @@ struct TokenBucket {
 fn too_large(len: usize, limits: &Limits) -> RequestError {
     RequestError::bad_request(
         "request_too_large",
-        format!(
-            "body of {len} bytes exceeds the limit of {} bytes",
-            limits.max_request_bytes
-        ),
+        format!("body of {len} bytes exceeds the limit of {} bytes", limits.max_request_bytes),
     )
 }
 
@@ -539,14 +437,9 @@ fn basic_write_key(headers: &HeaderMap) -> Result<Option<String>, RequestError> 
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(None);
     }
-    let unauthorized = || RequestError {
-        status: 401,
-        code: "invalid_auth_header",
-        message: "malformed Basic authorization".into(),
-    };
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(creds.trim())
-        .map_err(|_| unauthorized())?;
+    let unauthorized =
+        || RequestError { status: 401, code: "invalid_auth_header", message: "malformed Basic authorization".into() };
+    let decoded = base64::engine::general_purpose::STANDARD.decode(creds.trim()).map_err(|_| unauthorized())?;
     let text = String::from_utf8(decoded).map_err(|_| unauthorized())?;
     let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
     if user.is_empty() {

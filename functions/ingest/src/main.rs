@@ -32,30 +32,19 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     // Open the TLS connection during init, which is billed the same but keeps the first request fast.
     clients.warm().await;
 
-    let ingest = Ingest::new(
-        clients.sqs_queue(queue_url),
-        StdoutMetrics,
-        Arc::new(workspace),
-        IngestSettings::default(),
-    );
+    let ingest =
+        Ingest::new(clients.sqs_queue(queue_url), StdoutMetrics, Arc::new(workspace), IngestSettings::default());
     let ingest = &ingest;
-    lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
-            Ok::<_, lambda_runtime::Error>(ingest.handle(event.payload).await)
-        },
-    ))
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
+        Ok::<_, lambda_runtime::Error>(ingest.handle(event.payload).await)
+    }))
     .await
 }
 
-async fn load_workspace(
-    clients: &AwsClients,
-    uri: &str,
-) -> anyhow::Result<tributary_core::config::WorkspaceConfig> {
+async fn load_workspace(clients: &AwsClients, uri: &str) -> anyhow::Result<tributary_core::config::WorkspaceConfig> {
     let text = match uri.strip_prefix("s3://") {
         Some(rest) => {
-            let (bucket, key) = rest
-                .split_once('/')
-                .context("WORKSPACE_CONFIG must look like s3://bucket/key")?;
+            let (bucket, key) = rest.split_once('/').context("WORKSPACE_CONFIG must look like s3://bucket/key")?;
             let bytes = clients
                 .s3_store(bucket, "")
                 .get(key)
@@ -64,8 +53,7 @@ async fn load_workspace(
                 .with_context(|| format!("workspace config {uri} does not exist"))?;
             String::from_utf8(bytes).context("workspace config is not UTF-8")?
         }
-        None => std::fs::read_to_string(uri)
-            .with_context(|| format!("reading workspace config {uri}"))?,
+        None => std::fs::read_to_string(uri).with_context(|| format!("reading workspace config {uri}"))?,
     };
     tributary_core::config::load(&text).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| format!("{uri}: {e}")).collect();

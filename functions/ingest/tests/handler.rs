@@ -31,8 +31,7 @@ fn read_json(rel: &str) -> Value {
 }
 
 fn workspace() -> WorkspaceConfig {
-    let text =
-        std::fs::read_to_string(events_dir().join("workspace.yaml")).expect("workspace.yaml");
+    let text = std::fs::read_to_string(events_dir().join("workspace.yaml")).expect("workspace.yaml");
     tributary_core::config::load(&text).expect("fixture workspace is valid")
 }
 
@@ -56,39 +55,21 @@ struct RecordingQueue {
 
 impl RecordingQueue {
     fn new(behaviour: Behaviour) -> Self {
-        RecordingQueue {
-            sent: Default::default(),
-            calls: Default::default(),
-            behaviour,
-        }
+        RecordingQueue { sent: Default::default(), calls: Default::default(), behaviour }
     }
 
     fn envelopes(&self) -> Vec<Envelope> {
-        self.sent
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| serde_json::from_str(b).expect("envelope"))
-            .collect()
+        self.sent.lock().unwrap().iter().map(|b| serde_json::from_str(b).expect("envelope")).collect()
     }
 
     fn events(&self) -> Vec<Value> {
-        self.envelopes()
-            .into_iter()
-            .flat_map(|e| e.events)
-            .collect()
+        self.envelopes().into_iter().flat_map(|e| e.events).collect()
     }
 }
 
 impl Queue for RecordingQueue {
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<FailedEntry>, PortError> {
-        assert!(
-            messages.len() <= 10,
-            "SendMessageBatch takes at most 10 entries"
-        );
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
+        assert!(messages.len() <= 10, "SendMessageBatch takes at most 10 entries");
         let call = {
             let mut calls = self.calls.lock().unwrap();
             calls.push(messages.len());
@@ -98,32 +79,19 @@ impl Queue for RecordingQueue {
             Behaviour::Down => Err(PortError::Unavailable("queue down".into())),
             Behaviour::FailFirst(n) if call <= n => Ok(messages
                 .iter()
-                .map(|m| FailedEntry {
-                    id: m.id.clone(),
-                    retryable: true,
-                    reason: "InternalError".into(),
-                })
+                .map(|m| FailedEntry { id: m.id.clone(), retryable: true, reason: "InternalError".into() })
                 .collect()),
             _ => {
                 let mut sent = self.sent.lock().unwrap();
                 for m in messages {
-                    assert!(
-                        m.body.len() <= 256 * 1024,
-                        "message of {} bytes",
-                        m.body.len()
-                    );
+                    assert!(m.body.len() <= 256 * 1024, "message of {} bytes", m.body.len());
                     sent.push(m.body.clone());
                 }
                 Ok(vec![])
             }
         }
     }
-    async fn receive(
-        &self,
-        _: usize,
-        _: Duration,
-        _: Duration,
-    ) -> Result<Vec<ReceivedMessage>, PortError> {
+    async fn receive(&self, _: usize, _: Duration, _: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
         Ok(vec![])
     }
     async fn delete(&self, _: &str) -> Result<(), PortError> {
@@ -146,22 +114,9 @@ struct World {
 fn world_with(behaviour: Behaviour, workspace: WorkspaceConfig) -> World {
     let queue = RecordingQueue::new(behaviour);
     let metrics = Arc::new(MemoryMetrics::default());
-    let settings = IngestSettings {
-        send_backoff: Duration::from_millis(1),
-        ..Default::default()
-    };
-    let ingest = Ingest::new(
-        queue.clone(),
-        metrics.clone(),
-        Arc::new(workspace),
-        settings,
-    )
-    .with_clock(|| NOW);
-    World {
-        ingest,
-        queue,
-        metrics,
-    }
+    let settings = IngestSettings { send_backoff: Duration::from_millis(1), ..Default::default() };
+    let ingest = Ingest::new(queue.clone(), metrics.clone(), Arc::new(workspace), settings).with_clock(|| NOW);
+    World { ingest, queue, metrics }
 }
 
 fn world() -> World {
@@ -170,9 +125,7 @@ fn world() -> World {
 
 fn body_json(resp: &ApiGatewayV2httpResponse) -> Value {
     match &resp.body {
-        Some(Body::Text(t)) => {
-            serde_json::from_str(t).unwrap_or_else(|e| panic!("response body not JSON ({e}): {t}"))
-        }
+        Some(Body::Text(t)) => serde_json::from_str(t).unwrap_or_else(|e| panic!("response body not JSON ({e}): {t}")),
         other => panic!("unexpected body {other:?}"),
     }
 }
@@ -187,70 +140,34 @@ async fn every_fixture_gets_its_documented_outcome() {
     for case in cases["cases"].as_array().unwrap() {
         let file = case["file"].as_str().unwrap();
         let w = world();
-        let resp = w
-            .ingest
-            .handle(request(read_json(&format!("apigw/{file}"))))
-            .await;
+        let resp = w.ingest.handle(request(read_json(&format!("apigw/{file}")))).await;
         let body = body_json(&resp);
-        assert_eq!(
-            resp.status_code,
-            case["status"].as_i64().unwrap(),
-            "{file}: {body}"
-        );
-        assert_eq!(
-            resp.headers.get("content-type").unwrap(),
-            "application/json",
-            "{file}"
-        );
+        assert_eq!(resp.status_code, case["status"].as_i64().unwrap(), "{file}: {body}");
+        assert_eq!(resp.headers.get("content-type").unwrap(), "application/json", "{file}");
         if resp.status_code != 200 || file == "health.json" {
             if let Some(code) = case.get("code") {
                 assert_eq!(&body["code"], code, "{file}");
                 assert!(body["message"].is_string(), "{file}");
             }
-            assert!(
-                w.queue.events().is_empty(),
-                "{file}: refused request queued events"
-            );
+            assert!(w.queue.events().is_empty(), "{file}: refused request queued events");
             continue;
         }
         assert_eq!(body["success"], true, "{file}");
         assert_eq!(body["accepted"], case["accepted"], "{file}: {body}");
-        assert_eq!(
-            body["rejected"].as_array().unwrap().len() as u64,
-            case["rejected"].as_u64().unwrap(),
-            "{file}"
-        );
+        assert_eq!(body["rejected"].as_array().unwrap().len() as u64, case["rejected"].as_u64().unwrap(), "{file}");
         let events = w.queue.events();
-        let ids: Vec<&str> = events
-            .iter()
-            .map(|e| e["messageId"].as_str().unwrap())
-            .collect();
-        let expected: Vec<&str> = case["messageIds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let ids: Vec<&str> = events.iter().map(|e| e["messageId"].as_str().unwrap()).collect();
+        let expected: Vec<&str> = case["messageIds"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(ids, expected, "{file}: queued events in order");
         for env in w.queue.envelopes() {
             assert_eq!(env.source_id, "web", "{file}");
         }
         for e in &events {
             assert_eq!(e["receivedAt"], "2025-03-10T12:00:10.000Z", "{file}");
-            assert!(
-                e.get("writeKey").is_none(),
-                "{file}: the write key must never be stored"
-            );
-            assert!(
-                e["type"].is_string() && e["timestamp"].is_string(),
-                "{file}"
-            );
+            assert!(e.get("writeKey").is_none(), "{file}: the write key must never be stored");
+            assert!(e["type"].is_string() && e["timestamp"].is_string(), "{file}");
             // Segment's explicit context.ip wins over the caller's address.
-            let expected_ip = if e["messageId"] == "fixture-track-1" {
-                "24.5.68.47"
-            } else {
-                "198.51.100.23"
-            };
+            let expected_ip = if e["messageId"] == "fixture-track-1" { "24.5.68.47" } else { "198.51.100.23" };
             assert_eq!(e["context"]["ip"], expected_ip, "{file}");
             assert!(e["context"]["userAgent"].is_string(), "{file}");
         }
@@ -260,10 +177,7 @@ async fn every_fixture_gets_its_documented_outcome() {
 #[tokio::test]
 async fn clock_skew_is_corrected_and_batch_context_merged() {
     let w = world();
-    let resp = w
-        .ingest
-        .handle(request(read_json("apigw/track.json")))
-        .await;
+    let resp = w.ingest.handle(request(read_json("apigw/track.json"))).await;
     assert_eq!(resp.status_code, 200);
     let e = &w.queue.events()[0];
     // timestamp = receivedAt − (sentAt − originalTimestamp) = 12:00:10 − (11:59:59 − 11:59:58)
@@ -274,29 +188,18 @@ async fn clock_skew_is_corrected_and_batch_context_merged() {
     assert_eq!(e["type"], "track");
 
     let w = world();
-    w.ingest
-        .handle(request(read_json(
-            "apigw/batch-gzip-form-content-type.json",
-        )))
-        .await;
+    w.ingest.handle(request(read_json("apigw/batch-gzip-form-content-type.json"))).await;
     let events = w.queue.events();
     assert_eq!(events.len(), 6);
     for e in &events {
-        assert_eq!(
-            e["context"]["device"]["type"], "phone",
-            "batch context merged into {}",
-            e["messageId"]
-        );
+        assert_eq!(e["context"]["device"]["type"], "phone", "batch context merged into {}", e["messageId"]);
         assert_eq!(e["integrations"]["All"], true);
         assert_eq!(e["context"]["userAgent"], "analytics-node/3.0.13");
     }
     // A numeric userId becomes a string; batch-level sentAt applies to each item.
     assert_eq!(events[3]["userId"], "42");
     assert_eq!(events[0]["sentAt"], "2025-03-10T11:59:59.000Z");
-    assert!(
-        events[0].get("anonymousId").is_none(),
-        "null anonymousId is dropped"
-    );
+    assert!(events[0].get("anonymousId").is_none(), "null anonymousId is dropped");
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -331,24 +234,18 @@ fn generate(spec: &Value) -> Vec<u8> {
             s.into_bytes()
         }
         "long_string" => {
-            json!({"userId": "u1", "event": "E", "properties": {"s": "a".repeat(n("bytes"))}})
-                .to_string()
-                .into_bytes()
+            json!({"userId": "u1", "event": "E", "properties": {"s": "a".repeat(n("bytes"))}}).to_string().into_bytes()
         }
         "big_batch" => {
-            let items: Vec<Value> = (0..n("events"))
-                .map(|i| json!({"type": "track", "userId": i, "event": "E"}))
-                .collect();
+            let items: Vec<Value> =
+                (0..n("events")).map(|i| json!({"type": "track", "userId": i, "event": "E"})).collect();
             json!({ "batch": items }).to_string().into_bytes()
         }
         "padded_batch" => padded_batch(n("bytes")),
         "wide_event" => {
-            let props: serde_json::Map<String, Value> = (0..n("bytes") / 100)
-                .map(|i| (format!("p{i}"), Value::String("v".repeat(90))))
-                .collect();
-            json!({"userId": "u1", "event": "E", "properties": props})
-                .to_string()
-                .into_bytes()
+            let props: serde_json::Map<String, Value> =
+                (0..n("bytes") / 100).map(|i| (format!("p{i}"), Value::String("v".repeat(90)))).collect();
+            json!({"userId": "u1", "event": "E", "properties": props}).to_string().into_bytes()
         }
         other => panic!("unknown generator {other}"),
     }
@@ -366,14 +263,8 @@ fn padded_batch(bytes: usize) -> Vec<u8> {
 async fn hostile_corpus_gets_documented_status_and_code_and_queues_nothing_rejected() {
     let corpus = read_json("hostile/corpus.json");
     let cases = corpus["cases"].as_array().unwrap();
-    assert!(
-        cases.len() >= 25,
-        "the corpus must hold at least 25 requests"
-    );
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"))
-    );
+    assert!(cases.len() >= 25, "the corpus must hold at least 25 requests");
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")));
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let mut headers = serde_json::Map::new();
@@ -388,13 +279,9 @@ async fn hostile_corpus_gets_documented_status_and_code_and_queues_nothing_rejec
             (Value::Null, false)
         } else if let Some(spec) = case.get("generate") {
             let bytes = generate(spec);
-            let binary = case["headers"]["content-encoding"].is_string()
-                || std::str::from_utf8(&bytes).is_err();
+            let binary = case["headers"]["content-encoding"].is_string() || std::str::from_utf8(&bytes).is_err();
             if binary {
-                (
-                    json!(base64::engine::general_purpose::STANDARD.encode(&bytes)),
-                    true,
-                )
+                (json!(base64::engine::general_purpose::STANDARD.encode(&bytes)), true)
             } else {
                 (json!(String::from_utf8(bytes).unwrap()), false)
             }
@@ -403,10 +290,7 @@ async fn hostile_corpus_gets_documented_status_and_code_and_queues_nothing_rejec
         } else {
             let b = case["body"].as_str().unwrap();
             if case["headers"]["content-encoding"].is_string() {
-                (
-                    json!(base64::engine::general_purpose::STANDARD.encode(b)),
-                    true,
-                )
+                (json!(base64::engine::general_purpose::STANDARD.encode(b)), true)
             } else {
                 (json!(b), case["isBase64Encoded"] == true)
             }
@@ -423,42 +307,20 @@ async fn hostile_corpus_gets_documented_status_and_code_and_queues_nothing_rejec
         let w = world();
         let resp = w.ingest.handle(request(event)).await;
         let out = body_json(&resp);
-        assert_eq!(
-            resp.status_code,
-            case["status"].as_i64().unwrap(),
-            "{name}: {out}"
-        );
+        assert_eq!(resp.status_code, case["status"].as_i64().unwrap(), "{name}: {out}");
         let queued = w.queue.events();
         if resp.status_code == 200 {
             assert_eq!(out["accepted"], case["accepted"], "{name}");
-            let codes: Vec<&str> = out["rejected"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["code"].as_str().unwrap())
-                .collect();
-            let expected: Vec<&str> = case["rejectedCodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c.as_str().unwrap())
-                .collect();
+            let codes: Vec<&str> =
+                out["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+            let expected: Vec<&str> =
+                case["rejectedCodes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
             assert_eq!(codes, expected, "{name}");
-            assert_eq!(
-                queued.len() as u64,
-                case["accepted"].as_u64().unwrap(),
-                "{name}: only accepted events queued"
-            );
+            assert_eq!(queued.len() as u64, case["accepted"].as_u64().unwrap(), "{name}: only accepted events queued");
         } else {
             assert_eq!(out["code"], case["code"], "{name}: {out}");
-            assert!(
-                out["message"].as_str().is_some_and(|m| !m.is_empty()),
-                "{name}: message"
-            );
-            assert!(
-                queued.is_empty(),
-                "{name}: nothing may be queued for a refused request"
-            );
+            assert!(out["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: message");
+            assert!(queued.is_empty(), "{name}: nothing may be queued for a refused request");
         }
     }
 }
@@ -466,33 +328,25 @@ async fn hostile_corpus_gets_documented_status_and_code_and_queues_nothing_rejec
 #[tokio::test]
 async fn transient_queue_failures_are_retried_and_a_dead_queue_gives_503() {
     let w = world_with(Behaviour::FailFirst(2), workspace());
-    let resp = w
-        .ingest
-        .handle(request(read_json("apigw/batch-basic.json")))
-        .await;
+    let resp = w.ingest.handle(request(read_json("apigw/batch-basic.json"))).await;
     assert_eq!(resp.status_code, 200, "{:?}", resp.body);
     assert_eq!(w.queue.events().len(), 6);
     assert_eq!(w.queue.calls.lock().unwrap().len(), 3);
 
     let w = world_with(Behaviour::Down, workspace());
-    let resp = w
-        .ingest
-        .handle(request(read_json("apigw/batch-basic.json")))
-        .await;
+    let resp = w.ingest.handle(request(read_json("apigw/batch-basic.json"))).await;
     assert_eq!(resp.status_code, 503);
     assert_eq!(body_json(&resp)["code"], "queue_unavailable");
-    assert_eq!(
-        w.queue.calls.lock().unwrap().len(),
-        4,
-        "default settings try four times"
-    );
+    assert_eq!(w.queue.calls.lock().unwrap().len(), 4, "default settings try four times");
 }
 
 #[tokio::test]
 async fn large_batches_are_packed_into_bounded_messages_at_most_ten_per_call() {
     let items: Vec<Value> = (0..2_500)
-        .map(|i| json!({"type": "track", "userId": format!("user-{i}"), "event": "Viewed", "messageId": format!("m-{i}"),
-                        "properties": {"pad": "y".repeat(60)}}))
+        .map(|i| {
+            json!({"type": "track", "userId": format!("user-{i}"), "event": "Viewed", "messageId": format!("m-{i}"),
+                        "properties": {"pad": "y".repeat(60)}})
+        })
         .collect();
     let body = json!({ "batch": items }).to_string();
     assert!(body.len() < 500 * 1024);
@@ -508,47 +362,26 @@ async fn large_batches_are_packed_into_bounded_messages_at_most_ten_per_call() {
     }
     let calls = w.queue.calls.lock().unwrap().clone();
     assert!(calls.iter().all(|&n| n <= 10), "{calls:?}");
-    assert!(
-        w.queue.envelopes().len() > 1,
-        "more than one message for ~450 KB of events"
-    );
+    assert!(w.queue.envelopes().len() > 1, "more than one message for ~450 KB of events");
 }
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let mut ws = workspace();
-    ws.sources[0].rate_limit = Some(tributary_core::config::RateLimit {
-        requests_per_second: 0.5,
-        burst: 2,
-    });
+    ws.sources[0].rate_limit = Some(tributary_core::config::RateLimit { requests_per_second: 0.5, burst: 2 });
     let w = world_with(Behaviour::Accept, ws);
     let statuses: Vec<i64> = {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(
-                w.ingest
-                    .handle(request(read_json("apigw/track.json")))
-                    .await
-                    .status_code,
-            );
+            v.push(w.ingest.handle(request(read_json("apigw/track.json"))).await.status_code);
         }
         v
     };
     assert_eq!(statuses, vec![200, 200, 429]);
-    let resp = w
-        .ingest
-        .handle(request(read_json("apigw/track.json")))
-        .await;
+    let resp = w.ingest.handle(request(read_json("apigw/track.json"))).await;
     assert_eq!(resp.status_code, 429);
     assert_eq!(body_json(&resp)["code"], "rate_limited");
-    let retry: u64 = resp
-        .headers
-        .get("retry-after")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = resp.headers.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "retry-after {retry}");
     assert!(resp.headers.contains_key("x-ratelimit-reset"));
     assert_eq!(w.queue.events().len(), 2);
@@ -559,37 +392,21 @@ async fn disabled_source_answers_404_and_per_source_limits_apply() {
     let mut ws = workspace();
     ws.sources[0].enabled = false;
     let w = world_with(Behaviour::Accept, ws);
-    let resp = w
-        .ingest
-        .handle(request(read_json("apigw/track.json")))
-        .await;
-    assert_eq!(
-        (resp.status_code, body_json(&resp)["code"].clone()),
-        (404, json!("source_disabled"))
-    );
+    let resp = w.ingest.handle(request(read_json("apigw/track.json"))).await;
+    assert_eq!((resp.status_code, body_json(&resp)["code"].clone()), (404, json!("source_disabled")));
 
     let mut ws = workspace();
     ws.sources[0].limits.max_batch_events = 5;
     let w = world_with(Behaviour::Accept, ws);
-    let resp = w
-        .ingest
-        .handle(request(read_json("apigw/batch-body-write-key.json")))
-        .await;
-    assert_eq!(
-        (resp.status_code, body_json(&resp)["code"].clone()),
-        (400, json!("batch_too_large"))
-    );
+    let resp = w.ingest.handle(request(read_json("apigw/batch-body-write-key.json"))).await;
+    assert_eq!((resp.status_code, body_json(&resp)["code"].clone()), (400, json!("batch_too_large")));
 }
 
 #[tokio::test]
 async fn metrics_are_emf_lines_without_pii() {
     let w = world();
-    w.ingest
-        .handle(request(read_json("apigw/batch-partial.json")))
-        .await;
-    w.ingest
-        .handle(request(read_json("apigw/unknown-write-key.json")))
-        .await;
+    w.ingest.handle(request(read_json("apigw/batch-partial.json"))).await;
+    w.ingest.handle(request(read_json("apigw/unknown-write-key.json"))).await;
     let lines = w.metrics.0.lock().unwrap().clone();
     assert_eq!(lines.len(), 2);
     let ok: Value = serde_json::from_str(&lines[0]).unwrap();
@@ -603,9 +420,6 @@ async fn metrics_are_emf_lines_without_pii() {
     let refused: Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(refused["RequestsRefused.invalid_write_key"], 1);
     for l in &lines {
-        assert!(
-            !l.contains("jake@example.com") && !l.contains("019mr8mf4r") && !l.contains(WRITE_KEY),
-            "PII in {l}"
-        );
+        assert!(!l.contains("jake@example.com") && !l.contains("019mr8mf4r") && !l.contains(WRITE_KEY), "PII in {l}");
     }
 }

@@ -22,29 +22,19 @@ pub fn parse_body(bytes: &[u8], limits: &Limits) -> Result<Value, RequestError> 
     if bytes.len() > limits.max_request_bytes {
         return Err(RequestError::bad_request(
             "request_too_large",
-            format!(
-                "request body is {} bytes; the limit is {}",
-                bytes.len(),
-                limits.max_request_bytes
-            ),
+            format!("request body is {} bytes; the limit is {}", bytes.len(), limits.max_request_bytes),
         ));
     }
     // A UTF-8 byte order mark is not JSON, but some HTTP clients write one; it carries no meaning.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.trim_ascii().is_empty() {
-        return Err(RequestError::bad_request(
-            "empty_body",
-            "request body is empty",
-        ));
+        return Err(RequestError::bad_request("empty_body", "request body is empty"));
     }
     // Validating UTF-8 up front lets the parser run on `&str`, which then skips its own per-string check.
     let text = std::str::from_utf8(bytes).map_err(|e| {
         RequestError::bad_request(
             "invalid_utf8",
-            format!(
-                "request body is not valid UTF-8 (at byte {})",
-                e.valid_up_to()
-            ),
+            format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to()),
         )
     })?;
 
@@ -56,9 +46,7 @@ pub fn parse_body(bytes: &[u8], limits: &Limits) -> Result<Value, RequestError> 
         failure: None,
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = ValueSeed { state: &mut state }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
+    let parsed = ValueSeed { state: &mut state }.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     let value = match parsed {
         Ok(v) => v,
         Err(e) => return Err(state.failure.take().unwrap_or_else(|| json_error(&e))),
@@ -66,10 +54,7 @@ pub fn parse_body(bytes: &[u8], limits: &Limits) -> Result<Value, RequestError> 
     if !value.is_object() {
         return Err(RequestError::bad_request(
             "invalid_body",
-            format!(
-                "request body must be a JSON object, got {}",
-                kind_of(&value)
-            ),
+            format!("request body must be a JSON object, got {}", kind_of(&value)),
         ));
     }
     Ok(value)
@@ -92,27 +77,16 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
 fn json_error(e: &serde_json::Error) -> RequestError {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax if e.to_string().starts_with("recursion limit exceeded") => {
-            RequestError::bad_request(
-                "nesting_too_deep",
-                format!(
-                    "JSON nesting is too deep at line {} column {}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        }
-        Category::Syntax | Category::Eof => RequestError::bad_request(
-            "invalid_json",
-            format!("request body is not valid JSON: {e}"),
+        Category::Syntax if e.to_string().starts_with("recursion limit exceeded") => RequestError::bad_request(
+            "nesting_too_deep",
+            format!("JSON nesting is too deep at line {} column {}", e.line(), e.column()),
         ),
+        Category::Syntax | Category::Eof => {
+            RequestError::bad_request("invalid_json", format!("request body is not valid JSON: {e}"))
+        }
         Category::Data | Category::Io => RequestError::bad_request(
             "invalid_json",
-            format!(
-                "request body is not valid JSON at line {} column {}",
-                e.line(),
-                e.column()
-            ),
+            format!("request body is not valid JSON at line {} column {}", e.line(), e.column()),
         ),
     }
 }
@@ -136,10 +110,7 @@ impl State {
         if len > self.max_string_bytes {
             Err(self.fail(
                 "string_too_long",
-                format!(
-                    "a JSON {what} is {len} bytes; the limit is {}",
-                    self.max_string_bytes
-                ),
+                format!("a JSON {what} is {len} bytes; the limit is {}", self.max_string_bytes),
             ))
         } else {
             Ok(())
@@ -148,10 +119,7 @@ impl State {
 
     fn enter<E: de::Error>(&mut self) -> Result<(), E> {
         if self.depth >= self.max_depth {
-            return Err(self.fail(
-                "nesting_too_deep",
-                format!("JSON nesting is deeper than {} levels", self.max_depth),
-            ));
+            return Err(self.fail("nesting_too_deep", format!("JSON nesting is deeper than {} levels", self.max_depth)));
         }
         self.depth += 1;
         Ok(())
@@ -192,9 +160,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         match Number::from_f64(v) {
             Some(n) => Ok(Value::Number(n)),
-            None => Err(self
-                .state
-                .fail("invalid_json", "a JSON number is out of range".to_string())),
+            None => Err(self.state.fail("invalid_json", "a JSON number is out of range".to_string())),
         }
     }
 
@@ -259,12 +225,9 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 
 /// A key is quoted in an error message only when it looks like a field name, not like data.
 fn is_short_identifier(key: &str) -> bool {
-    let starts_like_a_name = matches!(key.as_bytes().first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_' || *c == b'$');
-    starts_like_a_name
-        && key.len() <= 32
-        && key
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
+    let starts_like_a_name =
+        matches!(key.as_bytes().first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_' || *c == b'$');
+    starts_like_a_name && key.len() <= 32 && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
 }
 
 struct KeySeed<'s> {
@@ -325,24 +288,12 @@ mod tests {
         let long_key = format!("{{\"{}\":1}}", "k".repeat(16 * 1024 + 1));
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("plain object", br#"{"a":1}"#.to_vec(), "ok"),
-            (
-                "whitespace around",
-                b" \n\t{\"a\":[1,2,{}]}\r\n ".to_vec(),
-                "ok",
-            ),
+            ("whitespace around", b" \n\t{\"a\":[1,2,{}]}\r\n ".to_vec(), "ok"),
             ("bom", b"\xEF\xBB\xBF{\"a\":1}".to_vec(), "ok"),
             ("empty", b"".to_vec(), "empty_body"),
             ("whitespace only", b" \n\t\r ".to_vec(), "empty_body"),
-            (
-                "invalid utf8 in string",
-                b"{\"a\":\"\xff\xfe\"}".to_vec(),
-                "invalid_utf8",
-            ),
-            (
-                "invalid utf8 outside",
-                b"{\"a\":1}\xc3".to_vec(),
-                "invalid_utf8",
-            ),
+            ("invalid utf8 in string", b"{\"a\":\"\xff\xfe\"}".to_vec(), "invalid_utf8"),
+            ("invalid utf8 outside", b"{\"a\":1}\xc3".to_vec(), "invalid_utf8"),
             ("malformed", br#"{"a":}"#.to_vec(), "invalid_json"),
             ("unterminated", br#"{"a":1"#.to_vec(), "invalid_json"),
             ("trailing garbage", br#"{"a":1} x"#.to_vec(), "invalid_json"),
@@ -351,41 +302,17 @@ mod tests {
             ("1e400", br#"{"a":1e400}"#.to_vec(), "invalid_json"),
             ("-1e400", br#"{"a":-1e400}"#.to_vec(), "invalid_json"),
             ("NaN", br#"{"a":NaN}"#.to_vec(), "invalid_json"),
-            (
-                "400-digit integer",
-                format!("{{\"a\":1{}}}", "0".repeat(400)).into_bytes(),
-                "invalid_json",
-            ),
-            (
-                "u64 max + 1",
-                br#"{"a":18446744073709551616}"#.to_vec(),
-                "ok",
-            ),
-            (
-                "lone surrogate",
-                br#"{"a":"\ud800"}"#.to_vec(),
-                "invalid_json",
-            ),
+            ("400-digit integer", format!("{{\"a\":1{}}}", "0".repeat(400)).into_bytes(), "invalid_json"),
+            ("u64 max + 1", br#"{"a":18446744073709551616}"#.to_vec(), "ok"),
+            ("lone surrogate", br#"{"a":"\ud800"}"#.to_vec(), "invalid_json"),
             ("control char", b"{\"a\":\"\x01\"}".to_vec(), "invalid_json"),
             ("array top", b"[1,2]".to_vec(), "invalid_body"),
             ("string top", br#""hello""#.to_vec(), "invalid_body"),
             ("number top", b"42".to_vec(), "invalid_body"),
             ("null top", b"null".to_vec(), "invalid_body"),
-            (
-                "duplicate top",
-                br#"{"a":1,"a":2}"#.to_vec(),
-                "duplicate_key",
-            ),
-            (
-                "duplicate nested",
-                br#"{"batch":[{"x":{"k":1,"k":1}}]}"#.to_vec(),
-                "duplicate_key",
-            ),
-            (
-                "duplicate via escape",
-                br#"{"a":1,"\u0061":2}"#.to_vec(),
-                "duplicate_key",
-            ),
+            ("duplicate top", br#"{"a":1,"a":2}"#.to_vec(), "duplicate_key"),
+            ("duplicate nested", br#"{"batch":[{"x":{"k":1,"k":1}}]}"#.to_vec(), "duplicate_key"),
+            ("duplicate via escape", br#"{"a":1,"\u0061":2}"#.to_vec(), "duplicate_key"),
             ("long key", long_key.into_bytes(), "string_too_long"),
         ];
         for (name, body, want) in cases {
@@ -395,8 +322,7 @@ mod tests {
 
     #[test]
     fn values_are_built_faithfully() {
-        let body =
-            br#"{"s":"caf\u00e9 \"q\"","n":-3,"u":18446744073709551615,"f":1.5,"b":true,"z":null,
+        let body = br#"{"s":"caf\u00e9 \"q\"","n":-3,"u":18446744073709551615,"f":1.5,"b":true,"z":null,
             "a":[1,"x",[],{}],"o":{"k":{"k":[null]}}}"#;
         let v = parse_body(body, &limits()).unwrap();
         let expected: Value = serde_json::from_slice(body).unwrap();
@@ -410,23 +336,14 @@ mod tests {
         deep.extend(std::iter::repeat_n(b'[', 10_000));
         deep.extend(std::iter::repeat_n(b']', 10_000));
         deep.push(b'}');
-        let limits = Limits {
-            max_request_bytes: 1 << 20,
-            ..Limits::default()
-        };
+        let limits = Limits { max_request_bytes: 1 << 20, ..Limits::default() };
         let err = parse_body(&deep, &limits).unwrap_err();
         assert_eq!(err.code, "nesting_too_deep");
         // Unbalanced too (the parse must stop at the bound, not at the end).
         let open: Vec<u8> = std::iter::repeat_n(b'[', 10_000).collect();
-        assert_eq!(
-            parse_body(&open, &limits).unwrap_err().code,
-            "nesting_too_deep"
-        );
+        assert_eq!(parse_body(&open, &limits).unwrap_err().code, "nesting_too_deep");
         let objects = "{\"a\":".repeat(10_000);
-        assert_eq!(
-            parse_body(objects.as_bytes(), &limits).unwrap_err().code,
-            "nesting_too_deep"
-        );
+        assert_eq!(parse_body(objects.as_bytes(), &limits).unwrap_err().code, "nesting_too_deep");
     }
 
     #[test]
@@ -439,21 +356,11 @@ mod tests {
             s.push('}');
             s
         }
-        let limits = Limits {
-            max_depth: 5,
-            ..Limits::default()
-        };
+        let limits = Limits { max_depth: 5, ..Limits::default() };
         assert!(parse_body(nested(5).as_bytes(), &limits).is_ok());
-        assert_eq!(
-            parse_body(nested(6).as_bytes(), &limits).unwrap_err().code,
-            "nesting_too_deep"
-        );
+        assert_eq!(parse_body(nested(6).as_bytes(), &limits).unwrap_err().code, "nesting_too_deep");
         // A configured depth above the ceiling is clamped, so serde_json's 128 limit never decides.
-        let wide = Limits {
-            max_depth: 1000,
-            max_request_bytes: 1 << 20,
-            ..Limits::default()
-        };
+        let wide = Limits { max_depth: 1000, max_request_bytes: 1 << 20, ..Limits::default() };
         let e = parse_body(nested(127).as_bytes(), &wide).unwrap_err();
         assert_eq!(e.code, "nesting_too_deep");
         assert!(parse_body(nested(100).as_bytes(), &wide).is_ok());
@@ -461,26 +368,12 @@ mod tests {
 
     #[test]
     fn string_bound_is_exact_and_counts_bytes() {
-        let limits = Limits {
-            max_string_bytes: 4,
-            ..Limits::default()
-        };
+        let limits = Limits { max_string_bytes: 4, ..Limits::default() };
         assert!(parse_body(br#"{"abcd":"wxyz"}"#, &limits).is_ok());
-        assert_eq!(
-            parse_body(br#"{"a":"wxyzw"}"#, &limits).unwrap_err().code,
-            "string_too_long"
-        );
-        assert_eq!(
-            parse_body(br#"{"abcde":1}"#, &limits).unwrap_err().code,
-            "string_too_long"
-        );
+        assert_eq!(parse_body(br#"{"a":"wxyzw"}"#, &limits).unwrap_err().code, "string_too_long");
+        assert_eq!(parse_body(br#"{"abcde":1}"#, &limits).unwrap_err().code, "string_too_long");
         // "é" is two bytes: three of them are 6 bytes.
-        assert_eq!(
-            parse_body("{\"a\":\"ééé\"}".as_bytes(), &limits)
-                .unwrap_err()
-                .code,
-            "string_too_long"
-        );
+        assert_eq!(parse_body("{\"a\":\"ééé\"}".as_bytes(), &limits).unwrap_err().code, "string_too_long");
         // Escapes count once decoded: \u0041 is one byte.
         assert!(parse_body(br#"{"a":"\u0041\u0041\u0041\u0041"}"#, &limits).is_ok());
     }
@@ -490,18 +383,12 @@ mod tests {
         let mut body = b"{\"userId\":\"".to_vec();
         body.extend(std::iter::repeat_n(b'x', 1024 * 1024));
         body.extend(b"\"}");
-        let limits = Limits {
-            max_request_bytes: 4 << 20,
-            ..Limits::default()
-        };
+        let limits = Limits { max_request_bytes: 4 << 20, ..Limits::default() };
         let e = parse_body(&body, &limits).unwrap_err();
         assert_eq!(e.code, "string_too_long");
         assert!(!e.message.contains("xxxx"));
         // With a limit big enough, the same body parses.
-        let limits = Limits {
-            max_string_bytes: 1024 * 1024,
-            ..limits
-        };
+        let limits = Limits { max_string_bytes: 1024 * 1024, ..limits };
         assert!(parse_body(&body, &limits).is_ok());
     }
 
@@ -509,22 +396,8 @@ mod tests {
     fn request_size_bound_exact() {
         let body = br#"{"a":1234}"#; // 10 bytes
         assert_eq!(body.len(), 10);
-        assert!(parse_body(
-            body,
-            &Limits {
-                max_request_bytes: 10,
-                ..Limits::default()
-            }
-        )
-        .is_ok());
-        let e = parse_body(
-            body,
-            &Limits {
-                max_request_bytes: 9,
-                ..Limits::default()
-            },
-        )
-        .unwrap_err();
+        assert!(parse_body(body, &Limits { max_request_bytes: 10, ..Limits::default() }).is_ok());
+        let e = parse_body(body, &Limits { max_request_bytes: 9, ..Limits::default() }).unwrap_err();
         assert_eq!(e.code, "request_too_large");
         assert_eq!(e.status, 400);
     }

@@ -59,27 +59,11 @@ impl Limits {
     /// Each bound must be ≥ 1 and ≤ [`CEILING`].
     pub fn check(&self) -> Result<(), String> {
         let pairs = [
-            (
-                "max_event_bytes",
-                self.max_event_bytes,
-                CEILING.max_event_bytes,
-            ),
-            (
-                "max_request_bytes",
-                self.max_request_bytes,
-                CEILING.max_request_bytes,
-            ),
-            (
-                "max_batch_events",
-                self.max_batch_events,
-                CEILING.max_batch_events,
-            ),
+            ("max_event_bytes", self.max_event_bytes, CEILING.max_event_bytes),
+            ("max_request_bytes", self.max_request_bytes, CEILING.max_request_bytes),
+            ("max_batch_events", self.max_batch_events, CEILING.max_batch_events),
             ("max_depth", self.max_depth, CEILING.max_depth),
-            (
-                "max_string_bytes",
-                self.max_string_bytes,
-                CEILING.max_string_bytes,
-            ),
+            ("max_string_bytes", self.max_string_bytes, CEILING.max_string_bytes),
         ];
         for (name, v, max) in pairs {
             if v == 0 || v > max {
@@ -171,11 +155,7 @@ pub struct RequestError {
 
 impl RequestError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        RequestError {
-            status: 400,
-            code,
-            message: message.into(),
-        }
+        RequestError { status: 400, code, message: message.into() }
     }
 }
 
@@ -200,7 +180,5 @@ pub struct Processed {
 
 /// The write key a body carries (`writeKey` at the top level), if any.
 pub fn body_write_key(body: &serde_json::Value) -> Option<&str> {
-    body.get("writeKey")
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
+    body.get("writeKey").and_then(|v| v.as_str()).filter(|s| !s.is_empty())
 }

@@ -28,12 +28,7 @@ const MAX_MESSAGE_ID_CHARS: usize = 100;
 /// `context`/`integrations` not objects), `batch_too_large`. Per-event rejections: `invalid_event`,
 /// `missing_type`, `unknown_type`, `invalid_field`, `missing_id`, `missing_event`, `missing_previous_id`,
 /// `missing_group_id`, `event_too_large`.
-pub fn process(
-    route: Route,
-    body: Value,
-    ctx: &RequestContext,
-    limits: &Limits,
-) -> Result<Processed, RequestError> {
+pub fn process(route: Route, body: Value, ctx: &RequestContext, limits: &Limits) -> Result<Processed, RequestError> {
     let Value::Object(mut top) = body else {
         return Err(RequestError::bad_request(
             "invalid_body",
@@ -66,36 +61,21 @@ pub fn process(
                 format!("`batch` must be an array, got {}", kind_of(&other)),
             ))
         }
-        None => {
-            return Err(RequestError::bad_request(
-                "invalid_batch",
-                "request body has no `batch` array",
-            ))
-        }
+        None => return Err(RequestError::bad_request("invalid_batch", "request body has no `batch` array")),
     };
     if items.len() > limits.max_batch_events {
         return Err(RequestError::bad_request(
             "batch_too_large",
-            format!(
-                "batch has {} events; the limit is {}",
-                items.len(),
-                limits.max_batch_events
-            ),
+            format!("batch has {} events; the limit is {}", items.len(), limits.max_batch_events),
         ));
     }
     let batch = Batch {
         context: batch_object(&mut top, "context")?,
         integrations: batch_object(&mut top, "integrations")?,
-        sent_at: top
-            .get("sentAt")
-            .and_then(Value::as_str)
-            .and_then(parse_timestamp),
+        sent_at: top.get("sentAt").and_then(Value::as_str).and_then(parse_timestamp),
     };
 
-    let mut out = Processed {
-        accepted: Vec::with_capacity(items.len()),
-        rejected: Vec::new(),
-    };
+    let mut out = Processed { accepted: Vec::with_capacity(items.len()), rejected: Vec::new() };
     for (index, item) in items.into_iter().enumerate() {
         match normalize_event(item, &batch, &env) {
             Ok(event) => out.accepted.push(event),
@@ -135,20 +115,14 @@ struct Batch {
     sent_at: Option<OffsetDateTime>,
 }
 
-fn batch_object(
-    top: &mut Map<String, Value>,
-    key: &str,
-) -> Result<Option<Map<String, Value>>, RequestError> {
+fn batch_object(top: &mut Map<String, Value>, key: &str) -> Result<Option<Map<String, Value>>, RequestError> {
     match top.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) if m.is_empty() => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
         Some(other) => Err(RequestError::bad_request(
             "invalid_batch",
-            format!(
-                "batch-level `{key}` must be an object, got {}",
-                kind_of(&other)
-            ),
+            format!("batch-level `{key}` must be an object, got {}", kind_of(&other)),
         )),
     }
 }
@@ -162,31 +136,20 @@ struct Reject {
 
 impl Reject {
     fn at(self, index: usize) -> Rejection {
-        Rejection {
-            index,
-            message_id: self.message_id,
-            code: self.code,
-            message: self.message,
-        }
+        Rejection { index, message_id: self.message_id, code: self.code, message: self.message }
     }
 }
 
 /// The event's own `messageId`, when it is usable (validated first, so later rejections can report it).
 fn usable_message_id(m: &Map<String, Value>) -> Option<String> {
     match m.get("messageId") {
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_MESSAGE_ID_CHARS => {
-            Some(s.clone())
-        }
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_MESSAGE_ID_CHARS => Some(s.clone()),
         _ => None,
     }
 }
 
 fn reject(m: &Map<String, Value>, code: &'static str, message: impl Into<String>) -> Reject {
-    Reject {
-        message_id: usable_message_id(m),
-        code,
-        message: message.into(),
-    }
+    Reject { message_id: usable_message_id(m), code, message: message.into() }
 }
 
 fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, Value>, Reject> {
@@ -221,9 +184,7 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
                 return Err(Reject {
                     message_id: None,
                     code: "invalid_field",
-                    message: format!(
-                        "`messageId` is {chars} characters; the limit is {MAX_MESSAGE_ID_CHARS}"
-                    ),
+                    message: format!("`messageId` is {chars} characters; the limit is {MAX_MESSAGE_ID_CHARS}"),
                 });
             }
         }
@@ -244,9 +205,7 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
 
     let kind = match m.get("type") {
         None | Some(Value::Null) => return Err(reject(&m, "missing_type", "event has no `type`")),
-        Some(Value::String(s)) if s.is_empty() => {
-            return Err(reject(&m, "missing_type", "event has no `type`"))
-        }
+        Some(Value::String(s)) if s.is_empty() => return Err(reject(&m, "missing_type", "event has no `type`")),
         Some(Value::String(s)) => match MessageType::from_name(s) {
             Some(k) => k,
             None => {
@@ -259,11 +218,7 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
         },
         Some(other) => {
             let got = kind_of(other);
-            return Err(reject(
-                &m,
-                "unknown_type",
-                format!("`type` must be a string, got {got}"),
-            ));
+            return Err(reject(&m, "unknown_type", format!("`type` must be a string, got {got}")));
         }
     };
 
@@ -272,48 +227,28 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
     match kind {
         MessageType::Alias => {
             if !coerce_id(&mut m, "previousId")? {
-                return Err(reject(
-                    &m,
-                    "missing_previous_id",
-                    "alias event has no `previousId`",
-                ));
+                return Err(reject(&m, "missing_previous_id", "alias event has no `previousId`"));
             }
             if !has_user {
                 return Err(reject(&m, "missing_id", "alias event has no `userId`"));
             }
         }
         _ if !has_user && !has_anonymous => {
-            return Err(reject(
-                &m,
-                "missing_id",
-                "event has neither `userId` nor `anonymousId`",
-            ));
+            return Err(reject(&m, "missing_id", "event has neither `userId` nor `anonymousId`"));
         }
         MessageType::Group => {
             if !coerce_id(&mut m, "groupId")? {
-                return Err(reject(
-                    &m,
-                    "missing_group_id",
-                    "group event has no `groupId`",
-                ));
+                return Err(reject(&m, "missing_group_id", "group event has no `groupId`"));
             }
         }
         MessageType::Track => match m.get("event") {
             Some(Value::String(s)) if !s.is_empty() => {}
             None | Some(Value::Null) | Some(Value::String(_)) => {
-                return Err(reject(
-                    &m,
-                    "missing_event",
-                    "track event has no `event` name",
-                ));
+                return Err(reject(&m, "missing_event", "track event has no `event` name"));
             }
             Some(other) => {
                 let got = kind_of(other);
-                return Err(reject(
-                    &m,
-                    "invalid_field",
-                    format!("`event` must be a string, got {got}"),
-                ));
+                return Err(reject(&m, "invalid_field", format!("`event` must be a string, got {got}")));
             }
         },
         MessageType::Page | MessageType::Screen => {
@@ -330,11 +265,7 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
             }
             Some(other) => {
                 let got = kind_of(other);
-                return Err(reject(
-                    &m,
-                    "invalid_field",
-                    format!("`{key}` must be an object, got {got}"),
-                ));
+                return Err(reject(&m, "invalid_field", format!("`{key}` must be an object, got {got}")));
             }
         }
     }
@@ -356,11 +287,7 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
     }
 
     if !has_message_id {
-        let id = if has_client_time(&m) {
-            derived_message_id(&m)
-        } else {
-            uuid::Uuid::new_v4().to_string()
-        };
+        let id = if has_client_time(&m) { derived_message_id(&m) } else { uuid::Uuid::new_v4().to_string() };
         m.insert("messageId".to_string(), Value::String(id));
     }
 
@@ -369,24 +296,16 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
     let original = time_field(&m, "timestamp").or_else(|| time_field(&m, "originalTimestamp"));
     let sent = time_field(&m, "sentAt").or(batch.sent_at);
     let timestamp = match (original, sent) {
-        (Some(o), Some(s)) => env
-            .received_at
-            .checked_sub(s - o)
-            .filter(|t| (1..=9999).contains(&t.year()))
-            .unwrap_or(o),
+        (Some(o), Some(s)) => {
+            env.received_at.checked_sub(s - o).filter(|t| (1..=9999).contains(&t.year())).unwrap_or(o)
+        }
         (Some(o), None) => o,
         (None, _) => env.received_at,
     };
-    m.insert(
-        "timestamp".to_string(),
-        Value::String(format_timestamp(timestamp)),
-    );
+    m.insert("timestamp".to_string(), Value::String(format_timestamp(timestamp)));
     set_time(&mut m, "originalTimestamp", original);
     set_time(&mut m, "sentAt", sent);
-    m.insert(
-        "receivedAt".to_string(),
-        Value::String(env.received_at_text.clone()),
-    );
+    m.insert("receivedAt".to_string(), Value::String(env.received_at_text.clone()));
 
     // Enrichment from the transport.
     if !matches!(m.get("context"), Some(Value::Object(_))) {
@@ -407,18 +326,11 @@ fn normalize_event(item: Value, batch: &Batch, env: &Env) -> Result<Map<String, 
 
     let size = serialized_len(&m);
     if size > env.max_event_bytes {
-        let message_id = if has_message_id {
-            usable_message_id(&m)
-        } else {
-            None
-        };
+        let message_id = if has_message_id { usable_message_id(&m) } else { None };
         return Err(Reject {
             message_id,
             code: "event_too_large",
-            message: format!(
-                "event is {size} bytes after normalization; the limit is {}",
-                env.max_event_bytes
-            ),
+            message: format!("event is {size} bytes after normalization; the limit is {}", env.max_event_bytes),
         });
     }
     Ok(m)
@@ -450,11 +362,7 @@ fn coerce_id(m: &mut Map<String, Value>, key: &str) -> Result<bool, Reject> {
         }
         Some(other) => {
             let got = kind_of(other);
-            Err(reject(
-                m,
-                "invalid_field",
-                format!("`{key}` must be a string or a number, got {got}"),
-            ))
+            Err(reject(m, "invalid_field", format!("`{key}` must be a string or a number, got {got}")))
         }
     }
 }
@@ -517,10 +425,8 @@ fn has_client_time(m: &Map<String, Value>) -> bool {
 fn derived_message_id(m: &Map<String, Value>) -> String {
     let mut hasher = HashWriter(Sha256::new());
     hasher.0.update(b"tributary:messageId:v1\n");
-    let mut keys: Vec<&String> = m
-        .keys()
-        .filter(|k| !matches!(k.as_str(), "sentAt" | "receivedAt" | "messageId"))
-        .collect();
+    let mut keys: Vec<&String> =
+        m.keys().filter(|k| !matches!(k.as_str(), "sentAt" | "receivedAt" | "messageId")).collect();
     keys.sort_unstable();
     hasher.0.update(b"{");
     for (i, k) in keys.into_iter().enumerate() {
@@ -537,9 +443,7 @@ fn derived_message_id(m: &Map<String, Value>) -> String {
     let digest = hasher.0.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_sha1_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid().to_string()
 }
 
 struct HashWriter(Sha256);

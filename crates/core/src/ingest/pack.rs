@@ -23,11 +23,7 @@ pub struct Envelope {
 /// An event that alone does not fit still gets an envelope of its own (larger than the bound): it is never
 /// dropped. Each event is serialized exactly once, straight into the envelope being built; the envelope's
 /// frame is written by hand around them, so the result is exactly what serializing an [`Envelope`] gives.
-pub fn pack(
-    source_id: &str,
-    events: &[Map<String, Value>],
-    max_message_bytes: usize,
-) -> Vec<String> {
+pub fn pack(source_id: &str, events: &[Map<String, Value>], max_message_bytes: usize) -> Vec<String> {
     let mut header = Vec::with_capacity(source_id.len() + 32);
     header.extend_from_slice(b"{\"v\":");
     header.extend_from_slice(ENVELOPE_VERSION.to_string().as_bytes());
@@ -112,11 +108,7 @@ pub fn gunzip_bounded(bytes: &[u8], max: usize) -> Result<Vec<u8>, RequestError>
             return Err(too_large(max));
         }
         if out.capacity() - out.len() < data.len() {
-            let want = out
-                .capacity()
-                .saturating_mul(2)
-                .max(out.len() + data.len())
-                .min(limit);
+            let want = out.capacity().saturating_mul(2).max(out.len() + data.len()).min(limit);
             out.reserve_exact(want - out.len());
         }
         out.extend_from_slice(data);
@@ -128,10 +120,7 @@ pub fn gunzip_bounded(bytes: &[u8], max: usize) -> Result<Vec<u8>, RequestError>
 }
 
 fn too_large(max: usize) -> RequestError {
-    RequestError::bad_request(
-        "request_too_large",
-        format!("decompressed request body is larger than {max} bytes"),
-    )
+    RequestError::bad_request("request_too_large", format!("decompressed request body is larger than {max} bytes"))
 }
 
 #[cfg(test)]
@@ -180,11 +169,7 @@ mod tests {
             for m in &msgs {
                 let env: Envelope = serde_json::from_str(m).unwrap();
                 // Over the bound only when a single event alone does not fit.
-                assert!(
-                    m.len() <= max || env.events.len() == 1,
-                    "max {max}: {} bytes",
-                    m.len()
-                );
+                assert!(m.len() <= max || env.events.len() == 1, "max {max}: {} bytes", m.len());
             }
             // Greedy: the first event of each envelope would not have fit into the previous one.
             for pair in msgs.windows(2) {
@@ -209,10 +194,8 @@ mod tests {
         let events = vec![event(0, 10), event(1, 5000), event(2, 10), event(3, 10)];
         let msgs = pack("src-\"1\"", &events, 1000);
         assert_eq!(msgs.len(), 3);
-        let sizes: Vec<usize> = msgs
-            .iter()
-            .map(|m| serde_json::from_str::<Envelope>(m).unwrap().events.len())
-            .collect();
+        let sizes: Vec<usize> =
+            msgs.iter().map(|m| serde_json::from_str::<Envelope>(m).unwrap().events.len()).collect();
         assert_eq!(sizes, vec![1, 1, 2]);
         assert!(msgs[1].len() > 1000);
         assert_eq!(unpack(&msgs).len(), 4);
@@ -235,32 +218,14 @@ mod tests {
         assert_eq!(gunzip_bounded(&gzip(b""), 1000).unwrap(), b"");
         // Exactly at the bound is fine; one over is not.
         assert_eq!(gunzip_bounded(&gzip(&[b'a'; 100]), 100).unwrap().len(), 100);
-        assert_eq!(
-            gunzip_bounded(&gzip(&[b'a'; 101]), 100).unwrap_err().code,
-            "request_too_large"
-        );
+        assert_eq!(gunzip_bounded(&gzip(&[b'a'; 101]), 100).unwrap_err().code, "request_too_large");
     }
 
     #[test]
     fn gunzip_refuses_corrupt_and_truncated() {
         let body: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let gz = gzip(&body);
-        for cut in [
-            1,
-            2,
-            3,
-            4,
-            5,
-            6,
-            7,
-            8,
-            9,
-            10,
-            gz.len() / 2,
-            gz.len() - 8,
-            gz.len() - 4,
-            gz.len() - 1,
-        ] {
+        for cut in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, gz.len() / 2, gz.len() - 8, gz.len() - 4, gz.len() - 1] {
             let e = gunzip_bounded(&gz[..cut], 1 << 20).unwrap_err();
             assert_eq!(e.code, "invalid_gzip", "cut at {cut}");
             assert_eq!(e.status, 400);
@@ -269,37 +234,20 @@ mod tests {
         let mut two = gzip(b"first");
         let second = gzip(&body);
         two.extend_from_slice(&second[..second.len() / 2]);
-        assert_eq!(
-            gunzip_bounded(&two, 1 << 20).unwrap_err().code,
-            "invalid_gzip"
-        );
+        assert_eq!(gunzip_bounded(&two, 1 << 20).unwrap_err().code, "invalid_gzip");
         // Corrupt CRC.
         let mut bad = gz.clone();
         let n = bad.len();
         bad[n - 6] ^= 0xff;
-        assert_eq!(
-            gunzip_bounded(&bad, 1 << 20).unwrap_err().code,
-            "invalid_gzip"
-        );
+        assert_eq!(gunzip_bounded(&bad, 1 << 20).unwrap_err().code, "invalid_gzip");
         // Empty input is not a gzip stream either.
-        assert_eq!(
-            gunzip_bounded(b"", 1 << 20).unwrap_err().code,
-            "invalid_gzip"
-        );
+        assert_eq!(gunzip_bounded(b"", 1 << 20).unwrap_err().code, "invalid_gzip");
         // Not gzip at all.
-        assert_eq!(
-            gunzip_bounded(br#"{"batch":[]}"#, 1 << 20)
-                .unwrap_err()
-                .code,
-            "invalid_gzip"
-        );
+        assert_eq!(gunzip_bounded(br#"{"batch":[]}"#, 1 << 20).unwrap_err().code, "invalid_gzip");
         // Trailing garbage after a member.
         let mut trailing = gzip(b"{}");
         trailing.extend_from_slice(b"garbage!");
-        assert_eq!(
-            gunzip_bounded(&trailing, 1 << 20).unwrap_err().code,
-            "invalid_gzip"
-        );
+        assert_eq!(gunzip_bounded(&trailing, 1 << 20).unwrap_err().code, "invalid_gzip");
     }
 
     #[test]

@@ -13,11 +13,9 @@ use time::{Duration, OffsetDateTime};
 ///
 /// The same `n` always gives the same bytes.
 pub fn realistic_batch(n: usize) -> Vec<u8> {
-    let base =
-        OffsetDateTime::from_unix_timestamp(1_735_732_800).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let base = OffsetDateTime::from_unix_timestamp(1_735_732_800).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let batch: Vec<Value> = (0..n).map(|i| sample_event(i, base)).collect();
-    let sent_at =
-        base + Duration::milliseconds(n as i64 * 1234 + 500) + Duration::microseconds(321);
+    let sent_at = base + Duration::milliseconds(n as i64 * 1234 + 500) + Duration::microseconds(321);
     let body = json!({
         "batch": batch,
         "sentAt": python_iso(sent_at, true),
@@ -32,28 +30,14 @@ pub fn realistic_batch(n: usize) -> Vec<u8> {
 
 const PAGES: [(&str, &str, &str); 5] = [
     ("/", "Home", "Acme Outfitters"),
-    (
-        "/products/trail-runner-2",
-        "Product",
-        "Trail Runner 2 – Acme Outfitters",
-    ),
-    (
-        "/collections/winter",
-        "Collection",
-        "Winter Collection | Acme",
-    ),
+    ("/products/trail-runner-2", "Product", "Trail Runner 2 – Acme Outfitters"),
+    ("/collections/winter", "Collection", "Winter Collection | Acme"),
     ("/cart", "Cart", "Your Cart"),
     ("/checkout/shipping", "Checkout", "Checkout · Shipping"),
 ];
 
-const EVENTS: [&str; 6] = [
-    "Product Viewed",
-    "Product Added",
-    "Checkout Started",
-    "Order Completed",
-    "Signed In",
-    "Newsletter Subscribed",
-];
+const EVENTS: [&str; 6] =
+    ["Product Viewed", "Product Added", "Checkout Started", "Order Completed", "Signed In", "Newsletter Subscribed"];
 
 const USER_AGENTS: [&str; 3] = [
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
@@ -61,35 +45,17 @@ const USER_AGENTS: [&str; 3] = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
 ];
 
-const NAMES: [&str; 6] = [
-    "Ann Lee",
-    "José Álvarez",
-    "Mia Müller",
-    "Noah Smith",
-    "Zoë Dupont",
-    "Kenji Sato",
-];
+const NAMES: [&str; 6] = ["Ann Lee", "José Álvarez", "Mia Müller", "Noah Smith", "Zoë Dupont", "Kenji Sato"];
 
 fn sample_event(i: usize, base: OffsetDateTime) -> Value {
     let r = splitmix64(i as u64 + 1);
     let user = (r % 5_000) as usize;
     let known = !r.is_multiple_of(4); // a quarter of the traffic is anonymous
-    let user_id = if known {
-        json!(format!("user_{user:05}"))
-    } else {
-        Value::Null
-    };
-    let anonymous_id = if known && r.is_multiple_of(3) {
-        Value::Null
-    } else {
-        json!(uuid_from(r ^ 0xa5a5))
-    };
+    let user_id = if known { json!(format!("user_{user:05}")) } else { Value::Null };
+    let anonymous_id = if known && r.is_multiple_of(3) { Value::Null } else { json!(uuid_from(r ^ 0xa5a5)) };
     let (path, page_name, title) = PAGES[i % PAGES.len()];
-    let search = if i.is_multiple_of(3) {
-        "?utm_source=newsletter&utm_medium=email&utm_campaign=winter_sale"
-    } else {
-        ""
-    };
+    let search =
+        if i.is_multiple_of(3) { "?utm_source=newsletter&utm_medium=email&utm_campaign=winter_sale" } else { "" };
     let timestamp = base + Duration::milliseconds(i as i64 * 1234 + (r % 1000) as i64);
     let context = json!({
         "library": {"name": "analytics-python", "version": "2.3.4"},
@@ -172,11 +138,7 @@ fn sample_event(i: usize, base: OffsetDateTime) -> Value {
 
 /// Python's `datetime.isoformat()` for an aware UTC datetime: `+00:00`, milliseconds or microseconds.
 fn python_iso(t: OffsetDateTime, micros: bool) -> String {
-    let frac = if micros {
-        format!("{:06}", t.microsecond())
-    } else {
-        format!("{:03}", t.millisecond())
-    };
+    let frac = if micros { format!("{:06}", t.microsecond()) } else { format!("{:03}", t.millisecond()) };
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{frac}+00:00",
         t.year(),
@@ -202,20 +164,14 @@ fn uuid_from(seed: u64) -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&hi.to_be_bytes());
     bytes[8..].copy_from_slice(&lo.to_be_bytes());
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
 }
 
 /// `json.dumps` defaults: `", "` and `": "` separators, `ensure_ascii=True`.
 struct PythonFormatter;
 
 impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -223,11 +179,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -239,11 +191,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
         for c in fragment.chars() {
             if c.is_ascii() {
                 w.write_all(&[c as u8])?;
@@ -277,16 +225,10 @@ mod tests {
         let batch = v["batch"].as_array().unwrap();
         assert_eq!(batch.len(), 100);
         assert!(v["sentAt"].as_str().unwrap().ends_with("+00:00"));
-        assert_eq!(
-            v["sentAt"].as_str().unwrap().len(),
-            "2025-01-01T12:00:00.000000+00:00".len()
-        );
+        assert_eq!(v["sentAt"].as_str().unwrap().len(), "2025-01-01T12:00:00.000000+00:00".len());
         assert!(v["writeKey"].is_string());
         let count = |t: &str| batch.iter().filter(|e| e["type"] == t).count();
-        assert_eq!(
-            (count("track"), count("page"), count("identify")),
-            (60, 25, 15)
-        );
+        assert_eq!((count("track"), count("page"), count("identify")), (60, 25, 15));
         assert_eq!(realistic_batch(0), br#"{"batch": [], "sentAt": "2025-01-01T12:00:00.500321+00:00", "writeKey": "wk_3f9a1c7e5b2d4f60a8c1e9b7d5f3a1c2"}"#);
     }
 

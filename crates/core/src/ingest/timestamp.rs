@@ -13,18 +13,14 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 /// Parses a timestamp leniently; `None` when it is not a valid instant between years 1 and 9999 (UTC).
 pub fn parse_timestamp(input: &str) -> Option<OffsetDateTime> {
-    let mut p = Cursor {
-        b: input.trim().as_bytes(),
-        i: 0,
-    };
+    let mut p = Cursor { b: input.trim().as_bytes(), i: 0 };
 
     let year = p.digits(4, 4)?;
     p.expect(b'-')?;
     let month = p.digits(1, 2)?;
     p.expect(b'-')?;
     let day = p.digits(1, 2)?;
-    let date = Date::from_calendar_date(year as i32, Month::try_from(month as u8).ok()?, day as u8)
-        .ok()?;
+    let date = Date::from_calendar_date(year as i32, Month::try_from(month as u8).ok()?, day as u8).ok()?;
 
     let (time, offset) = if p.at_end() {
         (Time::MIDNIGHT, UtcOffset::UTC)
@@ -53,9 +49,7 @@ pub fn parse_timestamp(input: &str) -> Option<OffsetDateTime> {
         return None;
     }
 
-    let utc = PrimitiveDateTime::new(date, time)
-        .assume_offset(offset)
-        .checked_to_offset(UtcOffset::UTC)?;
+    let utc = PrimitiveDateTime::new(date, time).assume_offset(offset).checked_to_offset(UtcOffset::UTC)?;
     if (1..=9999).contains(&utc.year()) {
         Some(utc)
     } else {
@@ -198,10 +192,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             // segment-analytics-python: isoformat(timespec='milliseconds') and isoformat() with micros
             ("2025-01-01T12:00:00.123+00:00", "2025-01-01T12:00:00.123Z"),
-            (
-                "2025-01-01T12:00:00.123456+00:00",
-                "2025-01-01T12:00:00.123Z",
-            ),
+            ("2025-01-01T12:00:00.123456+00:00", "2025-01-01T12:00:00.123Z"),
             // node: Date.toISOString()
             ("2025-01-01T12:00:00.000Z", "2025-01-01T12:00:00.000Z"),
             ("2025-01-01T12:00:00Z", "2025-01-01T12:00:00.000Z"),
@@ -217,10 +208,7 @@ mod tests {
             ("2025-01-01T12:00:00.1Z", "2025-01-01T12:00:00.100Z"),
             ("2025-01-01T12:00:00.12Z", "2025-01-01T12:00:00.120Z"),
             ("2025-01-01T12:00:00.999999999Z", "2025-01-01T12:00:00.999Z"),
-            (
-                "2025-01-01T12:00:00.9999999999999Z",
-                "2025-01-01T12:00:00.999Z",
-            ),
+            ("2025-01-01T12:00:00.9999999999999Z", "2025-01-01T12:00:00.999Z"),
             ("2025-01-01T12:00:00,5Z", "2025-01-01T12:00:00.500Z"),
             // non-padded month/day (Segment docs example), missing seconds, no offset, bare date
             ("2015-2-02T00:30:08.276Z", "2015-02-02T00:30:08.276Z"),

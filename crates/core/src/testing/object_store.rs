@@ -5,59 +5,38 @@ use super::pseudo_random_bytes;
 use crate::ports::{ObjectMeta, ObjectStore, PortError};
 
 async fn put_ok<S: ObjectStore>(s: &S, key: &str, bytes: &[u8], ctx: &str) {
-    s.put(key, bytes.to_vec()).await.unwrap_or_else(|e| {
-        panic!(
-            "object store contract [{ctx}]: put {key:?} ({} bytes) failed: {e}",
-            bytes.len()
-        )
-    });
+    s.put(key, bytes.to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: put {key:?} ({} bytes) failed: {e}", bytes.len()));
 }
 
 async fn get_ok<S: ObjectStore>(s: &S, key: &str, ctx: &str) -> Option<Vec<u8>> {
-    s.get(key)
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: get {key:?} failed: {e}"))
+    s.get(key).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: get {key:?} failed: {e}"))
 }
 
-async fn range_ok<S: ObjectStore>(
-    s: &S,
-    key: &str,
-    start: u64,
-    end: Option<u64>,
-    ctx: &str,
-) -> Option<Vec<u8>> {
-    s.get_range(key, start, end).await.unwrap_or_else(|e| {
-        panic!("object store contract [{ctx}]: get_range {key:?} {start}..{end:?} failed: {e}")
-    })
+async fn range_ok<S: ObjectStore>(s: &S, key: &str, start: u64, end: Option<u64>, ctx: &str) -> Option<Vec<u8>> {
+    s.get_range(key, start, end)
+        .await
+        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: get_range {key:?} {start}..{end:?} failed: {e}"))
 }
 
 async fn head_ok<S: ObjectStore>(s: &S, key: &str, ctx: &str) -> Option<ObjectMeta> {
-    s.head(key)
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: head {key:?} failed: {e}"))
+    s.head(key).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: head {key:?} failed: {e}"))
 }
 
 async fn list_keys<S: ObjectStore>(s: &S, prefix: &str, ctx: &str) -> Vec<String> {
-    let listed = s
-        .list(prefix)
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: list {prefix:?} failed: {e}"));
+    let listed =
+        s.list(prefix).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: list {prefix:?} failed: {e}"));
     listed.into_iter().map(|m| m.key).collect()
 }
 
 fn assert_bytes(actual: Option<Vec<u8>>, expected: &[u8], ctx: &str) {
     match actual {
-        None => panic!(
-            "object store contract [{ctx}]: expected {} bytes, got None (missing)",
-            expected.len()
-        ),
+        None => panic!("object store contract [{ctx}]: expected {} bytes, got None (missing)", expected.len()),
         Some(a) => {
             if a != expected {
-                let first_diff = a
-                    .iter()
-                    .zip(expected)
-                    .position(|(x, y)| x != y)
-                    .unwrap_or(a.len().min(expected.len()));
+                let first_diff =
+                    a.iter().zip(expected).position(|(x, y)| x != y).unwrap_or(a.len().min(expected.len()));
                 panic!(
                     "object store contract [{ctx}]: got {} bytes, expected {} bytes; first difference at byte {first_diff}",
                     a.len(),
@@ -81,25 +60,14 @@ pub async fn object_store_contract<S: ObjectStore>(s: &S) {
 
 async fn missing_objects<S: ObjectStore>(s: &S) {
     let ctx = "missing object";
-    assert_eq!(
-        get_ok(s, "missing/object.json", ctx).await,
-        None,
-        "object store contract [{ctx}]: get"
-    );
-    assert_eq!(
-        head_ok(s, "missing/object.json", ctx).await,
-        None,
-        "object store contract [{ctx}]: head"
-    );
+    assert_eq!(get_ok(s, "missing/object.json", ctx).await, None, "object store contract [{ctx}]: get");
+    assert_eq!(head_ok(s, "missing/object.json", ctx).await, None, "object store contract [{ctx}]: head");
     assert_eq!(
         range_ok(s, "missing/object.json", 0, Some(10), ctx).await,
         None,
         "object store contract [{ctx}]: get_range"
     );
-    assert!(
-        list_keys(s, "", ctx).await.is_empty(),
-        "object store contract [{ctx}]: a fresh store lists objects"
-    );
+    assert!(list_keys(s, "", ctx).await.is_empty(), "object store contract [{ctx}]: a fresh store lists objects");
 }
 
 async fn put_get_overwrite<S: ObjectStore>(s: &S) {
@@ -110,21 +78,14 @@ async fn put_get_overwrite<S: ObjectStore>(s: &S) {
     assert_bytes(get_ok(s, key, ctx).await, v1, "put/get: first version");
     assert_eq!(
         head_ok(s, key, ctx).await,
-        Some(ObjectMeta {
-            key: key.to_string(),
-            size: v1.len() as u64
-        }),
+        Some(ObjectMeta { key: key.to_string(), size: v1.len() as u64 }),
         "object store contract [{ctx}]: head after put"
     );
 
     // Overwrite with a shorter object: no tail of the old bytes may survive.
     let v2 = b"short";
     put_ok(s, key, v2, ctx).await;
-    assert_bytes(
-        get_ok(s, key, ctx).await,
-        v2,
-        "put/get: overwritten with a shorter object",
-    );
+    assert_bytes(get_ok(s, key, ctx).await, v2, "put/get: overwritten with a shorter object");
     assert_eq!(
         head_ok(s, key, ctx).await.map(|m| m.size),
         Some(v2.len() as u64),
@@ -133,11 +94,7 @@ async fn put_get_overwrite<S: ObjectStore>(s: &S) {
 
     // Empty objects exist and have size 0.
     put_ok(s, "empty/object", b"", ctx).await;
-    assert_bytes(
-        get_ok(s, "empty/object", ctx).await,
-        b"",
-        "put/get: empty object",
-    );
+    assert_bytes(get_ok(s, "empty/object", ctx).await, b"", "put/get: empty object");
     assert_eq!(
         head_ok(s, "empty/object", ctx).await.map(|m| m.size),
         Some(0),
@@ -147,16 +104,10 @@ async fn put_get_overwrite<S: ObjectStore>(s: &S) {
     // Binary content, every byte value.
     let binary: Vec<u8> = (0..=255u8).rev().chain(0..=255u8).collect();
     put_ok(s, "bin/all-bytes.bin", &binary, ctx).await;
-    assert_bytes(
-        get_ok(s, "bin/all-bytes.bin", ctx).await,
-        &binary,
-        "put/get: binary bytes",
-    );
+    assert_bytes(get_ok(s, "bin/all-bytes.bin", ctx).await, &binary, "put/get: binary bytes");
 
     for k in [key, "empty/object", "bin/all-bytes.bin"] {
-        s.delete(k)
-            .await
-            .unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete {k:?} failed: {e}"));
+        s.delete(k).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete {k:?} failed: {e}"));
     }
 }
 
@@ -175,15 +126,9 @@ async fn ranges<S: ObjectStore>(s: &S) {
     ];
     for (start, end, expected) in cases {
         let got = range_ok(s, key, start, end, ctx).await;
-        assert_bytes(
-            got,
-            expected,
-            &format!("get_range {start}..{end:?} of a 10-byte object"),
-        );
+        assert_bytes(got, expected, &format!("get_range {start}..{end:?} of a 10-byte object"));
     }
-    s.delete(key)
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
+    s.delete(key).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
 }
 
 async fn listing<S: ObjectStore>(s: &S) {
@@ -205,32 +150,17 @@ async fn listing<S: ObjectStore>(s: &S) {
     }
     let mut all: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     all.sort();
-    let expect = |prefix: &str| -> Vec<String> {
-        all.iter()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect()
-    };
+    let expect = |prefix: &str| -> Vec<String> { all.iter().filter(|k| k.starts_with(prefix)).cloned().collect() };
 
-    for prefix in [
-        "",
-        "list/a/",
-        "list/a",
-        "list/",
-        "list",
-        "list/a/sub/",
-        "list/b/1.json",
-        "nothing/",
-        "lis",
-        "o",
-    ] {
+    for prefix in ["", "list/a/", "list/a", "list/", "list", "list/a/sub/", "list/b/1.json", "nothing/", "lis", "o"] {
         let got = list_keys(s, prefix, ctx).await;
-        assert_eq!(got, expect(prefix), "object store contract [{ctx}]: list({prefix:?}) must be every key starting with it, sorted");
+        assert_eq!(
+            got,
+            expect(prefix),
+            "object store contract [{ctx}]: list({prefix:?}) must be every key starting with it, sorted"
+        );
     }
-    let metas = s
-        .list("list/a/")
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: list failed: {e}"));
+    let metas = s.list("list/a/").await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: list failed: {e}"));
     for m in &metas {
         let i = keys.iter().position(|k| *k == m.key).unwrap_or(usize::MAX);
         assert_eq!(
@@ -241,9 +171,7 @@ async fn listing<S: ObjectStore>(s: &S) {
         );
     }
     for k in keys {
-        s.delete(k)
-            .await
-            .unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete {k:?} failed: {e}"));
+        s.delete(k).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete {k:?} failed: {e}"));
     }
     assert!(
         list_keys(s, "", ctx).await.is_empty(),
@@ -255,47 +183,23 @@ async fn delete_is_idempotent<S: ObjectStore>(s: &S) {
     let ctx = "delete";
     let key = "del/once.txt";
     put_ok(s, key, b"bye", ctx).await;
+    s.delete(key).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
+    assert_eq!(get_ok(s, key, ctx).await, None, "object store contract [{ctx}]: get after delete");
+    assert_eq!(head_ok(s, key, ctx).await, None, "object store contract [{ctx}]: head after delete");
+    assert!(list_keys(s, "del/", ctx).await.is_empty(), "object store contract [{ctx}]: list after delete");
     s.delete(key)
         .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
-    assert_eq!(
-        get_ok(s, key, ctx).await,
-        None,
-        "object store contract [{ctx}]: get after delete"
-    );
-    assert_eq!(
-        head_ok(s, key, ctx).await,
-        None,
-        "object store contract [{ctx}]: head after delete"
-    );
-    assert!(
-        list_keys(s, "del/", ctx).await.is_empty(),
-        "object store contract [{ctx}]: list after delete"
-    );
-    s.delete(key).await.unwrap_or_else(|e| {
-        panic!("object store contract [{ctx}]: deleting an already deleted object failed: {e}")
-    });
-    s.delete("del/never-existed.txt").await.unwrap_or_else(|e| {
-        panic!("object store contract [{ctx}]: deleting a missing object failed: {e}")
-    });
+        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: deleting an already deleted object failed: {e}"));
+    s.delete("del/never-existed.txt")
+        .await
+        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: deleting a missing object failed: {e}"));
 }
 
 async fn invalid_keys<S: ObjectStore>(s: &S) {
     let ctx = "invalid keys";
     put_ok(s, "valid/keep.txt", b"keep", ctx).await;
     let before = list_keys(s, "", ctx).await;
-    let bad = [
-        "../x",
-        "/abs",
-        "a//b",
-        "",
-        "a/../b",
-        "a/./b",
-        "trailing/",
-        "..",
-        "back\\slash",
-        "ctl\u{1}char",
-    ];
+    let bad = ["../x", "/abs", "a//b", "", "a/../b", "a/./b", "trailing/", "..", "back\\slash", "ctl\u{1}char"];
     for key in bad {
         let expect_invalid = |what: &str, r: Result<(), PortError>| {
             assert!(
@@ -314,14 +218,8 @@ async fn invalid_keys<S: ObjectStore>(s: &S) {
         before,
         "object store contract [{ctx}]: refused keys must have no side effect"
     );
-    assert_bytes(
-        get_ok(s, "valid/keep.txt", ctx).await,
-        b"keep",
-        "invalid keys: other objects untouched",
-    );
-    s.delete("valid/keep.txt")
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
+    assert_bytes(get_ok(s, "valid/keep.txt", ctx).await, b"keep", "invalid keys: other objects untouched");
+    s.delete("valid/keep.txt").await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
 }
 
 async fn large_object<S: ObjectStore>(s: &S) {
@@ -346,12 +244,6 @@ async fn large_object<S: ObjectStore>(s: &S) {
         &bytes[bytes.len() - 100..],
         "5 MB object: open-ended tail",
     );
-    s.delete(key)
-        .await
-        .unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
-    assert_eq!(
-        head_ok(s, key, ctx).await,
-        None,
-        "object store contract [{ctx}]: head after delete"
-    );
+    s.delete(key).await.unwrap_or_else(|e| panic!("object store contract [{ctx}]: delete failed: {e}"));
+    assert_eq!(head_ok(s, key, ctx).await, None, "object store contract [{ctx}]: head after delete");
 }

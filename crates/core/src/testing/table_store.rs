@@ -3,9 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::ports::{
-    Condition, Item, ItemKey, PortError, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS,
-};
+use crate::ports::{Condition, Item, ItemKey, PortError, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS};
 
 fn now_epoch_s() -> i64 {
     super::now_epoch_ms() / 1000
@@ -23,12 +21,7 @@ fn attrs(value: Value) -> Map<String, Value> {
 }
 
 fn item(pk: &str, sk: &str, version: u64, a: Value) -> Item {
-    Item {
-        key: ItemKey::new(pk, sk),
-        attrs: attrs(a),
-        version,
-        expires_at: None,
-    }
+    Item { key: ItemKey::new(pk, sk), attrs: attrs(a), version, expires_at: None }
 }
 
 fn put(item: Item, condition: Condition) -> WriteOp {
@@ -37,9 +30,7 @@ fn put(item: Item, condition: Condition) -> WriteOp {
 
 async fn write_ok<T: TableStore>(t: &T, op: WriteOp, ctx: &str) {
     let shown = format!("{op:?}");
-    t.write(op)
-        .await
-        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: write {shown} failed: {e}"));
+    t.write(op).await.unwrap_or_else(|e| panic!("table store contract [{ctx}]: write {shown} failed: {e}"));
 }
 
 async fn write_fails<T: TableStore>(t: &T, op: WriteOp, ctx: &str) {
@@ -58,22 +49,14 @@ async fn get_ok<T: TableStore>(t: &T, pk: &str, sk: &str, ctx: &str) -> Option<I
 }
 
 /// Every item of `pk` under `sk_prefix`, following `next` pages of `page` items.
-async fn query_all<T: TableStore>(
-    t: &T,
-    pk: &str,
-    sk_prefix: &str,
-    page: usize,
-    ctx: &str,
-) -> Vec<Item> {
+async fn query_all<T: TableStore>(t: &T, pk: &str, sk_prefix: &str, page: usize, ctx: &str) -> Vec<Item> {
     let mut out = Vec::new();
     let mut start_after: Option<String> = None;
     for _ in 0..1000 {
         let p = t
             .query(pk, sk_prefix, start_after.as_deref(), page)
             .await
-            .unwrap_or_else(|e| {
-                panic!("table store contract [{ctx}]: query {pk:?} {sk_prefix:?} failed: {e}")
-            });
+            .unwrap_or_else(|e| panic!("table store contract [{ctx}]: query {pk:?} {sk_prefix:?} failed: {e}"));
         assert!(
             p.items.len() <= page,
             "table store contract [{ctx}]: query returned {} items over limit {page}",
@@ -106,11 +89,7 @@ pub async fn table_store_contract<T: TableStore>(t: &T) {
 
 async fn conditional_puts<T: TableStore>(t: &T) {
     let ctx = "put NotExists";
-    assert_eq!(
-        get_ok(t, "cp#1", "profile", ctx).await,
-        None,
-        "table store contract [{ctx}]: get of a missing item"
-    );
+    assert_eq!(get_ok(t, "cp#1", "profile", ctx).await, None, "table store contract [{ctx}]: get of a missing item");
     let first = item("cp#1", "profile", 1, json!({"name": "Ann"}));
     write_ok(t, put(first.clone(), Condition::NotExists), ctx).await;
     assert_eq!(
@@ -118,15 +97,7 @@ async fn conditional_puts<T: TableStore>(t: &T) {
         Some(first.clone()),
         "table store contract [{ctx}]: get after put"
     );
-    write_fails(
-        t,
-        put(
-            item("cp#1", "profile", 1, json!({"name": "Bob"})),
-            Condition::NotExists,
-        ),
-        ctx,
-    )
-    .await;
+    write_fails(t, put(item("cp#1", "profile", 1, json!({"name": "Bob"})), Condition::NotExists), ctx).await;
     assert_eq!(
         get_ok(t, "cp#1", "profile", ctx).await,
         Some(first.clone()),
@@ -134,15 +105,7 @@ async fn conditional_puts<T: TableStore>(t: &T) {
     );
 
     let ctx = "put Exists";
-    write_fails(
-        t,
-        put(
-            item("cp#missing", "profile", 1, json!({})),
-            Condition::Exists,
-        ),
-        ctx,
-    )
-    .await;
+    write_fails(t, put(item("cp#missing", "profile", 1, json!({})), Condition::Exists), ctx).await;
     assert_eq!(
         get_ok(t, "cp#missing", "profile", ctx).await,
         None,
@@ -159,40 +122,12 @@ async fn conditional_puts<T: TableStore>(t: &T) {
     let ctx = "put None";
     let unconditional = item("cp#1", "profile", 3, json!({"other": true}));
     write_ok(t, put(unconditional.clone(), Condition::None), ctx).await;
-    assert_eq!(
-        get_ok(t, "cp#1", "profile", ctx).await,
-        Some(unconditional),
-        "table store contract [{ctx}]: get"
-    );
+    assert_eq!(get_ok(t, "cp#1", "profile", ctx).await, Some(unconditional), "table store contract [{ctx}]: get");
 
     let ctx = "check";
-    write_ok(
-        t,
-        WriteOp::Check {
-            key: ItemKey::new("cp#1", "profile"),
-            condition: Condition::Exists,
-        },
-        ctx,
-    )
-    .await;
-    write_fails(
-        t,
-        WriteOp::Check {
-            key: ItemKey::new("cp#1", "profile"),
-            condition: Condition::NotExists,
-        },
-        ctx,
-    )
-    .await;
-    write_ok(
-        t,
-        WriteOp::Check {
-            key: ItemKey::new("cp#nope", "profile"),
-            condition: Condition::NotExists,
-        },
-        ctx,
-    )
-    .await;
+    write_ok(t, WriteOp::Check { key: ItemKey::new("cp#1", "profile"), condition: Condition::Exists }, ctx).await;
+    write_fails(t, WriteOp::Check { key: ItemKey::new("cp#1", "profile"), condition: Condition::NotExists }, ctx).await;
+    write_ok(t, WriteOp::Check { key: ItemKey::new("cp#nope", "profile"), condition: Condition::NotExists }, ctx).await;
     assert_eq!(
         get_ok(t, "cp#nope", "profile", ctx).await,
         None,
@@ -209,36 +144,17 @@ async fn versions<T: TableStore>(t: &T) {
         Some(7),
         "table store contract [{ctx}]: version stored and returned"
     );
-    write_fails(
-        t,
-        put(
-            item("ver#1", "profile", 9, json!({"n": 2})),
-            Condition::VersionIs(6),
-        ),
-        "VersionIs mismatch",
-    )
-    .await;
-    write_fails(
-        t,
-        put(
-            item("ver#1", "profile", 9, json!({"n": 2})),
-            Condition::VersionIs(8),
-        ),
-        "VersionIs mismatch",
-    )
-    .await;
+    write_fails(t, put(item("ver#1", "profile", 9, json!({"n": 2})), Condition::VersionIs(6)), "VersionIs mismatch")
+        .await;
+    write_fails(t, put(item("ver#1", "profile", 9, json!({"n": 2})), Condition::VersionIs(8)), "VersionIs mismatch")
+        .await;
     assert_eq!(
         get_ok(t, "ver#1", "profile", ctx).await,
         Some(v7),
         "table store contract [{ctx}]: mismatch must not write"
     );
     let v8 = item("ver#1", "profile", 8, json!({"n": 2}));
-    write_ok(
-        t,
-        put(v8.clone(), Condition::VersionIs(7)),
-        "VersionIs match",
-    )
-    .await;
+    write_ok(t, put(v8.clone(), Condition::VersionIs(7)), "VersionIs match").await;
     assert_eq!(
         get_ok(t, "ver#1", "profile", ctx).await,
         Some(v8),
@@ -246,19 +162,13 @@ async fn versions<T: TableStore>(t: &T) {
     );
     write_fails(
         t,
-        put(
-            item("ver#1", "profile", 9, json!({})),
-            Condition::VersionIs(7),
-        ),
+        put(item("ver#1", "profile", 9, json!({})), Condition::VersionIs(7)),
         "VersionIs of a superseded version",
     )
     .await;
     write_fails(
         t,
-        put(
-            item("ver#missing", "profile", 1, json!({})),
-            Condition::VersionIs(0),
-        ),
+        put(item("ver#missing", "profile", 1, json!({})), Condition::VersionIs(0)),
         "VersionIs on a missing item",
     )
     .await;
@@ -266,20 +176,8 @@ async fn versions<T: TableStore>(t: &T) {
     // Version 0 and large versions are values like any other.
     let zero = item("ver#0", "profile", 0, json!({}));
     write_ok(t, put(zero.clone(), Condition::NotExists), ctx).await;
-    assert_eq!(
-        get_ok(t, "ver#0", "profile", ctx).await,
-        Some(zero),
-        "table store contract [{ctx}]: version 0"
-    );
-    write_ok(
-        t,
-        put(
-            item("ver#0", "profile", 1 << 40, json!({})),
-            Condition::VersionIs(0),
-        ),
-        ctx,
-    )
-    .await;
+    assert_eq!(get_ok(t, "ver#0", "profile", ctx).await, Some(zero), "table store contract [{ctx}]: version 0");
+    write_ok(t, put(item("ver#0", "profile", 1 << 40, json!({})), Condition::VersionIs(0)), ctx).await;
     assert_eq!(
         get_ok(t, "ver#0", "profile", ctx).await.map(|i| i.version),
         Some(1 << 40),
@@ -289,19 +187,11 @@ async fn versions<T: TableStore>(t: &T) {
 
 async fn deletes<T: TableStore>(t: &T) {
     let ctx = "delete";
-    write_ok(
-        t,
-        put(item("del#1", "a", 3, json!({"x": 1})), Condition::NotExists),
-        ctx,
-    )
-    .await;
+    write_ok(t, put(item("del#1", "a", 3, json!({"x": 1})), Condition::NotExists), ctx).await;
     let key = ItemKey::new("del#1", "a");
     write_fails(
         t,
-        WriteOp::Delete {
-            key: key.clone(),
-            condition: Condition::VersionIs(2),
-        },
+        WriteOp::Delete { key: key.clone(), condition: Condition::VersionIs(2) },
         "delete VersionIs mismatch",
     )
     .await;
@@ -311,102 +201,46 @@ async fn deletes<T: TableStore>(t: &T) {
     );
     write_fails(
         t,
-        WriteOp::Delete {
-            key: key.clone(),
-            condition: Condition::NotExists,
-        },
+        WriteOp::Delete { key: key.clone(), condition: Condition::NotExists },
         "delete NotExists of a present item",
     )
     .await;
-    write_ok(
-        t,
-        WriteOp::Delete {
-            key: key.clone(),
-            condition: Condition::VersionIs(3),
-        },
-        "delete VersionIs match",
-    )
-    .await;
-    assert_eq!(
-        get_ok(t, "del#1", "a", ctx).await,
-        None,
-        "table store contract [{ctx}]: get after delete"
-    );
+    write_ok(t, WriteOp::Delete { key: key.clone(), condition: Condition::VersionIs(3) }, "delete VersionIs match")
+        .await;
+    assert_eq!(get_ok(t, "del#1", "a", ctx).await, None, "table store contract [{ctx}]: get after delete");
     write_fails(
         t,
-        WriteOp::Delete {
-            key: key.clone(),
-            condition: Condition::Exists,
-        },
+        WriteOp::Delete { key: key.clone(), condition: Condition::Exists },
         "delete Exists of a missing item",
     )
     .await;
     write_ok(
         t,
-        WriteOp::Delete {
-            key: key.clone(),
-            condition: Condition::None,
-        },
+        WriteOp::Delete { key: key.clone(), condition: Condition::None },
         "unconditional delete of a missing item",
     )
     .await;
-    write_ok(
-        t,
-        put(item("del#1", "a", 1, json!({})), Condition::NotExists),
-        "put after delete",
-    )
-    .await;
-    write_ok(
-        t,
-        WriteOp::Delete {
-            key,
-            condition: Condition::Exists,
-        },
-        "delete Exists",
-    )
-    .await;
-    assert_eq!(
-        get_ok(t, "del#1", "a", ctx).await,
-        None,
-        "table store contract [{ctx}]: get after delete Exists"
-    );
+    write_ok(t, put(item("del#1", "a", 1, json!({})), Condition::NotExists), "put after delete").await;
+    write_ok(t, WriteOp::Delete { key, condition: Condition::Exists }, "delete Exists").await;
+    assert_eq!(get_ok(t, "del#1", "a", ctx).await, None, "table store contract [{ctx}]: get after delete Exists");
 }
 
 async fn queries<T: TableStore>(t: &T) {
     let ctx = "query";
     // Inserted out of order; byte order puts "evt#A" before "evt#a" and "evt#10" before "evt#2".
     let mut evt: Vec<String> = (1..=12).map(|i| format!("evt#{i:03}")).collect();
-    evt.extend([
-        "evt#A".to_string(),
-        "evt#a".to_string(),
-        "evt#ü".to_string(),
-    ]);
+    evt.extend(["evt#A".to_string(), "evt#a".to_string(), "evt#ü".to_string()]);
     let mut insert_order = evt.clone();
     insert_order.reverse();
     insert_order.swap(0, 7);
     for (i, sk) in insert_order.iter().enumerate() {
-        write_ok(
-            t,
-            put(item("q#1", sk, 1, json!({"i": i})), Condition::None),
-            ctx,
-        )
-        .await;
+        write_ok(t, put(item("q#1", sk, 1, json!({"i": i})), Condition::None), ctx).await;
     }
     for sk in ["evt", "evu#1", "aaa", "profile"] {
         write_ok(t, put(item("q#1", sk, 1, json!({})), Condition::None), ctx).await;
     }
-    write_ok(
-        t,
-        put(item("q#10", "evt#001", 1, json!({})), Condition::None),
-        ctx,
-    )
-    .await;
-    write_ok(
-        t,
-        put(item("q#", "evt#001", 1, json!({})), Condition::None),
-        ctx,
-    )
-    .await;
+    write_ok(t, put(item("q#10", "evt#001", 1, json!({})), Condition::None), ctx).await;
+    write_ok(t, put(item("q#", "evt#001", 1, json!({})), Condition::None), ctx).await;
     let mut expected = evt.clone();
     expected.sort();
 
@@ -415,19 +249,9 @@ async fn queries<T: TableStore>(t: &T) {
         .query("q#1", "evt#", None, 5)
         .await
         .unwrap_or_else(|e| panic!("table store contract [{ctx}]: query failed: {e}"));
-    assert_eq!(
-        sks(&first.items),
-        expected[..5].to_vec(),
-        "table store contract [{ctx}]: first page of 5"
-    );
-    assert!(
-        first.next.is_some(),
-        "table store contract [{ctx}]: first page must say there may be more"
-    );
-    assert!(
-        first.items.iter().all(|i| i.key.pk == "q#1"),
-        "table store contract [{ctx}]: items of another partition"
-    );
+    assert_eq!(sks(&first.items), expected[..5].to_vec(), "table store contract [{ctx}]: first page of 5");
+    assert!(first.next.is_some(), "table store contract [{ctx}]: first page must say there may be more");
+    assert!(first.items.iter().all(|i| i.key.pk == "q#1"), "table store contract [{ctx}]: items of another partition");
 
     for page in [1, 4, 5, 7, 100] {
         let all = query_all(t, "q#1", "evt#", page, ctx).await;
@@ -460,78 +284,33 @@ async fn queries<T: TableStore>(t: &T) {
         expected[..9].to_vec(),
         "table store contract [{ctx}]: prefix evt#00"
     );
-    assert!(
-        query_all(t, "q#missing", "", 10, ctx).await.is_empty(),
-        "table store contract [{ctx}]: missing partition"
-    );
+    assert!(query_all(t, "q#missing", "", 10, ctx).await.is_empty(), "table store contract [{ctx}]: missing partition");
     assert!(
         query_all(t, "q#1", "zzz", 10, ctx).await.is_empty(),
         "table store contract [{ctx}]: prefix matching nothing"
     );
     let attrs_back = query_all(t, "q#1", "evt#001", 10, ctx).await;
-    assert_eq!(
-        attrs_back.len(),
-        1,
-        "table store contract [{ctx}]: exact-key prefix"
-    );
-    let i = insert_order
-        .iter()
-        .position(|s| s == "evt#001")
-        .unwrap_or(usize::MAX);
-    assert_eq!(
-        attrs_back[0].attrs,
-        attrs(json!({"i": i})),
-        "table store contract [{ctx}]: attrs returned by query"
-    );
+    assert_eq!(attrs_back.len(), 1, "table store contract [{ctx}]: exact-key prefix");
+    let i = insert_order.iter().position(|s| s == "evt#001").unwrap_or(usize::MAX);
+    assert_eq!(attrs_back[0].attrs, attrs(json!({"i": i})), "table store contract [{ctx}]: attrs returned by query");
 }
 
 async fn transactions<T: TableStore>(t: &T) {
     let ctx = "transaction failing at index 2";
-    write_ok(
-        t,
-        put(
-            item("tx#existing", "p", 4, json!({"keep": true})),
-            Condition::NotExists,
-        ),
-        ctx,
-    )
-    .await;
+    write_ok(t, put(item("tx#existing", "p", 4, json!({"keep": true})), Condition::NotExists), ctx).await;
     let ops = vec![
         put(item("tx#a", "p", 1, json!({"a": 1})), Condition::NotExists),
-        put(
-            item("tx#existing", "p", 5, json!({"changed": true})),
-            Condition::VersionIs(4),
-        ),
-        WriteOp::Check {
-            key: ItemKey::new("tx#missing", "p"),
-            condition: Condition::Exists,
-        },
+        put(item("tx#existing", "p", 5, json!({"changed": true})), Condition::VersionIs(4)),
+        WriteOp::Check { key: ItemKey::new("tx#missing", "p"), condition: Condition::Exists },
         put(item("tx#b", "p", 1, json!({"b": 1})), Condition::None),
-        WriteOp::Delete {
-            key: ItemKey::new("tx#other", "p"),
-            condition: Condition::None,
-        },
+        WriteOp::Delete { key: ItemKey::new("tx#other", "p"), condition: Condition::None },
     ];
     let r = t.transact(ops).await;
+    assert_eq!(r, Err(TransactError::ConditionFailed { index: 2 }), "table store contract [{ctx}]");
+    assert_eq!(get_ok(t, "tx#a", "p", ctx).await, None, "table store contract [{ctx}]: put at index 0 was applied");
+    assert_eq!(get_ok(t, "tx#b", "p", ctx).await, None, "table store contract [{ctx}]: put at index 3 was applied");
     assert_eq!(
-        r,
-        Err(TransactError::ConditionFailed { index: 2 }),
-        "table store contract [{ctx}]"
-    );
-    assert_eq!(
-        get_ok(t, "tx#a", "p", ctx).await,
-        None,
-        "table store contract [{ctx}]: put at index 0 was applied"
-    );
-    assert_eq!(
-        get_ok(t, "tx#b", "p", ctx).await,
-        None,
-        "table store contract [{ctx}]: put at index 3 was applied"
-    );
-    assert_eq!(
-        get_ok(t, "tx#existing", "p", ctx)
-            .await
-            .map(|i| (i.version, i.attrs)),
+        get_ok(t, "tx#existing", "p", ctx).await.map(|i| (i.version, i.attrs)),
         Some((4, attrs(json!({"keep": true})))),
         "table store contract [{ctx}]: conditional put at index 1 was applied"
     );
@@ -543,39 +322,17 @@ async fn transactions<T: TableStore>(t: &T) {
             put(item("tx#c", "p", 1, json!({})), Condition::None),
         ])
         .await;
-    assert_eq!(
-        r,
-        Err(TransactError::ConditionFailed { index: 0 }),
-        "table store contract [{ctx}]"
-    );
-    assert_eq!(
-        get_ok(t, "tx#c", "p", ctx).await,
-        None,
-        "table store contract [{ctx}]: put at index 1 was applied"
-    );
+    assert_eq!(r, Err(TransactError::ConditionFailed { index: 0 }), "table store contract [{ctx}]");
+    assert_eq!(get_ok(t, "tx#c", "p", ctx).await, None, "table store contract [{ctx}]: put at index 1 was applied");
 
     let ctx = "transaction succeeding";
-    write_ok(
-        t,
-        put(item("tx#gone", "p", 2, json!({})), Condition::None),
-        ctx,
-    )
-    .await;
+    write_ok(t, put(item("tx#gone", "p", 2, json!({})), Condition::None), ctx).await;
     let r = t
         .transact(vec![
             put(item("tx#a", "p", 1, json!({"a": 1})), Condition::NotExists),
-            put(
-                item("tx#existing", "p", 5, json!({"changed": true})),
-                Condition::VersionIs(4),
-            ),
-            WriteOp::Delete {
-                key: ItemKey::new("tx#gone", "p"),
-                condition: Condition::VersionIs(2),
-            },
-            WriteOp::Check {
-                key: ItemKey::new("tx#a", "q"),
-                condition: Condition::NotExists,
-            },
+            put(item("tx#existing", "p", 5, json!({"changed": true})), Condition::VersionIs(4)),
+            WriteOp::Delete { key: ItemKey::new("tx#gone", "p"), condition: Condition::VersionIs(2) },
+            WriteOp::Check { key: ItemKey::new("tx#a", "q"), condition: Condition::NotExists },
             put(item("tx#b", "p", 1, json!({"b": 1})), Condition::None),
         ])
         .await;
@@ -595,32 +352,17 @@ async fn transactions<T: TableStore>(t: &T) {
         Some(item("tx#existing", "p", 5, json!({"changed": true}))),
         "table store contract [{ctx}]: conditional replace"
     );
-    assert_eq!(
-        get_ok(t, "tx#gone", "p", ctx).await,
-        None,
-        "table store contract [{ctx}]: conditional delete"
-    );
-    assert_eq!(
-        get_ok(t, "tx#a", "q", ctx).await,
-        None,
-        "table store contract [{ctx}]: a check must not write"
-    );
+    assert_eq!(get_ok(t, "tx#gone", "p", ctx).await, None, "table store contract [{ctx}]: conditional delete");
+    assert_eq!(get_ok(t, "tx#a", "q", ctx).await, None, "table store contract [{ctx}]: a check must not write");
 }
 
 async fn transaction_limits<T: TableStore>(t: &T) {
     let ctx = "transaction of 100 operations";
     let ops: Vec<WriteOp> = (0..MAX_TRANSACT_ITEMS)
-        .map(|i| {
-            put(
-                item("txl#max", &format!("i#{i:03}"), 1, json!({"i": i})),
-                Condition::NotExists,
-            )
-        })
+        .map(|i| put(item("txl#max", &format!("i#{i:03}"), 1, json!({"i": i})), Condition::NotExists))
         .collect();
     t.transact(ops).await.unwrap_or_else(|e| {
-        panic!(
-            "table store contract [{ctx}]: a transaction of {MAX_TRANSACT_ITEMS} puts failed: {e}"
-        )
+        panic!("table store contract [{ctx}]: a transaction of {MAX_TRANSACT_ITEMS} puts failed: {e}")
     });
     assert_eq!(
         query_all(t, "txl#max", "", 100, ctx).await.len(),
@@ -630,12 +372,7 @@ async fn transaction_limits<T: TableStore>(t: &T) {
 
     let ctx = "transaction over the limit";
     let ops: Vec<WriteOp> = (0..=MAX_TRANSACT_ITEMS)
-        .map(|i| {
-            put(
-                item("txl#over", &format!("i#{i:03}"), 1, json!({})),
-                Condition::None,
-            )
-        })
+        .map(|i| put(item("txl#over", &format!("i#{i:03}"), 1, json!({})), Condition::None))
         .collect();
     let r = t.transact(ops).await;
     assert!(
@@ -653,26 +390,15 @@ async fn transaction_limits<T: TableStore>(t: &T) {
         .transact(vec![
             put(item("txl#dup", "k", 1, json!({})), Condition::None),
             put(item("txl#other", "k", 1, json!({})), Condition::None),
-            WriteOp::Check {
-                key: ItemKey::new("txl#dup", "k"),
-                condition: Condition::NotExists,
-            },
+            WriteOp::Check { key: ItemKey::new("txl#dup", "k"), condition: Condition::NotExists },
         ])
         .await;
     assert!(
         matches!(r, Err(TransactError::Port(PortError::Invalid(_)))),
         "table store contract [{ctx}]: must be refused with PortError::Invalid, got {r:?}"
     );
-    assert_eq!(
-        get_ok(t, "txl#dup", "k", ctx).await,
-        None,
-        "table store contract [{ctx}]: nothing may be written"
-    );
-    assert_eq!(
-        get_ok(t, "txl#other", "k", ctx).await,
-        None,
-        "table store contract [{ctx}]: nothing may be written"
-    );
+    assert_eq!(get_ok(t, "txl#dup", "k", ctx).await, None, "table store contract [{ctx}]: nothing may be written");
+    assert_eq!(get_ok(t, "txl#other", "k", ctx).await, None, "table store contract [{ctx}]: nothing may be written");
 }
 
 async fn expiry<T: TableStore>(t: &T) {
@@ -700,49 +426,27 @@ async fn expiry<T: TableStore>(t: &T) {
         vec!["session#live"],
         "table store contract [{ctx}]: an expired item is visible to query"
     );
+    write_fails(t, put(item("exp#1", "session", 2, json!({})), Condition::Exists), "expiry: Exists on an expired item")
+        .await;
     write_fails(
         t,
-        put(item("exp#1", "session", 2, json!({})), Condition::Exists),
-        "expiry: Exists on an expired item",
-    )
-    .await;
-    write_fails(
-        t,
-        put(
-            item("exp#1", "session", 2, json!({})),
-            Condition::VersionIs(1),
-        ),
+        put(item("exp#1", "session", 2, json!({})), Condition::VersionIs(1)),
         "expiry: VersionIs on an expired item",
     )
     .await;
     write_fails(
         t,
-        WriteOp::Check {
-            key: ItemKey::new("exp#1", "session"),
-            condition: Condition::Exists,
-        },
+        WriteOp::Check { key: ItemKey::new("exp#1", "session"), condition: Condition::Exists },
         "expiry: Check Exists on an expired item",
     )
     .await;
     let r = t
-        .transact(vec![WriteOp::Check {
-            key: ItemKey::new("exp#1", "session"),
-            condition: Condition::NotExists,
-        }])
+        .transact(vec![WriteOp::Check { key: ItemKey::new("exp#1", "session"), condition: Condition::NotExists }])
         .await;
-    assert_eq!(
-        r,
-        Ok(()),
-        "table store contract [{ctx}]: Check NotExists on an expired item in a transaction"
-    );
+    assert_eq!(r, Ok(()), "table store contract [{ctx}]: Check NotExists on an expired item in a transaction");
 
     let reborn = item("exp#1", "session", 1, json!({"new": true}));
-    write_ok(
-        t,
-        put(reborn.clone(), Condition::NotExists),
-        "expiry: NotExists treats an expired item as absent",
-    )
-    .await;
+    write_ok(t, put(reborn.clone(), Condition::NotExists), "expiry: NotExists treats an expired item as absent").await;
     assert_eq!(
         get_ok(t, "exp#1", "session", ctx).await,
         Some(reborn),
@@ -786,34 +490,14 @@ async fn attribute_round_trip<T: TableStore>(t: &T) {
         panic!("table store contract [{ctx}]: item not found after put");
     };
     for (name, expected) in &it.attrs {
-        assert_eq!(
-            back.attrs.get(name),
-            Some(expected),
-            "table store contract [{ctx}]: attribute {name:?}"
-        );
+        assert_eq!(back.attrs.get(name), Some(expected), "table store contract [{ctx}]: attribute {name:?}");
     }
-    assert_eq!(
-        back, it,
-        "table store contract [{ctx}]: whole item (no extra attributes, same version and expiry)"
-    );
+    assert_eq!(back, it, "table store contract [{ctx}]: whole item (no extra attributes, same version and expiry)");
     let queried = query_all(t, "attrs#1", "", 10, ctx).await;
-    assert_eq!(
-        queried,
-        vec![it],
-        "table store contract [{ctx}]: whole item through query"
-    );
+    assert_eq!(queried, vec![it], "table store contract [{ctx}]: whole item through query");
 
     // Keys themselves carry any printable text.
-    let odd = item(
-        "attrs#ünï code/with:odd|chars",
-        "sk with spaces#🎉",
-        1,
-        json!({"ok": true}),
-    );
+    let odd = item("attrs#ünï code/with:odd|chars", "sk with spaces#🎉", 1, json!({"ok": true}));
     write_ok(t, put(odd.clone(), Condition::NotExists), ctx).await;
-    assert_eq!(
-        get_ok(t, &odd.key.pk, &odd.key.sk, ctx).await,
-        Some(odd),
-        "table store contract [{ctx}]: unicode keys"
-    );
+    assert_eq!(get_ok(t, &odd.key.pk, &odd.key.sk, ctx).await, Some(odd), "table store contract [{ctx}]: unicode keys");
 }

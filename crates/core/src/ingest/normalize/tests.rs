@@ -24,11 +24,7 @@ fn run(route: Route, body: Value) -> Processed {
 /// The single accepted event.
 fn one(route: Route, body: Value) -> Map<String, Value> {
     let mut p = run(route, body);
-    assert!(
-        p.rejected.is_empty(),
-        "unexpected rejection {:?}",
-        p.rejected
-    );
+    assert!(p.rejected.is_empty(), "unexpected rejection {:?}", p.rejected);
     assert_eq!(p.accepted.len(), 1);
     p.accepted.remove(0)
 }
@@ -40,11 +36,7 @@ fn batch_one(item: Value) -> Map<String, Value> {
 /// The code of the single rejection.
 fn rejected(route: Route, body: Value) -> &'static str {
     let p = run(route, body);
-    assert!(
-        p.accepted.is_empty(),
-        "unexpectedly accepted: {:?}",
-        p.accepted
-    );
+    assert!(p.accepted.is_empty(), "unexpectedly accepted: {:?}", p.accepted);
     assert_eq!(p.rejected.len(), 1);
     p.rejected[0].code
 }
@@ -59,146 +51,38 @@ fn request_error(route: Route, body: Value, limits: &Limits) -> &'static str {
 fn single_route_rejections() {
     let cases: Vec<(Route, Value, &str)> = vec![
         (Route::Track, json!({}), "missing_id"),
-        (
-            Route::Track,
-            json!({"event": "E", "userId": null, "anonymousId": ""}),
-            "missing_id",
-        ),
-        (
-            Route::Identify,
-            json!({"traits": {"email": "x"}}),
-            "missing_id",
-        ),
+        (Route::Track, json!({"event": "E", "userId": null, "anonymousId": ""}), "missing_id"),
+        (Route::Identify, json!({"traits": {"email": "x"}}), "missing_id"),
         (Route::Track, json!({"userId": "u"}), "missing_event"),
-        (
-            Route::Track,
-            json!({"userId": "u", "event": null}),
-            "missing_event",
-        ),
-        (
-            Route::Track,
-            json!({"userId": "u", "event": ""}),
-            "missing_event",
-        ),
-        (
-            Route::Track,
-            json!({"userId": "u", "event": 5}),
-            "invalid_field",
-        ),
-        (
-            Route::Track,
-            json!({"userId": "u", "event": {"n": 1}}),
-            "invalid_field",
-        ),
-        (
-            Route::Track,
-            json!({"userId": true, "event": "E"}),
-            "invalid_field",
-        ),
-        (
-            Route::Track,
-            json!({"userId": ["u"], "event": "E"}),
-            "invalid_field",
-        ),
-        (
-            Route::Track,
-            json!({"userId": {"id": 1}, "event": "E"}),
-            "invalid_field",
-        ),
-        (
-            Route::Track,
-            json!({"userId": "u", "anonymousId": false, "event": "E"}),
-            "invalid_field",
-        ),
+        (Route::Track, json!({"userId": "u", "event": null}), "missing_event"),
+        (Route::Track, json!({"userId": "u", "event": ""}), "missing_event"),
+        (Route::Track, json!({"userId": "u", "event": 5}), "invalid_field"),
+        (Route::Track, json!({"userId": "u", "event": {"n": 1}}), "invalid_field"),
+        (Route::Track, json!({"userId": true, "event": "E"}), "invalid_field"),
+        (Route::Track, json!({"userId": ["u"], "event": "E"}), "invalid_field"),
+        (Route::Track, json!({"userId": {"id": 1}, "event": "E"}), "invalid_field"),
+        (Route::Track, json!({"userId": "u", "anonymousId": false, "event": "E"}), "invalid_field"),
         (Route::Alias, json!({"userId": "u"}), "missing_previous_id"),
-        (
-            Route::Alias,
-            json!({"userId": "u", "previousId": ""}),
-            "missing_previous_id",
-        ),
-        (
-            Route::Alias,
-            json!({"userId": "u", "previousId": null}),
-            "missing_previous_id",
-        ),
-        (
-            Route::Alias,
-            json!({"userId": "u", "previousId": true}),
-            "invalid_field",
-        ),
-        (
-            Route::Alias,
-            json!({"anonymousId": "a", "previousId": "p"}),
-            "missing_id",
-        ),
+        (Route::Alias, json!({"userId": "u", "previousId": ""}), "missing_previous_id"),
+        (Route::Alias, json!({"userId": "u", "previousId": null}), "missing_previous_id"),
+        (Route::Alias, json!({"userId": "u", "previousId": true}), "invalid_field"),
+        (Route::Alias, json!({"anonymousId": "a", "previousId": "p"}), "missing_id"),
         (Route::Alias, json!({"previousId": "p"}), "missing_id"),
         (Route::Group, json!({"userId": "u"}), "missing_group_id"),
-        (
-            Route::Group,
-            json!({"userId": "u", "groupId": ""}),
-            "missing_group_id",
-        ),
-        (
-            Route::Group,
-            json!({"userId": "u", "groupId": null}),
-            "missing_group_id",
-        ),
-        (
-            Route::Group,
-            json!({"userId": "u", "groupId": [1]}),
-            "invalid_field",
-        ),
+        (Route::Group, json!({"userId": "u", "groupId": ""}), "missing_group_id"),
+        (Route::Group, json!({"userId": "u", "groupId": null}), "missing_group_id"),
+        (Route::Group, json!({"userId": "u", "groupId": [1]}), "invalid_field"),
         (Route::Group, json!({"groupId": "g"}), "missing_id"),
-        (
-            Route::Page,
-            json!({"userId": "u", "name": {"a": 1}}),
-            "invalid_field",
-        ),
-        (
-            Route::Screen,
-            json!({"userId": "u", "name": true}),
-            "invalid_field",
-        ),
-        (
-            Route::Identify,
-            json!({"userId": "u", "traits": "x"}),
-            "invalid_field",
-        ),
-        (
-            Route::Identify,
-            json!({"userId": "u", "traits": [1]}),
-            "invalid_field",
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "properties": []}),
-            "invalid_field",
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "context": 1}),
-            "invalid_field",
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "integrations": true}),
-            "invalid_field",
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "messageId": "m".repeat(101)}),
-            "invalid_field",
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "messageId": true}),
-            "invalid_field",
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "messageId": {"id": 1}}),
-            "invalid_field",
-        ),
+        (Route::Page, json!({"userId": "u", "name": {"a": 1}}), "invalid_field"),
+        (Route::Screen, json!({"userId": "u", "name": true}), "invalid_field"),
+        (Route::Identify, json!({"userId": "u", "traits": "x"}), "invalid_field"),
+        (Route::Identify, json!({"userId": "u", "traits": [1]}), "invalid_field"),
+        (Route::Page, json!({"userId": "u", "properties": []}), "invalid_field"),
+        (Route::Page, json!({"userId": "u", "context": 1}), "invalid_field"),
+        (Route::Page, json!({"userId": "u", "integrations": true}), "invalid_field"),
+        (Route::Page, json!({"userId": "u", "messageId": "m".repeat(101)}), "invalid_field"),
+        (Route::Page, json!({"userId": "u", "messageId": true}), "invalid_field"),
+        (Route::Page, json!({"userId": "u", "messageId": {"id": 1}}), "invalid_field"),
     ];
     for (route, body, want) in cases {
         let text = body.to_string();
@@ -217,14 +101,8 @@ fn single_route_accepts_minimal_messages() {
         (Route::Group, json!({"userId": "u", "groupId": "g"})),
         (Route::Alias, json!({"userId": "u", "previousId": "p"})),
         // Exactly 100 characters is allowed.
-        (
-            Route::Page,
-            json!({"userId": "u", "messageId": "m".repeat(100)}),
-        ),
-        (
-            Route::Page,
-            json!({"userId": "u", "messageId": "é".repeat(100)}),
-        ),
+        (Route::Page, json!({"userId": "u", "messageId": "m".repeat(100)})),
+        (Route::Page, json!({"userId": "u", "messageId": "é".repeat(100)})),
     ];
     for (route, body) in cases {
         let e = one(route, body);
@@ -242,10 +120,7 @@ fn batch_item_rejections() {
         (json!({"userId": "u", "event": "E"}), "missing_type"),
         (json!({"type": null, "userId": "u"}), "missing_type"),
         (json!({"type": "", "userId": "u"}), "missing_type"),
-        (
-            json!({"type": "Track", "userId": "u", "event": "E"}),
-            "unknown_type",
-        ),
+        (json!({"type": "Track", "userId": "u", "event": "E"}), "unknown_type"),
         (json!({"type": "purchase", "userId": "u"}), "unknown_type"),
         (json!({"type": 3, "userId": "u"}), "unknown_type"),
         (json!({"type": "track", "event": "E"}), "missing_id"),
@@ -253,11 +128,7 @@ fn batch_item_rejections() {
     ];
     for (item, want) in cases {
         let text = item.to_string();
-        assert_eq!(
-            rejected(Route::Batch, json!({"batch": [item]})),
-            want,
-            "{text}"
-        );
+        assert_eq!(rejected(Route::Batch, json!({"batch": [item]})), want, "{text}");
     }
 }
 
@@ -269,52 +140,18 @@ fn request_errors() {
         (Route::Track, json!("x"), d, "invalid_body"),
         (Route::Batch, json!({}), d, "invalid_batch"),
         (Route::Batch, json!({"batch": null}), d, "invalid_batch"),
-        (
-            Route::Batch,
-            json!({"batch": {"type": "track"}}),
-            d,
-            "invalid_batch",
-        ),
+        (Route::Batch, json!({"batch": {"type": "track"}}), d, "invalid_batch"),
         (Route::Import, json!({"batch": "x"}), d, "invalid_batch"),
-        (
-            Route::Batch,
-            json!({"batch": [], "context": "x"}),
-            d,
-            "invalid_batch",
-        ),
-        (
-            Route::Batch,
-            json!({"batch": [], "integrations": [1]}),
-            d,
-            "invalid_batch",
-        ),
-        (
-            Route::Batch,
-            json!({"batch": [{}, {}, {}]}),
-            Limits {
-                max_batch_events: 2,
-                ..d
-            },
-            "batch_too_large",
-        ),
+        (Route::Batch, json!({"batch": [], "context": "x"}), d, "invalid_batch"),
+        (Route::Batch, json!({"batch": [], "integrations": [1]}), d, "invalid_batch"),
+        (Route::Batch, json!({"batch": [{}, {}, {}]}), Limits { max_batch_events: 2, ..d }, "batch_too_large"),
     ];
     for (route, body, limits, want) in cases {
         let text = body.to_string();
-        assert_eq!(
-            request_error(route, body, &limits),
-            want,
-            "{route:?} {text}"
-        );
+        assert_eq!(request_error(route, body, &limits), want, "{route:?} {text}");
     }
     // At the bound is fine; an empty batch is fine.
-    let p = run_with(
-        Route::Batch,
-        json!({"batch": [{}, {}]}),
-        &Limits {
-            max_batch_events: 2,
-            ..d
-        },
-    );
+    let p = run_with(Route::Batch, json!({"batch": [{}, {}]}), &Limits { max_batch_events: 2, ..d });
     assert_eq!(p.rejected.len(), 2);
     let p = run(Route::Batch, json!({"batch": []}));
     assert!(p.accepted.is_empty() && p.rejected.is_empty());
@@ -334,17 +171,10 @@ fn rejections_carry_position_and_usable_message_id() {
             {"type": "page", "userId": "u", "messageId": "ok-7"},
         ]}),
     );
-    let ids: Vec<&str> = p
-        .accepted
-        .iter()
-        .map(|e| e["messageId"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = p.accepted.iter().map(|e| e["messageId"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["ok-1", "ok-7"]);
-    let got: Vec<(usize, Option<&str>, &str)> = p
-        .rejected
-        .iter()
-        .map(|r| (r.index, r.message_id.as_deref(), r.code))
-        .collect();
+    let got: Vec<(usize, Option<&str>, &str)> =
+        p.rejected.iter().map(|r| (r.index, r.message_id.as_deref(), r.code)).collect();
     assert_eq!(
         got,
         vec![
@@ -356,10 +186,7 @@ fn rejections_carry_position_and_usable_message_id() {
         ]
     );
     let p = run(Route::Track, json!({"userId": "u", "messageId": "single"}));
-    assert_eq!(
-        (p.rejected[0].index, p.rejected[0].message_id.as_deref()),
-        (0, Some("single"))
-    );
+    assert_eq!((p.rejected[0].index, p.rejected[0].message_id.as_deref()), (0, Some("single")));
 }
 
 #[test]
@@ -398,37 +225,18 @@ fn identifier_coercion() {
     ];
     for (value, want) in cases {
         let text = value.to_string();
-        let e = one(
-            Route::Track,
-            json!({"userId": value, "anonymousId": "a", "event": "E"}),
-        );
-        assert_eq!(
-            e.get("userId").and_then(Value::as_str),
-            want,
-            "userId {text}"
-        );
+        let e = one(Route::Track, json!({"userId": value, "anonymousId": "a", "event": "E"}));
+        assert_eq!(e.get("userId").and_then(Value::as_str), want, "userId {text}");
         if want.is_none() {
             assert!(!e.contains_key("userId"), "null/empty userId key removed");
         }
     }
     let e = one(Route::Group, json!({"anonymousId": 9, "groupId": 12}));
-    assert_eq!(
-        (e["anonymousId"].clone(), e["groupId"].clone()),
-        (json!("9"), json!("12"))
-    );
+    assert_eq!((e["anonymousId"].clone(), e["groupId"].clone()), (json!("9"), json!("12")));
     let e = one(Route::Alias, json!({"userId": 1, "previousId": 2.0}));
-    assert_eq!(
-        (e["userId"].clone(), e["previousId"].clone()),
-        (json!("1"), json!("2"))
-    );
-    let e = one(
-        Route::Page,
-        json!({"userId": "u", "name": 404, "messageId": 123}),
-    );
-    assert_eq!(
-        (e["name"].clone(), e["messageId"].clone()),
-        (json!("404"), json!("123"))
-    );
+    assert_eq!((e["userId"].clone(), e["previousId"].clone()), (json!("1"), json!("2")));
+    let e = one(Route::Page, json!({"userId": "u", "name": 404, "messageId": 123}));
+    assert_eq!((e["name"].clone(), e["messageId"].clone()), (json!("404"), json!("123")));
     let e = one(Route::Page, json!({"userId": "u", "name": null}));
     assert!(!e.contains_key("name"));
 }
@@ -443,10 +251,7 @@ fn null_objects_are_removed() {
     assert!(!e.contains_key("properties"));
     assert!(!e.contains_key("integrations"));
     // context is re-created by enrichment.
-    assert_eq!(
-        e["context"],
-        json!({"ip": "198.51.100.7", "userAgent": "analytics-python/2.3.4"})
-    );
+    assert_eq!(e["context"], json!({"ip": "198.51.100.7", "userAgent": "analytics-python/2.3.4"}));
 }
 
 #[test]
@@ -459,10 +264,7 @@ fn single_route_type_comes_from_route() {
 
 #[test]
 fn write_key_is_never_kept() {
-    let e = one(
-        Route::Track,
-        json!({"writeKey": "wk", "userId": "u", "event": "E"}),
-    );
+    let e = one(Route::Track, json!({"writeKey": "wk", "userId": "u", "event": "E"}));
     assert!(!e.contains_key("writeKey"));
     let p = run(
         Route::Import,
@@ -481,9 +283,7 @@ fn write_key_is_never_kept() {
 #[test]
 fn message_id_generation() {
     fn is_uuid_version(s: &str, v: usize) -> bool {
-        uuid::Uuid::parse_str(s)
-            .map(|u| u.get_version_num() == v)
-            .unwrap_or(false)
+        uuid::Uuid::parse_str(s).map(|u| u.get_version_num() == v).unwrap_or(false)
     }
     let with_time = json!({"type": "track", "userId": "u", "event": "E", "properties": {"a": [1, {"b": 2}]},
                            "timestamp": "2025-01-01T12:00:00.000+00:00", "messageId": null});
@@ -499,17 +299,8 @@ fn message_id_generation() {
     assert_eq!(a, b);
     let mut retry = with_time.clone();
     retry["sentAt"] = json!("2025-01-01T12:00:30Z");
-    let ctx2 = RequestContext {
-        source_ip: Some("192.0.2.1".into()),
-        ..ctx()
-    };
-    let p = process(
-        Route::Batch,
-        json!({ "batch": [retry] }),
-        &ctx2,
-        &Limits::default(),
-    )
-    .unwrap();
+    let ctx2 = RequestContext { source_ip: Some("192.0.2.1".into()), ..ctx() };
+    let p = process(Route::Batch, json!({ "batch": [retry] }), &ctx2, &Limits::default()).unwrap();
     assert_eq!(p.accepted[0]["messageId"].as_str().unwrap(), a);
     // Key order does not matter (canonical JSON).
     let reordered: Value = serde_json::from_str(
@@ -539,9 +330,7 @@ fn message_id_generation() {
     assert!(is_uuid_version(&r1, 4) && is_uuid_version(&r2, 4));
     assert_ne!(r1, r2);
     // A given id is kept verbatim.
-    let e = batch_one(
-        json!({"type": "track", "userId": "u", "event": "E", "messageId": "node-next-1-abc"}),
-    );
+    let e = batch_one(json!({"type": "track", "userId": "u", "event": "E", "messageId": "node-next-1-abc"}));
     assert_eq!(e["messageId"], json!("node-next-1-abc"));
 }
 
@@ -664,18 +453,8 @@ fn clock_skew_and_timestamps() {
         }
         let e = one(Route::Batch, body);
         assert_eq!(e["timestamp"], json!(c.timestamp), "{}: timestamp", c.name);
-        assert_eq!(
-            e.get("originalTimestamp").and_then(Value::as_str),
-            c.original,
-            "{}: originalTimestamp",
-            c.name
-        );
-        assert_eq!(
-            e.get("sentAt").and_then(Value::as_str),
-            c.sent,
-            "{}: sentAt",
-            c.name
-        );
+        assert_eq!(e.get("originalTimestamp").and_then(Value::as_str), c.original, "{}: originalTimestamp", c.name);
+        assert_eq!(e.get("sentAt").and_then(Value::as_str), c.sent, "{}: sentAt", c.name);
         assert_eq!(e["receivedAt"], json!(RECEIVED), "{}: receivedAt", c.name);
     }
 }
@@ -697,9 +476,7 @@ fn batch_context_and_integrations_merge() {
         }),
     );
     assert!(p.rejected.is_empty());
-    let [a, b, c] = &p.accepted[..] else {
-        panic!("three events")
-    };
+    let [a, b, c] = &p.accepted[..] else { panic!("three events") };
     assert_eq!(
         Value::Object(a["context"].as_object().unwrap().clone()),
         json!({"device": {"type": "phone"}, "library": {"name": "batch-lib"}, "ip": "203.0.113.9",
@@ -712,10 +489,7 @@ fn batch_context_and_integrations_merge() {
         json!({"device": {"type": "phone"}, "library": {"name": "own-lib"}, "locale": "de-DE",
                "ip": "203.0.113.9", "userAgent": "analytics-python/2.3.4"})
     );
-    assert_eq!(
-        b["integrations"],
-        json!({"All": true, "Mixpanel": true, "Salesforce": false})
-    );
+    assert_eq!(b["integrations"], json!({"All": true, "Mixpanel": true, "Salesforce": false}));
     assert_eq!(c["context"]["device"], json!({"type": "phone"}));
     assert_eq!(c["integrations"], json!({"All": true, "Mixpanel": false}));
 }
@@ -723,39 +497,15 @@ fn batch_context_and_integrations_merge() {
 #[test]
 fn enrichment_from_transport() {
     let e = one(Route::Track, json!({"userId": "u", "event": "E"}));
-    assert_eq!(
-        e["context"],
-        json!({"ip": "198.51.100.7", "userAgent": "analytics-python/2.3.4"})
-    );
-    let e = one(
-        Route::Track,
-        json!({"userId": "u", "event": "E", "context": {"ip": "203.0.113.1", "userAgent": "UA"}}),
-    );
-    assert_eq!(
-        e["context"],
-        json!({"ip": "203.0.113.1", "userAgent": "UA"})
-    );
-    let e = one(
-        Route::Track,
-        json!({"userId": "u", "event": "E", "context": {"ip": "", "userAgent": null}}),
-    );
-    assert_eq!(
-        e["context"],
-        json!({"ip": "198.51.100.7", "userAgent": "analytics-python/2.3.4"})
-    );
+    assert_eq!(e["context"], json!({"ip": "198.51.100.7", "userAgent": "analytics-python/2.3.4"}));
+    let e =
+        one(Route::Track, json!({"userId": "u", "event": "E", "context": {"ip": "203.0.113.1", "userAgent": "UA"}}));
+    assert_eq!(e["context"], json!({"ip": "203.0.113.1", "userAgent": "UA"}));
+    let e = one(Route::Track, json!({"userId": "u", "event": "E", "context": {"ip": "", "userAgent": null}}));
+    assert_eq!(e["context"], json!({"ip": "198.51.100.7", "userAgent": "analytics-python/2.3.4"}));
     // Nothing known about the transport: context exists, nothing invented.
-    let bare = RequestContext {
-        received_at: datetime!(2025-01-01 12:00:10 UTC),
-        source_ip: None,
-        user_agent: None,
-    };
-    let p = process(
-        Route::Track,
-        json!({"userId": "u", "event": "E"}),
-        &bare,
-        &Limits::default(),
-    )
-    .unwrap();
+    let bare = RequestContext { received_at: datetime!(2025-01-01 12:00:10 UTC), source_ip: None, user_agent: None };
+    let p = process(Route::Track, json!({"userId": "u", "event": "E"}), &bare, &Limits::default()).unwrap();
     assert_eq!(p.accepted[0]["context"], json!({}));
 }
 
@@ -769,47 +519,29 @@ fn unknown_keys_are_preserved() {
     }));
     assert_eq!(e["channel"], json!("server"));
     assert_eq!(e["version"], json!(2));
-    assert_eq!(
-        e["_metadata"],
-        json!({"nodeVersion": "22.1.0", "jsRuntime": "node"})
-    );
-    assert_eq!(
-        e["properties"],
-        json!({"nested": {"deep": [1, 2, {"x": null}]}, "n": 1.5})
-    );
+    assert_eq!(e["_metadata"], json!({"nodeVersion": "22.1.0", "jsRuntime": "node"}));
+    assert_eq!(e["properties"], json!({"nested": {"deep": [1, 2, {"x": null}]}, "n": 1.5}));
     assert_eq!(e["context"]["custom"], json!([true]));
 }
 
 #[test]
 fn event_size_bound() {
-    let body = |pad: usize| json!({"userId": "u", "event": "E", "messageId": "m", "properties": {"p": "x".repeat(pad)}});
+    let body =
+        |pad: usize| json!({"userId": "u", "event": "E", "messageId": "m", "properties": {"p": "x".repeat(pad)}});
     let small = one(Route::Track, body(0));
     let base = serde_json::to_string(&small).unwrap().len();
-    let limits = Limits {
-        max_event_bytes: base + 10,
-        ..Limits::default()
-    };
+    let limits = Limits { max_event_bytes: base + 10, ..Limits::default() };
     // Exactly at the bound: accepted, and the bound is on the normalized serialization.
     let p = run_with(Route::Track, body(10), &limits);
     assert_eq!(p.accepted.len(), 1);
-    assert_eq!(
-        serde_json::to_string(&p.accepted[0]).unwrap().len(),
-        base + 10
-    );
+    assert_eq!(serde_json::to_string(&p.accepted[0]).unwrap().len(), base + 10);
     let p = run_with(Route::Track, body(11), &limits);
     assert_eq!(p.rejected.len(), 1);
     assert_eq!(p.rejected[0].code, "event_too_large");
     assert_eq!(p.rejected[0].message_id.as_deref(), Some("m"));
     // A generated id is not reported as the item's own.
-    let p = run_with(
-        Route::Track,
-        json!({"userId": "u", "event": "E", "properties": {"p": "x".repeat(500)}}),
-        &limits,
-    );
-    assert_eq!(
-        (p.rejected[0].code, p.rejected[0].message_id.clone()),
-        ("event_too_large", None)
-    );
+    let p = run_with(Route::Track, json!({"userId": "u", "event": "E", "properties": {"p": "x".repeat(500)}}), &limits);
+    assert_eq!((p.rejected[0].code, p.rejected[0].message_id.clone()), ("event_too_large", None));
 }
 
 #[test]
@@ -827,9 +559,7 @@ fn segment_python_shape() {
     let value = parse_body(body, &Limits::default()).unwrap();
     let p = run(Route::Batch, value);
     assert!(p.rejected.is_empty(), "{:?}", p.rejected);
-    let [t, i] = &p.accepted[..] else {
-        panic!("two events")
-    };
+    let [t, i] = &p.accepted[..] else { panic!("two events") };
     let expected_track = json!({
         "integrations": {},
         "properties": {"revenue": 14.99},
@@ -866,14 +596,8 @@ fn rudder_python_shape() {
             "sentAt": "2025-01-01T12:00:00.500000+00:00"}),
     );
     let e = &p.accepted[0];
-    assert_eq!(
-        e["traits"],
-        json!({"email": "ann@example.com", "name": "Ann"})
-    );
-    assert_eq!(
-        e["context"]["traits"],
-        json!({"email": "ann@example.com", "name": "Ann"})
-    );
+    assert_eq!(e["traits"], json!({"email": "ann@example.com", "name": "Ann"}));
+    assert_eq!(e["context"]["traits"], json!({"email": "ann@example.com", "name": "Ann"}));
     assert_eq!(e["channel"], json!("server"));
     assert_eq!(e["timestamp"], json!("2025-01-01T12:00:09.500Z"));
     assert_eq!(e["originalTimestamp"], json!("2025-01-01T12:00:00.000Z"));
@@ -884,10 +608,7 @@ fn rudder_python_shape() {
     );
     assert_eq!(e["traits"], json!({"plan": "pro"}));
     // Only identify copies.
-    let e = one(
-        Route::Track,
-        json!({"userId": "u", "event": "E", "context": {"traits": {"plan": "free"}}}),
-    );
+    let e = one(Route::Track, json!({"userId": "u", "event": "E", "context": {"traits": {"plan": "free"}}}));
     assert!(!e.contains_key("traits"));
 }
 
@@ -905,10 +626,7 @@ fn node_shapes() {
     );
     let e = &p.accepted[0];
     assert_eq!(e["timestamp"], json!("2025-01-01T12:00:09.000Z"));
-    assert_eq!(
-        e["messageId"],
-        json!("node-next-1735732799000-7f3c2a9e-7c4d-4a7c-9d62-1a0f0c9b7e11")
-    );
+    assert_eq!(e["messageId"], json!("node-next-1735732799000-7f3c2a9e-7c4d-4a7c-9d62-1a0f0c9b7e11"));
     assert_eq!(e["_metadata"]["jsRuntime"], json!("node"));
     // @rudderstack/rudder-sdk-node: originalTimestamp + sentAt on each message, a batch-level `timestamp`.
     let p = run(
@@ -983,26 +701,14 @@ fn every_field_with_every_json_type_never_panics() {
     let template = json!({"type": "track", "userId": "u", "anonymousId": "a", "event": "E", "name": "N",
         "previousId": "p", "groupId": "g", "messageId": "m", "timestamp": "2025-01-01T00:00:00Z",
         "context": {"traits": {"email": "e"}, "ip": "203.0.113.1"}});
-    let routes = [
-        Route::Track,
-        Route::Identify,
-        Route::Page,
-        Route::Screen,
-        Route::Group,
-        Route::Alias,
-    ];
+    let routes = [Route::Track, Route::Identify, Route::Page, Route::Screen, Route::Group, Route::Alias];
     for field in fields {
         for value in &hostile {
             let mut item = template.clone();
             item[field] = value.clone();
-            let batch =
-                json!({"batch": [item.clone()], "sentAt": value.clone(), "context": {"x": 1}});
-            let outcomes =
-                std::iter::once(process(Route::Batch, batch, &ctx(), &Limits::default())).chain(
-                    routes
-                        .iter()
-                        .map(|r| process(*r, item.clone(), &ctx(), &Limits::default())),
-                );
+            let batch = json!({"batch": [item.clone()], "sentAt": value.clone(), "context": {"x": 1}});
+            let outcomes = std::iter::once(process(Route::Batch, batch, &ctx(), &Limits::default()))
+                .chain(routes.iter().map(|r| process(*r, item.clone(), &ctx(), &Limits::default())));
             for outcome in outcomes {
                 let p = outcome.expect("per-event problems are rejections, not request errors");
                 assert_eq!(p.accepted.len() + p.rejected.len(), 1);
@@ -1011,8 +717,7 @@ fn every_field_with_every_json_type_never_panics() {
                 }
                 for e in &p.accepted {
                     // Whatever came in, what goes out is readable by consumers.
-                    crate::event::Message::from_normalized(e)
-                        .unwrap_or_else(|err| panic!("{field} = {value}: {err}"));
+                    crate::event::Message::from_normalized(e).unwrap_or_else(|err| panic!("{field} = {value}: {err}"));
                     assert!(!e.contains_key("writeKey"));
                 }
             }
