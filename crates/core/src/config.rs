@@ -324,6 +324,17 @@ management_keys:
     }
 
     #[test]
+    fn committed_schema_file_is_current() {
+        let committed: serde_json::Value =
+            serde_json::from_str(include_str!("../../../schemas/workspace.schema.json")).expect("schema file is JSON");
+        assert!(
+            committed == json_schema(),
+            "schemas/workspace.schema.json is stale: run `cargo run -p tributary-cli -- config schema > \
+             schemas/workspace.schema.json`"
+        );
+    }
+
+    #[test]
     fn schema_names_every_top_level_field() {
         let schema = json_schema();
         let props = schema["properties"].as_object().expect("object schema");
