@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod event;
+pub mod governance;
+pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod ports;
