@@ -4,13 +4,13 @@
 //! not expire) and one top-level attribute per JSON attribute. DynamoDB deletes expired items only eventually, so
 //! every read filters them and every condition treats them as absent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 use serde_json::{Map, Number, Value};
 use tributary_core::ports::{
-    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS,
+    check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
 };
 
 use crate::error::{self, Kind};
@@ -206,13 +206,6 @@ fn non_empty<K, V>(m: HashMap<K, V>) -> Option<HashMap<K, V>> {
         None
     } else {
         Some(m)
-    }
-}
-
-fn op_key(op: &WriteOp) -> &ItemKey {
-    match op {
-        WriteOp::Put { item, .. } => &item.key,
-        WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key,
     }
 }
 
@@ -413,24 +406,7 @@ impl TableStore for DynamoTable {
 
     #[tracing::instrument(skip_all, fields(table = %self.table, ops = ops.len()))]
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        if ops.is_empty() {
-            // DynamoDB refuses an empty TransactItems list too.
-            return Err(PortError::Invalid("a transaction needs at least one operation".into()).into());
-        }
-        if ops.len() > MAX_TRANSACT_ITEMS {
-            return Err(PortError::Invalid(format!(
-                "dynamodb TransactWriteItems: {} operations, at most {MAX_TRANSACT_ITEMS} allowed",
-                ops.len()
-            ))
-            .into());
-        }
-        let mut seen = HashSet::with_capacity(ops.len());
-        if let Some(dup) = ops.iter().position(|op| !seen.insert(op_key(op))) {
-            return Err(PortError::Invalid(format!(
-                "dynamodb TransactWriteItems: operation {dup} touches a key an earlier operation touches"
-            ))
-            .into());
-        }
+        check_transaction(&ops)?;
         let now = now_epoch_s();
         let items = ops.iter().map(|op| self.transact_item(op, now)).collect::<Result<Vec<_>, _>>()?;
         match self.client.transact_write_items().set_transact_items(Some(items)).send().await {

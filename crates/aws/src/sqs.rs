@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
-use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH};
+use tributary_core::ports::{check_send_batch, FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
 
 use crate::error;
 
@@ -104,12 +104,7 @@ fn secs_ceil(d: Duration, max: u64) -> i32 {
 impl Queue for SqsQueue {
     #[tracing::instrument(skip_all, fields(queue = %self.name, count = messages.len()))]
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
-        if messages.len() > MAX_SEND_BATCH {
-            return Err(PortError::Invalid(format!(
-                "sqs SendMessageBatch: {} messages, at most {MAX_SEND_BATCH} allowed",
-                messages.len()
-            )));
-        }
+        check_send_batch(messages)?;
         let mut failed = Vec::new();
         // Chunks whose bodies together stay within the request size limit.
         let mut chunks: Vec<Vec<(usize, &OutgoingMessage)>> = Vec::new();

@@ -42,6 +42,17 @@ pub struct OutgoingMessage {
     pub body: String,
 }
 
+/// The batch rule every adapter applies before sending (SQS's own limit).
+pub fn check_send_batch(messages: &[OutgoingMessage]) -> Result<(), PortError> {
+    if messages.len() > MAX_SEND_BATCH {
+        return Err(PortError::Invalid(format!(
+            "a batch holds at most {MAX_SEND_BATCH} messages, got {}",
+            messages.len()
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedEntry {
     pub id: String,
@@ -186,6 +197,44 @@ pub enum WriteOp {
     Put { item: Item, condition: Condition },
     Delete { key: ItemKey, condition: Condition },
     Check { key: ItemKey, condition: Condition },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &ItemKey {
+        match self {
+            WriteOp::Put { item, .. } => &item.key,
+            WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key,
+        }
+    }
+
+    pub fn condition(&self) -> &Condition {
+        match self {
+            WriteOp::Put { condition, .. } | WriteOp::Delete { condition, .. } | WriteOp::Check { condition, .. } => {
+                condition
+            }
+        }
+    }
+}
+
+/// The shape rules every adapter applies before a transaction (DynamoDB's own): at least one operation, at most
+/// [`MAX_TRANSACT_ITEMS`], no two on one key. Errors name positions, never keys (keys may hold identifiers).
+pub fn check_transaction(ops: &[WriteOp]) -> Result<(), PortError> {
+    if ops.is_empty() {
+        return Err(PortError::Invalid("a transaction needs at least one operation".into()));
+    }
+    if ops.len() > MAX_TRANSACT_ITEMS {
+        return Err(PortError::Invalid(format!(
+            "a transaction holds at most {MAX_TRANSACT_ITEMS} operations, got {}",
+            ops.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    if let Some(index) = ops.iter().position(|op| !seen.insert(op.key())) {
+        return Err(PortError::Invalid(format!(
+            "a transaction may not hold two operations on one key (operation {index} repeats an earlier key)"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use tokio::sync::Notify;
-use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH};
+use tributary_core::ports::{
+    check_send_batch, FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage, MAX_SEND_BATCH,
+};
 
 /// SQS's limit for one message body (1 MiB); enforced locally so oversized payloads fail in development, not first
 /// in production. As in the SQS adapter, a batch may total more (that adapter splits it into several requests).
@@ -257,12 +259,7 @@ fn visibility_ms(visibility: Duration) -> Result<i64, PortError> {
 
 impl Queue for SqliteQueue {
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
-        if messages.len() > MAX_SEND_BATCH {
-            return Err(PortError::Invalid(format!(
-                "a batch holds at most {MAX_SEND_BATCH} messages, got {}",
-                messages.len()
-            )));
-        }
+        check_send_batch(messages)?;
         // Entry ids are the caller's own (any text, as the SQS adapter maps them), but failures are reported by id,
         // so they must be unique.
         let mut seen = HashSet::new();

@@ -6,14 +6,13 @@
 //! [`SqliteTable::purge_expired`] removes them, but are invisible to reads and count as absent for conditions from
 //! the second they expire, which is what DynamoDB's TTL guarantees callers who filter on it.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 use tributary_core::ports::{
-    Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS,
+    check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
 };
 
 use crate::sqlite_queue::{now_ms, sqlite_error, Db};
@@ -175,13 +174,6 @@ fn prepare(op: &WriteOp) -> Result<Option<String>, PortError> {
     }
 }
 
-fn op_parts(op: &WriteOp) -> (&ItemKey, &Condition) {
-    match op {
-        WriteOp::Put { item, condition } => (&item.key, condition),
-        WriteOp::Delete { key, condition } | WriteOp::Check { key, condition } => (key, condition),
-    }
-}
-
 fn condition_holds(condition: &Condition, current_version: Option<u64>) -> bool {
     match condition {
         Condition::None => true,
@@ -203,7 +195,7 @@ fn apply(conn: &mut Connection, table: &str, ops: &[WriteOp], prepared: &[Option
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
     let now = now_s();
     for (index, op) in ops.iter().enumerate() {
-        let (key, condition) = op_parts(op);
+        let (key, condition) = (op.key(), op.condition());
         if matches!(condition, Condition::None) {
             continue;
         }
@@ -315,27 +307,7 @@ impl TableStore for SqliteTable {
     }
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        if ops.is_empty() {
-            return Err(PortError::Invalid("a transaction needs at least one operation".into()).into());
-        }
-        if ops.len() > MAX_TRANSACT_ITEMS {
-            return Err(PortError::Invalid(format!(
-                "a transaction holds at most {MAX_TRANSACT_ITEMS} operations, got {}",
-                ops.len()
-            ))
-            .into());
-        }
-        let mut keys = HashSet::new();
-        for (index, op) in ops.iter().enumerate() {
-            let (key, _) = op_parts(op);
-            if !keys.insert(key) {
-                // Positions, not key values: keys may hold identifiers that must not reach logs.
-                return Err(PortError::Invalid(format!(
-                    "a transaction may not hold two operations on one key (operation {index} repeats an earlier key)"
-                ))
-                .into());
-            }
-        }
+        check_transaction(&ops)?;
         match self.run(ops).await {
             Ok(()) => Ok(()),
             Err(TxFailure::Condition(index)) => Err(TransactError::ConditionFailed { index }),
@@ -345,7 +317,7 @@ impl TableStore for SqliteTable {
 
     async fn write(&self, op: WriteOp) -> Result<(), PortError> {
         // The condition, not the key: keys may hold identifiers that must not reach logs.
-        let what = format!("{:?} does not hold", op_parts(&op).1);
+        let what = format!("{:?} does not hold", op.condition());
         match self.run(vec![op]).await {
             Ok(()) => Ok(()),
             Err(TxFailure::Condition(_)) => Err(PortError::ConditionFailed(what)),
