@@ -5,128 +5,26 @@
 //
 //     node segment_node.mjs --host http://127.0.0.1:PORT --write-key KEY --prefix P
 //
-// The packages come from TRIBUTARY_NODE_MODULES (set by scripts/test.sh; default: ./node/node_modules beside
-// this file), loaded with createRequire because ES modules ignore NODE_PATH. Every setting is the client's default
-// except host and writeKey (this client never gzips; --gzip is refused rather than silently ignored). Each call has
-// an explicit messageId (`P-identify`, ...) and an explicit timestamp five minutes in the past. The last line on
-// stdout is a JSON summary of what was sent; the exit code is non-zero if the client reported any error.
+// Every setting is the client's default except host and writeKey (this client never gzips; --gzip is refused
+// rather than silently ignored). Messages, summary and exit code: see common.mjs.
 
-import { createRequire } from 'node:module';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { errorText, loadPackage, messages, run } from './common.mjs';
 
-function parseArgs(argv) {
-  const args = { gzip: false };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
-      return argv[++i];
-    };
-    if (flag === '--host') args.host = value();
-    else if (flag === '--write-key') args.writeKey = value();
-    else if (flag === '--prefix') args.prefix = value();
-    else if (flag === '--gzip') args.gzip = true;
-    else throw new Error(`unknown argument ${flag}`);
-  }
-  for (const required of ['host', 'writeKey', 'prefix']) {
-    if (!args[required]) throw new Error(`missing --${required.replace('K', '-k')}`);
-  }
-  return args;
-}
-
-function nodeModules() {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  return path.resolve(process.env.TRIBUTARY_NODE_MODULES || path.join(here, 'node', 'node_modules'));
-}
-
-/** Five minutes ago, whole milliseconds (what a JS Date holds anyway). */
-function fixedTimestamp() {
-  return new Date(Date.now() - 5 * 60 * 1000);
-}
-
-async function main() {
-  const args = parseArgs(process.argv.slice(2));
+run('segment_node', async (args) => {
   if (args.gzip) throw new Error('@segment/analytics-node has no gzip option');
-  const modules = nodeModules();
-  const require = createRequire(path.join(modules, '..', 'package.json'));
-  const { Analytics } = require('@segment/analytics-node');
-  const version = JSON.parse(readFileSync(path.join(modules, '@segment', 'analytics-node', 'package.json'))).version;
-
+  const { module, version } = loadPackage('@segment/analytics-node');
   const errors = [];
   const statuses = [];
-  const analytics = new Analytics({ writeKey: args.writeKey, host: args.host });
+  const analytics = new module.Analytics({ writeKey: args.writeKey, host: args.host });
   analytics.on('error', (err) => errors.push(`error event: ${err.code}: ${err.reason}`));
   analytics.on('http_response', (res) => statuses.push(res.status));
-  const callback = (what) => (err) => {
-    if (err) errors.push(`${what}: ${err}`);
-  };
 
-  const p = args.prefix;
-  const timestamp = fixedTimestamp();
-  const userId = `${p}-user`;
-  const messages = [
-    {
-      type: 'identify',
-      userId,
-      traits: { email: `${p}@example.com`, name: `${p} Tester`, plan: 'enterprise' },
-      messageId: `${p}-identify`,
-      timestamp,
-    },
-    {
-      type: 'track',
-      userId,
-      event: 'Order Completed',
-      properties: {
-        orderId: `${p}-order`,
-        revenue: 42.5,
-        currency: 'EUR',
-        products: [
-          { productId: `${p}-sku-1`, name: 'Pen', price: 2.5, quantity: 5 },
-          { productId: `${p}-sku-2`, name: 'Notebook', price: 30.0, quantity: 1 },
-        ],
-      },
-      messageId: `${p}-track`,
-      timestamp,
-    },
-    {
-      type: 'page',
-      userId,
-      name: 'Pricing',
-      properties: { url: `https://example.com/${p}/pricing`, title: 'Pricing' },
-      messageId: `${p}-page`,
-      timestamp,
-    },
-    { type: 'alias', previousId: `${p}-anon`, userId, messageId: `${p}-alias`, timestamp },
-  ];
-  for (const { type, ...params } of messages) {
-    analytics[type](params, callback(`${type} ${params.messageId}`));
+  const sent = messages(args.prefix);
+  for (const { type, ...params } of sent) {
+    analytics[type](params, (err) => {
+      if (err) errors.push(`${type} ${params.messageId}: ${errorText(err)}`);
+    });
   }
   await analytics.closeAndFlush();
-
-  const summary = {
-    client: '@segment/analytics-node',
-    version,
-    host: args.host,
-    gzip: false,
-    timestamp: timestamp.toISOString(),
-    messages,
-    statuses,
-    errors,
-  };
-  process.stdout.write(`${JSON.stringify(summary)}\n`);
-  if (errors.length > 0) {
-    process.stderr.write(`segment_node: client reported errors:\n  ${errors.join('\n  ')}\n`);
-    return 1;
-  }
-  return 0;
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`segment_node: ${err && err.stack ? err.stack : err}\n`);
-    process.exit(2);
-  },
-);
+  return { client: '@segment/analytics-node', version, gzip: false, messages: sent, statuses, errors };
+});

@@ -32,6 +32,8 @@ struct Variant {
     prefix: &'static str,
     runtime: Runtime,
     script: &'static str,
+    /// Arguments before the common ones (which SDK a shared script drives).
+    script_args: &'static [&'static str],
     gzip_flag: bool,
     /// `Content-Encoding: gzip` expected on every request.
     gzip: bool,
@@ -44,7 +46,8 @@ async fn segment_python_plain() {
     run(Variant {
         prefix: "segpy",
         runtime: Runtime::Python,
-        script: "segment_python.py",
+        script: "python_client.py",
+        script_args: &["--sdk", "segment"],
         gzip_flag: false,
         gzip: false,
         content_type: "application/json",
@@ -58,7 +61,8 @@ async fn segment_python_gzip() {
     run(Variant {
         prefix: "segpygz",
         runtime: Runtime::Python,
-        script: "segment_python.py",
+        script: "python_client.py",
+        script_args: &["--sdk", "segment"],
         gzip_flag: true,
         gzip: true,
         content_type: "application/json",
@@ -73,7 +77,8 @@ async fn rudder_python() {
     run(Variant {
         prefix: "rudpy",
         runtime: Runtime::Python,
-        script: "rudder_python.py",
+        script: "python_client.py",
+        script_args: &["--sdk", "rudder"],
         gzip_flag: false,
         gzip: true,
         content_type: "application/json",
@@ -88,6 +93,7 @@ async fn segment_node() {
         prefix: "segnode",
         runtime: Runtime::Node,
         script: "segment_node.mjs",
+        script_args: &[],
         gzip_flag: false,
         gzip: false,
         content_type: "application/json",
@@ -105,6 +111,7 @@ async fn rudder_node() {
         prefix: "rudnode",
         runtime: Runtime::Node,
         script: "rudder_node.mjs",
+        script_args: &[],
         gzip_flag: false,
         gzip: true,
         content_type: "application/x-www-form-urlencoded",
@@ -267,7 +274,7 @@ fn run_script(v: &Variant, host: &str) -> Value {
             cmd
         }
     };
-    cmd.arg(&script).args(["--host", host, "--write-key", TEST_WRITE_KEY, "--prefix", v.prefix]);
+    cmd.arg(&script).args(v.script_args).args(["--host", host, "--write-key", TEST_WRITE_KEY, "--prefix", v.prefix]);
     if v.gzip_flag {
         cmd.arg("--gzip");
     }
