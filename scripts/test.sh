@@ -325,6 +325,8 @@ count_results() {
 }
 
 AWS_BIN='tributary-tests::aws'
+# Every AWS-tier binary (aws, aws_ingest, aws_stitch, …): nextest's binary_id() takes a glob.
+AWS_FILTER='binary_id(tributary-tests::aws*)'
 SDK_BIN='tributary-tests::sdk_clients'
 if $BUILD_OK; then
   if cargo nextest --version >/dev/null 2>&1; then
@@ -336,9 +338,8 @@ if $BUILD_OK; then
     has_binary() { grep -qxF "$1" <<<"$BINARIES"; }
     nextest() { cargo nextest run --workspace --all-features --no-fail-fast "${LOCKED[@]}" --no-tests=fail "$@"; }
     others=()
-    for bin in "$AWS_BIN" "$SDK_BIN"; do
-      if has_binary "$bin"; then others+=("binary_id($bin)"); fi
-    done
+    if has_binary "$AWS_BIN"; then others+=("$AWS_FILTER"); fi
+    if has_binary "$SDK_BIN"; then others+=("binary_id($SDK_BIN)"); fi
     tier1=()
     if ((${#others[@]})); then tier1=(-E "not ($(IFS='|'; echo "${others[*]}"))"); fi
     run_step tests "tier 1: unit, contract, end-to-end (nextest)" nextest "${tier1[@]}" || true
@@ -355,7 +356,7 @@ if $BUILD_OK; then
     elif [[ -z "$MOTO_PID" ]]; then
       record FAIL aws "tier 2: not run, moto_server did not start" 0
     else
-      run_step aws "tier 2: AWS adapters on moto_server" nextest -E "binary_id($AWS_BIN)" || true
+      run_step aws "tier 2: AWS adapters on moto_server" nextest -E "$AWS_FILTER" || true
       count_results "$LOGS/aws.log"
     fi
   else

@@ -249,3 +249,73 @@ async fn unreachable_endpoint_is_retryable() {
         .unwrap_or_else(|e| unreachable("create_queue", &url, e));
     assert_eq!(aws.sqs_queue(q).approximate_len().await, Ok(0));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Usage metering: the adapter counts what DynamoDB bills (crates/aws/src/billing.rs). Every number below is worked
+// out by hand from DynamoDB's item-size rules.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn dynamo_usage_counts_what_dynamodb_bills() {
+    let (aws, url) = clients().await;
+    let t = aws.dynamo_table(
+        admin::create_table(&aws, &unique("table")).await.unwrap_or_else(|e| unreachable("create_table", &url, e)),
+    );
+    assert_eq!(t.usage(), tributary_aws::Usage::default());
+
+    // Every item holds pk "p" (2+1), a three-byte sk (2+3) and v = 1 (1+2): 11 bytes before its own attributes.
+    // a: 11 + blob 4+1010 = 1,025 bytes, one byte over 1 KB.
+    let a = item("p", "s#1", serde_json::json!({"blob": "a".repeat(1010)}));
+    // b: 11 + n 1+3 (12.5 is the base-100 digits 12|50, plus 1) + ok 2+1 + tags 4+(3+2+2) + m 1+(3+1+1+1) = 36.
+    let b = item("p", "s#2", serde_json::json!({"n": 12.5, "ok": true, "tags": ["a", "b"], "m": {"k": null}}));
+    // c: 11 + blob 4+3085 = 3,100 bytes.
+    let c = item("p", "s#3", serde_json::json!({"blob": "c".repeat(3085)}));
+
+    // 1,025 bytes: 2 WRU.
+    t.write(WriteOp::Put { item: a.clone(), condition: Condition::NotExists }).await.expect("put");
+    // A failed condition is billed too, on the new item's size (the item exists): 2 WRU.
+    let r = t.write(WriteOp::Put { item: a.clone(), condition: Condition::NotExists }).await;
+    assert!(matches!(r, Err(PortError::ConditionFailed(_))), "{r:?}");
+    // Strongly consistent reads: 1,025 bytes is 1 RRU, and a miss still costs the 1 RRU minimum.
+    assert_eq!(t.get(&a.key).await.expect("get"), Some(a.clone()));
+    assert_eq!(t.get(&ItemKey::new("p", "missing")).await.expect("get"), None);
+    // One Query call returning a: 1 RRU.
+    assert_eq!(t.query("p", "s#", None, 10).await.expect("query").items, std::slice::from_ref(&a));
+    // 2 × per item: b 1 WRU → 2, c 4 WRU → 8, the check on a (sized at the 1 KB minimum) → 2. 12 WRU.
+    t.transact(vec![
+        WriteOp::Put { item: b.clone(), condition: Condition::NotExists },
+        WriteOp::Put { item: c.clone(), condition: Condition::None },
+        WriteOp::Check { key: a.key.clone(), condition: Condition::Exists },
+    ])
+    .await
+    .expect("transact");
+    // One Query call returning a, b and c: 1,025 + 36 + 3,100 = 4,161 bytes, summed then rounded: 2 RRU (3 if each
+    // item were rounded on its own).
+    assert_eq!(t.query("p", "s#", None, 10).await.expect("query").items, [a, b, c]);
+
+    let u = t.usage();
+    let expected = tributary_aws::Usage {
+        requests_read: 4,
+        requests_write: 2,
+        requests_transact: 1,
+        rru: 5.0,
+        wru: 2 + 2 + 12,
+        transact_items: 3,
+        // What DynamoDB reports is checked below, not predicted: moto answers with fixed placeholders.
+        reported_rcu: u.reported_rcu,
+        reported_wcu: u.reported_wcu,
+        requests_reported: u.requests_reported,
+    };
+    assert_eq!(u, expected);
+    // 16 WRU at $0.625 per million plus 5 RRU at $0.125 per million.
+    assert!((u.dollars() - 10.625e-6).abs() < 1e-15, "{}", u.dollars());
+    // Six calls were answered (the failed put was not); at most those carry a ConsumedCapacity.
+    assert!(u.requests_reported <= 6, "{u:?}");
+    assert!(u.reported_rcu >= 0.0 && u.reported_wcu >= 0.0, "{u:?}");
+    eprintln!("dynamodb usage against {url}: {u:?}");
+
+    // Clones share the counter; a reset clears it for all of them.
+    let clone = t.clone();
+    clone.reset_usage();
+    assert_eq!(t.usage(), tributary_aws::Usage::default());
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tributary_tests::support::{Serve, TEST_WRITE_KEY};
+use tributary_tests::support::{Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 /// How long one client script may run: default clients retry for minutes, so a hang means a server bug.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -118,6 +118,86 @@ async fn rudder_node() {
         user_agent_prefix: "analytics-node/",
     })
     .await;
+}
+
+/// segment-analytics-python, two devices: the anonymous laptop visitor who later logs in on a phone and then on
+/// the laptop is one profile in the profile API, with both devices' identities, traits with provenance, the
+/// consent given on the laptop, the merge in its history, and all five events.
+#[tokio::test]
+async fn segment_python_two_device_journey_is_one_profile() {
+    let server = Serve::start();
+    let v = Variant {
+        prefix: "journey",
+        runtime: Runtime::Python,
+        script: "python_journey.py",
+        script_args: &[],
+        gzip_flag: false,
+        gzip: false,
+        content_type: "application/json",
+        user_agent_prefix: "analytics-python/",
+    };
+    let summary = run_script(&v, server.base_url());
+    let consumed = server.wait_consumed(5, CONSUME_TIMEOUT).await;
+    assert_eq!(consumed.len(), 5, "all five events reach delivery:\n{}", pretty(&consumed));
+
+    let server = &server;
+    let get = |path: String| async move {
+        let url = format!("{}{path}", server.base_url());
+        let resp = server.http().get(&url).bearer_auth(TEST_MANAGEMENT_KEY).send().await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.expect("JSON body"))
+    };
+    let user = summary["userId"].as_str().expect("userId");
+    let (status, profile) = get(format!("/v1/profiles/user_id:{user}")).await;
+    assert_eq!(status, 200, "{profile}");
+    let profile_id = profile["profile_id"].as_str().expect("profile_id").to_string();
+
+    // The same profile whichever device's id asks, and by (differently cased) email.
+    for anon in summary["anonymousIds"].as_array().expect("ids") {
+        let (status, other) = get(format!("/v1/profiles/anonymous_id:{}", anon.as_str().expect("id"))).await;
+        assert_eq!(status, 200, "{other}");
+        assert_eq!(other["profile_id"], profile_id.as_str(), "{anon} resolves to the merged profile");
+    }
+    let email = summary["email"].as_str().expect("email").to_uppercase();
+    let (status, by_email) = get(format!("/v1/profiles/email:{email}")).await;
+    assert_eq!((status, &by_email["profile_id"]), (200, &Value::from(profile_id.as_str())), "{by_email}");
+
+    let identities = profile["identities"].as_array().expect("identities");
+    let kinds: Vec<&str> = identities.iter().filter_map(|i| i["type"].as_str()).collect();
+    for kind in ["user_id", "anonymous_id", "email", "email_sha256"] {
+        assert!(kinds.contains(&kind), "identity type {kind} missing: {profile}");
+    }
+    assert_eq!(kinds.iter().filter(|k| **k == "anonymous_id").count(), 2, "both devices: {profile}");
+
+    // Traits resolve by event time: the laptop's later identify set plan=pro; provenance is kept.
+    let plan = &profile["traits"]["plan"];
+    assert_eq!(plan["value"], "pro", "{profile}");
+    assert_eq!(plan["source"], "web", "{profile}");
+    assert_eq!(plan["class"], "1P", "{profile}");
+    assert!(plan["event_time"].is_string(), "{profile}");
+    assert_eq!(profile["traits"]["name"]["value"], "Sam Shopper", "{profile}");
+
+    // Consent from the laptop's banner survives the merge.
+    assert_eq!(profile["consent"]["advertising"]["granted"], true, "{profile}");
+    assert_eq!(profile["consent"]["analytics"]["granted"], false, "{profile}");
+
+    // The merge is in the history, naming the event that caused it: the laptop's login if the phone's batch
+    // arrived first, the phone's login if the laptop's did (the two clients flush independently).
+    let merges = profile["merges"].as_array().expect("merges");
+    assert_eq!(merges.len(), 1, "{profile}");
+    let cause = merges[0]["message_id"].as_str().unwrap_or_default();
+    assert!(cause == "journey-4" || cause == "journey-5", "merge caused by {cause}: {profile}");
+
+    let (status, events) = get(format!("/v1/profiles/user_id:{user}/events")).await;
+    assert_eq!(status, 200, "{events}");
+    let ids: Vec<&str> =
+        events["events"].as_array().expect("events").iter().filter_map(|e| e["message_id"].as_str()).collect();
+    assert_eq!(ids, vec!["journey-5", "journey-4", "journey-3", "journey-2", "journey-1"], "newest first: {events}");
+
+    // No key, no profile.
+    let resp =
+        server.http().get(format!("{}/v1/profiles/user_id:{user}", server.base_url())).send().await.expect("GET");
+    assert_eq!(resp.status().as_u16(), 401);
 }
 
 async fn run(v: Variant) {

@@ -3,16 +3,24 @@
 //! Items are stored as `pk`, `sk`, `v` (version, N), `ttl` (expiry in epoch seconds, N, absent when the item does
 //! not expire) and one top-level attribute per JSON attribute. DynamoDB deletes expired items only eventually, so
 //! every read filters them and every condition treats them as absent.
+//!
+//! Every call is metered (see `billing.rs` for the rules): [`DynamoTable::usage`] gives the requests made and the
+//! request units DynamoDB bills for them, estimated from item sizes, next to the `ConsumedCapacity` DynamoDB
+//! reported. Reads are strongly consistent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, ConsumedCapacity, Delete, Put, ReturnConsumedCapacity, TransactWriteItem,
+};
 use serde_json::{Map, Number, Value};
 use tributary_core::ports::{
     check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
 };
 
+use crate::billing::{self, Consistency, Meter, Usage};
 use crate::error::{self, Kind};
 
 const PK: &str = "pk";
@@ -21,12 +29,16 @@ const VERSION: &str = "v";
 const TTL: &str = "ttl";
 /// Most items one Query call is asked for; DynamoDB also stops at 1 MB.
 const QUERY_BATCH: usize = 1000;
+/// GetItem and Query read strongly consistently. The meter bills reads by this same flag, so that the two cannot
+/// drift apart.
+const CONSISTENT_READ: bool = true;
 
-/// One DynamoDB table.
+/// One DynamoDB table. Clones share the connection pool and the usage counter.
 #[derive(Clone, Debug)]
 pub struct DynamoTable {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    usage: Arc<Meter>,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -213,12 +225,23 @@ const BUILD_FAILED: &str = "dynamodb TransactWriteItems: operation could not be 
 
 impl DynamoTable {
     pub(crate) fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
-        DynamoTable { client, table }
+        DynamoTable { client, table, usage: Arc::default() }
     }
 
     /// The table name.
     pub fn name(&self) -> &str {
         &self.table
+    }
+
+    /// Requests made and request units billed (estimated, and as DynamoDB reported them) since this table, or
+    /// the one it was cloned from, was built or last reset.
+    pub fn usage(&self) -> Usage {
+        self.usage.usage()
+    }
+
+    /// Sets every [`usage`](Self::usage) count back to zero, for this table and its clones.
+    pub fn reset_usage(&self) {
+        self.usage.reset();
     }
 
     fn transact_item(&self, op: &WriteOp, now: i64) -> Result<TransactWriteItem, PortError> {
@@ -265,32 +288,66 @@ impl DynamoTable {
 
     async fn put_item(&self, item: &Item, condition: &Condition) -> Result<(), PortError> {
         let e = condition_expr(condition, now_epoch_s(), false);
-        self.client
+        let item = item_to_av(item)?;
+        // The new item's size: DynamoDB bills the larger of old and new, and the old one is not known here.
+        let bytes = billing::item_size(&item);
+        let sent = self
+            .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item_to_av(item)?))
+            .set_item(Some(item))
             .set_condition_expression(e.expression)
             .set_expression_attribute_names(non_empty(e.names))
             .set_expression_attribute_values(non_empty(e.values))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
-            .map_err(|err| error::dynamodb("PutItem", &err))?;
-        Ok(())
+            .await;
+        self.metered_write(
+            bytes,
+            sent.as_ref().map(|out| out.consumed_capacity()).map_err(|e| error::dynamodb("PutItem", e)),
+        )
     }
 
     async fn delete_item(&self, key: &ItemKey, condition: &Condition) -> Result<(), PortError> {
         let e = condition_expr(condition, now_epoch_s(), false);
-        self.client
+        let sent = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key_av(key)))
             .set_condition_expression(e.expression)
             .set_expression_attribute_names(non_empty(e.names))
             .set_expression_attribute_values(non_empty(e.values))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
-            .map_err(|err| error::dynamodb("DeleteItem", &err))?;
-        Ok(())
+            .await;
+        // Billed on the deleted item, which the adapter never sees.
+        let bytes = billing::UNKNOWN_ITEM_BYTES;
+        self.metered_write(
+            bytes,
+            sent.as_ref().map(|out| out.consumed_capacity()).map_err(|e| error::dynamodb("DeleteItem", e)),
+        )
+    }
+
+    /// Meters one PutItem or DeleteItem and turns its outcome into the port's: a success or a failed condition
+    /// is billed, any other error is not.
+    fn metered_write(
+        &self,
+        bytes: u64,
+        outcome: Result<Option<&ConsumedCapacity>, PortError>,
+    ) -> Result<(), PortError> {
+        match outcome {
+            Ok(reported) => {
+                self.usage.write(bytes, reported);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, PortError::ConditionFailed(_)) {
+                    self.usage.write(bytes, None);
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -322,10 +379,13 @@ impl TableStore for DynamoTable {
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_av(key)))
-            .consistent_read(true)
+            .consistent_read(CONSISTENT_READ)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| error::dynamodb("GetItem", &e))?;
+        let bytes = out.item.as_ref().map_or(0, billing::item_size);
+        self.usage.read(bytes, Consistency::of(CONSISTENT_READ), out.consumed_capacity());
         let Some(av) = out.item else { return Ok(None) };
         let item = item_from_av(av)?;
         Ok(if is_expired(&item, now_epoch_s()) { None } else { Some(item) })
@@ -377,12 +437,16 @@ impl TableStore for DynamoTable {
                 .set_expression_attribute_names(Some(names.clone()))
                 .set_expression_attribute_values(Some(values.clone()))
                 .set_exclusive_start_key(start_key.take())
-                .consistent_read(true)
+                .consistent_read(CONSISTENT_READ)
                 .limit(i32::try_from(want).unwrap_or(i32::MAX))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| error::dynamodb("Query", &e))?;
             calls += 1;
+            // Every returned item is billed, expired ones and the look-ahead one included.
+            let bytes = out.items().iter().map(billing::item_size).sum();
+            self.usage.read(bytes, Consistency::of(CONSISTENT_READ), out.consumed_capacity());
             for av in out.items() {
                 let item = item_from_av(av.clone())?;
                 if !is_expired(&item, now) {
@@ -409,12 +473,31 @@ impl TableStore for DynamoTable {
         check_transaction(&ops)?;
         let now = now_epoch_s();
         let items = ops.iter().map(|op| self.transact_item(op, now)).collect::<Result<Vec<_>, _>>()?;
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-            Ok(_) => Ok(()),
+        // Puts by the item written; deletes and checks by the item as stored, which the adapter does not see.
+        let bytes: Vec<u64> = items
+            .iter()
+            .map(|t| t.put().map_or(billing::UNKNOWN_ITEM_BYTES, |p| billing::item_size(p.item())))
+            .collect();
+        let sent = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                self.usage.transact(&bytes, out.consumed_capacity());
+                Ok(())
+            }
             Err(e) => match e.as_service_error() {
                 Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
                     let reasons: Vec<Option<&str>> = c.cancellation_reasons().iter().map(|r| r.code()).collect();
                     let err = cancelled(&reasons);
+                    // A failed condition is billed (how much AWS does not say; counted as if committed).
+                    if matches!(err, TransactError::ConditionFailed { .. }) {
+                        self.usage.transact(&bytes, &[]);
+                    }
                     tracing::debug!(error = %err, "Transaction cancelled.");
                     Err(err)
                 }
@@ -468,6 +551,18 @@ mod tests {
         let mut bad = item.clone();
         bad.attrs.insert("ttl".into(), json!(1));
         assert!(matches!(item_to_av(&bad), Err(PortError::Invalid(_))));
+    }
+
+    #[test]
+    fn billed_size_counts_the_stored_key_version_and_ttl_attributes() {
+        let mut attrs = Map::new();
+        attrs.insert("name".into(), json!("Ann"));
+        let mut item = Item { key: ItemKey::new("p", "s#1"), attrs, version: 1, expires_at: None };
+        // pk 2+1, sk 2+3, v 1+2 (one digit: 2 bytes), name 4+3
+        assert_eq!(billing::item_size(&item_to_av(&item).expect("converts")), 3 + 5 + 3 + 7);
+        item.expires_at = Some(1_700_000_000);
+        // ttl 3+2 (significant digits "17")
+        assert_eq!(billing::item_size(&item_to_av(&item).expect("converts")), 3 + 5 + 3 + 7 + 5);
     }
 
     #[test]

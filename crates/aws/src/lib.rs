@@ -18,14 +18,18 @@
 //! ```
 
 pub mod admin;
+mod billing;
 mod dynamo;
 mod error;
 mod s3;
 mod sqs;
+mod workspace;
 
+pub use billing::Usage;
 pub use dynamo::DynamoTable;
 pub use s3::S3Store;
 pub use sqs::SqsQueue;
+pub use workspace::load_workspace;
 
 /// The environment variable that points every service at another endpoint (moto, LocalStack).
 pub const ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";

@@ -34,6 +34,15 @@ pub struct WorkspaceConfig {
     /// Keys for the management APIs (profiles, DSR, admin), stored as SHA-256 hashes.
     #[serde(default)]
     pub management_keys: Vec<ManagementKey>,
+    /// Identity resolution rules per identifier type (priority, values per profile, blocked values).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityRules,
+    /// Profile bounds, retention and `set_once` traits.
+    #[serde(default)]
+    pub profiles: crate::profile::ProfileSettings,
+    /// Consent purposes and how consent signals map onto them.
+    #[serde(default)]
+    pub consent: crate::profile::ConsentSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -232,6 +241,15 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
                 err(s.id.as_str(), format!("sources[{i}].rate_limit: requests_per_second must be > 0 and burst ≥ 1"));
             }
         }
+    }
+    if let Err(e) = cfg.identity.compile() {
+        err("identity:", format!("identity: {e}"));
+    }
+    if let Err(m) = cfg.profiles.check() {
+        err("profiles:", format!("profiles: {m}"));
+    }
+    if let Err(m) = cfg.consent.check() {
+        err("consent:", format!("consent: {m}"));
     }
     let mut mids = BTreeSet::new();
     for (i, m) in cfg.management_keys.iter().enumerate() {

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod ports;
+pub mod profile;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

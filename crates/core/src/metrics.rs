@@ -1,6 +1,8 @@
 //! CloudWatch Embedded Metric Format (EMF) lines. Lambda ships stdout to CloudWatch Logs, which turns these JSON
 //! lines into metrics with no API call and no agent. Values are counts; dimensions never hold PII.
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::{json, Map, Value};
 
 pub const NAMESPACE: &str = "Tributary";
@@ -46,6 +48,38 @@ impl Emf {
             doc.insert(k.clone(), json!(v));
         }
         Some(Value::Object(doc).to_string())
+    }
+}
+
+/// Where metric lines go: stdout on Lambda (CloudWatch EMF), elsewhere in tests and the local runtime.
+pub trait MetricsSink: Send + Sync {
+    fn emit(&self, line: String);
+}
+
+/// Prints EMF lines to stdout, which Lambda ships to CloudWatch Logs.
+pub struct StdoutMetrics;
+
+impl MetricsSink for StdoutMetrics {
+    fn emit(&self, line: String) {
+        println!("{line}");
+    }
+}
+
+/// Keeps the lines in memory (tests, local runtime).
+#[derive(Default)]
+pub struct MemoryMetrics(pub Mutex<Vec<String>>);
+
+impl MetricsSink for MemoryMetrics {
+    fn emit(&self, line: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(line);
+        }
+    }
+}
+
+impl<T: MetricsSink + ?Sized> MetricsSink for Arc<T> {
+    fn emit(&self, line: String) {
+        (**self).emit(line)
     }
 }
 

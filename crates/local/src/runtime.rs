@@ -2,7 +2,8 @@
 //! real handlers.
 //!
 //! - HTTP requests become `ApiGatewayV2httpRequest`s (payload format 2.0, body base64-encoded when binary) and go to
-//!   the same ingest handler that runs on Lambda.
+//!   the same handlers that run on Lambda: `/v1/profiles/…` to the profile API, the rest to ingest.
+//! - The events queue feeds the stitch function, which hands events to the delivery queue.
 //! - Each registered SQS trigger polls a durable SQLite queue and delivers `SqsEvent` batches exactly as Lambda does:
 //!   records carry receive counts, `batchItemFailures` keeps the failed ones for redelivery after the visibility
 //!   timeout, a handler error returns the whole batch, and the queue's redrive policy moves poison messages to its
@@ -30,9 +31,11 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tributary_core::config::{Sha256Hex, SourceConfig, SourceId, WorkspaceConfig};
-use tributary_core::ingest::{Envelope, CEILING};
+use tributary_core::ingest::CEILING;
 use tributary_core::ports::{Condition, Item, ItemKey, PortError, Queue, ReceivedMessage, TableStore, WriteOp};
 use tributary_ingest::{AuthMode, Ingest, IngestSettings, MetricsSink};
+use tributary_profile_api::ProfileApi;
+use tributary_stitch::{DeliveryEnvelope, Stitch, StitchSettings};
 
 use crate::dir_store::DirStore;
 use crate::sqlite_queue::{QueueOptions, SqliteQueue};
@@ -41,6 +44,10 @@ use crate::sqlite_table::SqliteTable;
 /// Names of the local queues, as the SAM template names them on AWS.
 pub const EVENTS_QUEUE: &str = "events";
 pub const EVENTS_DLQ: &str = "events-dlq";
+pub const DELIVERY_QUEUE: &str = "delivery";
+pub const DELIVERY_DLQ: &str = "delivery-dlq";
+/// The profile table (identities, profiles, ledger, events, dedup), as the SAM template names it.
+pub const PROFILES_TABLE: &str = "profiles";
 /// Receives before a message moves to the DLQ (the template's `maxReceiveCount`).
 pub const MAX_RECEIVE_COUNT: u32 = 5;
 /// Most entries kept in the request log of `/_local/requests`.
@@ -108,6 +115,9 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
                 tributary_core::config::Scope::Admin,
             ],
         }],
+        identity: Default::default(),
+        profiles: Default::default(),
+        consent: Default::default(),
     };
     Ok((cfg, keys))
 }
@@ -227,7 +237,7 @@ fn failed_ids(messages: &[ReceivedMessage], resp: &SqsBatchResponse) -> Vec<Stri
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Placeholder consumer of the events queue (until the stitch function exists): stores each event once.
+// Placeholder consumer of the delivery queue (until the deliver function exists): stores each event once.
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Stores every consumed event in a table, once per (source, messageId), so tests can read what reached the
@@ -248,13 +258,14 @@ pub async fn sink_handler<T: TableStore>(table: &T, event: SqsEvent) -> SqsBatch
 }
 
 async fn sink_record<T: TableStore>(table: &T, body: &str) -> anyhow::Result<()> {
-    let envelope: Envelope = serde_json::from_str(body).context("record body is not an events envelope")?;
-    for event in envelope.events {
-        let message_id = event.get("messageId").and_then(Value::as_str).unwrap_or_default().to_string();
+    let envelope: DeliveryEnvelope = serde_json::from_str(body).context("record body is not a delivery envelope")?;
+    for item in envelope.items {
+        let message_id = item.event.get("messageId").and_then(Value::as_str).unwrap_or_default().to_string();
         let seq = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
         let mut attrs = serde_json::Map::new();
         attrs.insert("sourceId".into(), Value::String(envelope.source_id.clone()));
-        attrs.insert("event".into(), event);
+        attrs.insert("profileId".into(), item.profile_id.map(Value::String).unwrap_or(Value::Null));
+        attrs.insert("event".into(), item.event);
         attrs.insert("seq".into(), json!(seq));
         let item = Item {
             key: ItemKey::new("sink", format!("{}/{}", envelope.source_id, message_id)),
@@ -278,7 +289,14 @@ pub async fn sink_contents<T: TableStore>(table: &T) -> Result<Vec<Value>, PortE
         let page = table.query("sink", "", after.as_deref(), 1000).await?;
         for item in page.items {
             let seq = item.attrs.get("seq").and_then(Value::as_i64).unwrap_or(0);
-            out.push((seq, json!({"sourceId": item.attrs.get("sourceId"), "event": item.attrs.get("event")})));
+            out.push((
+                seq,
+                json!({
+                    "sourceId": item.attrs.get("sourceId"),
+                    "profileId": item.attrs.get("profileId"),
+                    "event": item.attrs.get("event"),
+                }),
+            ));
         }
         match page.next {
             Some(n) => after = Some(n),
@@ -390,7 +408,8 @@ pub struct RequestRecord {
 }
 
 struct AppState<M> {
-    ingest: Arc<Ingest<SqliteQueue, M>>,
+    ingest: Arc<Ingest<SqliteQueue, Arc<M>>>,
+    profiles: ProfileApi<SqliteTable>,
     sink: SqliteTable,
     requests: Mutex<Vec<RequestRecord>>,
 }
@@ -417,29 +436,57 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     let open_queue = |name: &str, options: QueueOptions| {
         SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
     };
-    let events =
-        open_queue(EVENTS_QUEUE, QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) })?;
+    let events_options = || QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
+    let delivery_options = || QueueOptions { dead_letter: Some((DELIVERY_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
+    let events = open_queue(EVENTS_QUEUE, events_options())?;
     let sink = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
+    let profiles =
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?;
 
-    let ingest = Arc::new(Ingest::new(events, metrics, Arc::new(opts.workspace), IngestSettings::default()));
-    let state = Arc::new(AppState { ingest, sink, requests: Mutex::new(Vec::new()) });
+    let metrics = Arc::new(metrics);
+    let workspace = Arc::new(opts.workspace);
+    let ingest = Arc::new(Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default()));
+    let profile_api = ProfileApi::new(
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        workspace.clone(),
+    );
+    let state = Arc::new(AppState { ingest, profiles: profile_api, sink, requests: Mutex::new(Vec::new()) });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    // The events queue's consumer: the sink for now (the stitch function replaces it).
+    // events → stitch → delivery.
+    let stitch = Stitch::new(
+        profiles,
+        open_queue(DELIVERY_QUEUE, delivery_options())?,
+        metrics.clone(),
+        workspace.clone(),
+        StitchSettings::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("workspace identity rules: {e}"))?;
+    let stitch = Arc::new(stitch);
+    let handler: SqsHandler = Arc::new(move |event| {
+        let s = stitch.clone();
+        Box::pin(async move { Ok(s.handle(event).await) })
+    });
+    tasks.push(tokio::spawn(run_trigger(
+        open_queue(EVENTS_QUEUE, events_options())?,
+        handler,
+        TriggerSettings::for_queue(EVENTS_QUEUE),
+        shutdown_rx.clone(),
+    )));
+
+    // The delivery queue's consumer: the sink for now (the deliver function replaces it).
     let sink_table = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
     let sink_table = Arc::new(sink_table);
     let handler: SqsHandler = Arc::new(move |event| {
         let t = sink_table.clone();
         Box::pin(async move { Ok(sink_handler(&*t, event).await) })
     });
-    let consumer_queue =
-        open_queue(EVENTS_QUEUE, QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) })?;
     tasks.push(tokio::spawn(run_trigger(
-        consumer_queue,
+        open_queue(DELIVERY_QUEUE, delivery_options())?,
         handler,
-        TriggerSettings::for_queue(EVENTS_QUEUE),
+        TriggerSettings::for_queue(DELIVERY_QUEUE),
         shutdown_rx.clone(),
     )));
 
@@ -499,6 +546,10 @@ async fn front<M: MetricsSink + 'static>(
                 return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
         };
+    // The routes API Gateway sends to the profile API; everything else is the tracking API's.
+    if parts.uri.path().starts_with("/v1/profiles/") {
+        return http_response(state.profiles.handle(event).await);
+    }
     let resp = state.ingest.handle(event).await;
     if parts.uri.path().contains("/v1/") {
         let h = |n: http::header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -23,37 +23,7 @@ use tributary_core::ports::{OutgoingMessage, Queue, MAX_SEND_BATCH};
 /// 256 KiB keeps a message to 4 chunks and under the Lambda async payload limit with room to spare.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
-/// Where metric lines go: stdout on Lambda (CloudWatch EMF), elsewhere in tests and the local runtime.
-pub trait MetricsSink: Send + Sync {
-    fn emit(&self, line: String);
-}
-
-/// Prints EMF lines to stdout, which Lambda ships to CloudWatch Logs.
-pub struct StdoutMetrics;
-
-impl MetricsSink for StdoutMetrics {
-    fn emit(&self, line: String) {
-        println!("{line}");
-    }
-}
-
-/// Keeps the lines in memory (tests, local runtime).
-#[derive(Default)]
-pub struct MemoryMetrics(pub Mutex<Vec<String>>);
-
-impl MetricsSink for MemoryMetrics {
-    fn emit(&self, line: String) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(line);
-        }
-    }
-}
-
-impl<T: MetricsSink + ?Sized> MetricsSink for Arc<T> {
-    fn emit(&self, line: String) {
-        (**self).emit(line)
-    }
-}
+pub use tributary_core::metrics::{MemoryMetrics, MetricsSink, StdoutMetrics};
 
 /// Tunables of the handler that are not part of the workspace file.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 pub mod identifier;
 pub mod model;
+pub mod plan;
 pub mod rules;
 
 pub use identifier::{extract, ExtractOptions, Extracted, IdType, Identifier, InvalidIdType, RejectReason};

@@ -1,0 +1,461 @@
+//! What DynamoDB bills, estimated from the requests the adapter sends and the items it gets back, so that a
+//! benchmark can put a price on an event without a real AWS account. Pure functions plus one counter ([`Meter`]);
+//! [`DynamoTable`](crate::DynamoTable) feeds it and hands out [`Usage`] snapshots.
+//!
+//! # Item size (AWS, "DynamoDB item sizes and formats", `CapacityUnitCalculations.html`)
+//!
+//! An item's size is the sum over its attributes of the UTF-8 length of the name plus the size of the value. The
+//! adapter stores `pk`, `sk`, `v` and (when set) `ttl` as ordinary attributes, so they count like any other.
+//!
+//! | type | size of the value |
+//! |---|---|
+//! | S | UTF-8 bytes |
+//! | N | see below |
+//! | B | raw bytes (not the base64 on the wire) |
+//! | BOOL, NULL | 1 |
+//! | L | 3 + Σ (element + 1) |
+//! | M | 3 + Σ (UTF-8 length of the key + value + 1) |
+//! | SS, NS, BS | Σ element sizes (AWS documents no overhead; the adapter never writes sets) |
+//!
+//! Numbers: AWS only says "up to 38 significant digits … approximately 1 byte per two significant digits, plus 1
+//! byte". The exact rule implemented here is the one measured against DynamoDB by Zac Charles's calculator
+//! (github.com/zaccharles/dynamodb-calculator), which matches a base-100 encoding: the significant digits are
+//! grouped in pairs aligned on the decimal point (`12.5` is `12|50`, two pairs; `120` is `1|20`, two pairs; `1500`
+//! is `15|00`, one pair once trailing zero pairs go), and the size is pairs + 1 (exponent byte) + 1 more for a
+//! negative number, at most 21; zero is 1 byte. For integers with an even number of significant digits, and for
+//! every number in the adapter's own `v` and `ttl`, this is exactly AWS's "digits / 2 + 1".
+//!
+//! # Units (AWS, "DynamoDB read and write operations", and the transactions guide)
+//!
+//! - Write: ceil(size / 1 KB) write request units per item, at least 1. PutItem on an existing item is billed on
+//!   the larger of the old and new item; the adapter does not know the old size without reading it, so it counts
+//!   the new one (an underestimate for writes that shrink an item). DeleteItem is billed on the deleted item,
+//!   which the adapter does not see either: it counts [`UNKNOWN_ITEM_BYTES`] (1 KB, the 1-unit minimum).
+//! - A failed conditional write still costs: the new item's size when an item exists, 1 unit when none does. The
+//!   adapter counts the new item's size (exact when the item existed, high by the difference when it did not).
+//! - TransactWriteItems: 2 × the write units of every item in it (prepare + commit), ConditionCheck items
+//!   included. Checks and deletes are sized at [`UNKNOWN_ITEM_BYTES`] for the reason above. AWS does not document
+//!   what a transaction cancelled by a condition costs; the adapter counts it like a committed one (an upper
+//!   bound). Cancellations for other reasons and every other error (throttling, validation, network) are not
+//!   counted: DynamoDB does not bill requests it rejects.
+//! - Reads: ceil(bytes / 4 KB) read request units, halved for eventually consistent reads, at least 1 (0.5); a
+//!   GetItem that finds nothing still costs the minimum. Query sums the sizes of the items one call returns
+//!   before rounding (items the adapter then drops as expired are read, hence billed, too).
+//!
+//! When DynamoDB answers with `ConsumedCapacity` (the adapter always asks for `TOTAL`), that figure is kept
+//! beside the estimate, in [`Usage::reported_rcu`] and [`Usage::reported_wcu`], so the two can be compared.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ConsumedCapacity};
+
+/// One write request unit covers this much of an item.
+pub(crate) const WRITE_UNIT_BYTES: u64 = 1024;
+/// One (strongly consistent) read request unit covers this much.
+pub(crate) const READ_UNIT_BYTES: u64 = 4096;
+/// Size assumed for an item the adapter never sees (deleted or condition-checked): the 1-unit minimum.
+pub(crate) const UNKNOWN_ITEM_BYTES: u64 = 1024;
+/// Overhead of a List or Map, whatever it holds.
+const DOCUMENT_BYTES: u64 = 3;
+/// Overhead of each element of a List or Map.
+const ELEMENT_BYTES: u64 = 1;
+/// The largest number DynamoDB stores (38 significant digits, misaligned, negative) takes this much.
+const MAX_NUMBER_BYTES: u64 = 21;
+
+fn len(s: &str) -> u64 {
+    s.len() as u64
+}
+
+/// The billed size of an item, in bytes.
+pub(crate) fn item_size(item: &HashMap<String, AttributeValue>) -> u64 {
+    item.iter().map(|(name, value)| len(name) + value_size(value)).sum()
+}
+
+/// The billed size of one attribute value, without its name.
+pub(crate) fn value_size(value: &AttributeValue) -> u64 {
+    match value {
+        AttributeValue::S(s) => len(s),
+        AttributeValue::N(n) => number_size(n),
+        AttributeValue::B(b) => b.as_ref().len() as u64,
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::L(l) => DOCUMENT_BYTES + l.iter().map(|v| value_size(v) + ELEMENT_BYTES).sum::<u64>(),
+        AttributeValue::M(m) => {
+            DOCUMENT_BYTES + m.iter().map(|(k, v)| len(k) + value_size(v) + ELEMENT_BYTES).sum::<u64>()
+        }
+        AttributeValue::Ss(ss) => ss.iter().map(|s| len(s)).sum(),
+        AttributeValue::Ns(ns) => ns.iter().map(|n| number_size(n)).sum(),
+        AttributeValue::Bs(bs) => bs.iter().map(|b| b.as_ref().len() as u64).sum(),
+        // A type newer than this SDK: nothing to measure it by.
+        _ => 0,
+    }
+}
+
+/// The billed size of a DynamoDB number (`-12.50E+3` and the like): see the module documentation. A string that
+/// is not a number (DynamoDB refuses those) counts as the largest number, so that nothing is undercounted.
+pub(crate) fn number_size(n: &str) -> u64 {
+    let n = n.trim();
+    let (negative, n) = match n.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, n.strip_prefix('+').unwrap_or(n)),
+    };
+    let (mantissa, exponent) = match n.split_once(['e', 'E']) {
+        Some((m, e)) => match e.parse::<i64>() {
+            Ok(e) => (m, e),
+            Err(_) => return MAX_NUMBER_BYTES,
+        },
+        None => (n, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (int.is_empty() && frac.is_empty()) || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return MAX_NUMBER_BYTES;
+    }
+    // value = digits × 10^power, with `digits` free of leading and trailing zeros.
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let significant = digits.trim_end_matches('0');
+    if significant.is_empty() {
+        return 1; // zero, signed or not
+    }
+    let power = exponent.saturating_sub(len(frac) as i64).saturating_add((digits.len() - significant.len()) as i64);
+    let lowest = power;
+    let highest = power.saturating_add(significant.len() as i64 - 1);
+    // Base-100 digits: decimal positions 2k and 2k+1 share a byte.
+    let pairs = (highest.div_euclid(2) - lowest.div_euclid(2) + 1) as u64;
+    (pairs + 1 + u64::from(negative)).min(MAX_NUMBER_BYTES)
+}
+
+/// Write request units for one non-transactional write of an item of `item_bytes`.
+pub(crate) fn write_units(item_bytes: u64) -> u64 {
+    item_bytes.div_ceil(WRITE_UNIT_BYTES).max(1)
+}
+
+/// Write request units for one item of a TransactWriteItems call (prepare and commit).
+pub(crate) fn transact_write_units(item_bytes: u64) -> u64 {
+    2 * write_units(item_bytes)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Consistency {
+    Strong,
+    Eventual,
+}
+
+impl Consistency {
+    /// The mode a request's `ConsistentRead` flag asks for (DynamoDB's default is eventual).
+    pub(crate) fn of(consistent_read: bool) -> Self {
+        if consistent_read {
+            Consistency::Strong
+        } else {
+            Consistency::Eventual
+        }
+    }
+}
+
+/// Read request units, in halves (so that they add up exactly), for one GetItem or Query call that read
+/// `total_bytes` (the sum over the items it returned).
+pub(crate) fn read_half_units(total_bytes: u64, consistency: Consistency) -> u64 {
+    let units = total_bytes.div_ceil(READ_UNIT_BYTES).max(1);
+    match consistency {
+        Consistency::Strong => 2 * units,
+        Consistency::Eventual => units,
+    }
+}
+
+/// What a [`DynamoTable`](crate::DynamoTable) and its clones have asked of DynamoDB since it was built or last
+/// reset: request counts, the estimated request units (module documentation of `billing.rs` for the rules) and
+/// what DynamoDB itself reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// GetItem and Query calls (one `query` may make several Query calls).
+    pub requests_read: u64,
+    /// PutItem and DeleteItem calls, failed conditional ones included.
+    pub requests_write: u64,
+    /// TransactWriteItems calls, committed or cancelled by a condition.
+    pub requests_transact: u64,
+    /// Estimated read request units (a multiple of 0.5).
+    pub rru: f64,
+    /// Estimated write request units, transactional ones included (each counted twice, as DynamoDB does).
+    pub wru: u64,
+    /// Operations in those transactions, condition checks included.
+    pub transact_items: u64,
+    /// Read units DynamoDB reported in `ConsumedCapacity`, over the responses that carried one.
+    pub reported_rcu: f64,
+    /// Write units DynamoDB reported in `ConsumedCapacity`, over the responses that carried one.
+    pub reported_wcu: f64,
+    /// Responses that carried a `ConsumedCapacity`; the reported figures only cover these.
+    pub requests_reported: u64,
+}
+
+impl Usage {
+    /// DynamoDB on-demand list price per million write request units, us-east-1, after the November 2024 cut
+    /// (../shared/reference/perf-anchors.md row 11, source S26). Re-check the AWS pricing page before budgeting.
+    pub const USD_PER_MILLION_WRU: f64 = 0.625;
+    /// DynamoDB on-demand list price per million read request units (same source as the write price).
+    pub const USD_PER_MILLION_RRU: f64 = 0.125;
+
+    /// The estimated on-demand cost in US dollars (request units only: no storage, streams or indexes).
+    pub fn dollars(&self) -> f64 {
+        (self.wru as f64 * Self::USD_PER_MILLION_WRU + self.rru * Self::USD_PER_MILLION_RRU) / 1_000_000.0
+    }
+}
+
+/// The running totals; read units in halves so that they add up exactly.
+#[derive(Debug, Default)]
+struct Tally {
+    requests_read: u64,
+    requests_write: u64,
+    requests_transact: u64,
+    rru_halves: u64,
+    wru: u64,
+    transact_items: u64,
+    reported_rcu: f64,
+    reported_wcu: f64,
+    requests_reported: u64,
+}
+
+/// The shared counter behind [`Usage`]. A mutex rather than atomics: one update touches several fields, and a
+/// snapshot must not see half of it.
+#[derive(Debug, Default)]
+pub(crate) struct Meter(Mutex<Tally>);
+
+impl Meter {
+    fn update(&self, f: impl FnOnce(&mut Tally)) {
+        // A panic elsewhere while holding the lock leaves plain numbers behind, still worth counting on.
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// One GetItem or Query call that returned items totalling `bytes`.
+    pub(crate) fn read(&self, bytes: u64, consistency: Consistency, reported: Option<&ConsumedCapacity>) {
+        let reported = reported.and_then(|c| c.read_capacity_units().or(c.capacity_units()));
+        self.update(|t| {
+            t.requests_read += 1;
+            t.rru_halves += read_half_units(bytes, consistency);
+            if let Some(units) = reported {
+                t.reported_rcu += units;
+                t.requests_reported += 1;
+            }
+        });
+    }
+
+    /// One PutItem or DeleteItem call on an item of `item_bytes`.
+    pub(crate) fn write(&self, item_bytes: u64, reported: Option<&ConsumedCapacity>) {
+        let reported = reported.and_then(|c| c.write_capacity_units().or(c.capacity_units()));
+        self.update(|t| {
+            t.requests_write += 1;
+            t.wru += write_units(item_bytes);
+            if let Some(units) = reported {
+                t.reported_wcu += units;
+                t.requests_reported += 1;
+            }
+        });
+    }
+
+    /// One TransactWriteItems call whose items are `item_bytes` (one entry per operation).
+    pub(crate) fn transact(&self, item_bytes: &[u64], reported: &[ConsumedCapacity]) {
+        let units: u64 = item_bytes.iter().map(|&b| transact_write_units(b)).sum();
+        let reported: Option<f64> = reported
+            .iter()
+            .filter_map(|c| c.write_capacity_units().or(c.capacity_units()))
+            .fold(None, |sum, u| Some(sum.unwrap_or(0.0) + u));
+        self.update(|t| {
+            t.requests_transact += 1;
+            t.transact_items += item_bytes.len() as u64;
+            t.wru += units;
+            if let Some(units) = reported {
+                t.reported_wcu += units;
+                t.requests_reported += 1;
+            }
+        });
+    }
+
+    pub(crate) fn usage(&self) -> Usage {
+        let t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Usage {
+            requests_read: t.requests_read,
+            requests_write: t.requests_write,
+            requests_transact: t.requests_transact,
+            rru: t.rru_halves as f64 / 2.0,
+            wru: t.wru,
+            transact_items: t.transact_items,
+            reported_rcu: t.reported_rcu,
+            reported_wcu: t.reported_wcu,
+            requests_reported: t.requests_reported,
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.update(|t| *t = Tally::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::primitives::Blob;
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.to_owned())
+    }
+
+    fn n(v: &str) -> AttributeValue {
+        AttributeValue::N(v.to_owned())
+    }
+
+    fn item(attrs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
+        attrs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    }
+
+    #[test]
+    fn strings_count_utf8_bytes_of_name_and_value() {
+        assert_eq!(value_size(&s("")), 0);
+        assert_eq!(value_size(&s("Ann")), 3);
+        assert_eq!(value_size(&s("Grüße")), 7);
+        assert_eq!(item_size(&item(&[("name", s("Ann"))])), 7);
+        assert_eq!(item_size(&item(&[("größe", s("x"))])), 8);
+    }
+
+    #[test]
+    fn numbers_take_a_byte_per_base_100_digit_plus_one() {
+        for (number, bytes) in [
+            ("0", 1),
+            ("-0", 1),
+            ("0.000", 1),
+            ("1", 2),
+            ("7", 2),
+            ("12", 2),
+            ("99", 2),
+            ("100", 2),
+            ("1E+2", 2),
+            ("1500", 2),
+            ("1.5e3", 2),
+            ("101", 3),
+            ("120", 3),  // 1|20
+            ("12.5", 3), // 12|50
+            ("0.5", 2),
+            ("0.05", 2),
+            ("0.005", 2), // 00|50 → one pair after the leading zero pair
+            ("00012", 2),
+            ("12.50", 3),
+            ("1700000000", 2), // a ttl: 17|00|00|00|00
+            ("1099511627776", 8),
+            ("18446744073709551615", 11),
+            ("-1", 3),
+            ("-12.5", 4),
+            ("-1E-130", 3),
+            ("+42", 2),
+            ("12345678901234567890123456789012345678", 20),
+            ("-12345678901234567890123456789012345678", 21),
+            ("-1.2345678901234567890123456789012345678", 21), // 22 by the rule, capped
+            ("abc", MAX_NUMBER_BYTES),
+            ("1e", MAX_NUMBER_BYTES),
+            ("", MAX_NUMBER_BYTES),
+        ] {
+            assert_eq!(number_size(number), bytes, "{number}");
+        }
+        // AWS's approximation, digits / 2 + 1, agrees wherever pairs and digits line up.
+        assert_eq!(item_size(&item(&[("v", n("1"))])), 3);
+        assert_eq!(item_size(&item(&[("ttl", n("1700000000"))])), 5);
+    }
+
+    #[test]
+    fn binary_counts_raw_bytes_and_scalars_one_byte() {
+        assert_eq!(value_size(&AttributeValue::B(Blob::new(vec![0u8; 10]))), 10);
+        assert_eq!(item_size(&item(&[("b", AttributeValue::B(Blob::new(b"abc".to_vec())))])), 4);
+        assert_eq!(item_size(&item(&[("ok", AttributeValue::Bool(true))])), 3);
+        assert_eq!(item_size(&item(&[("gone", AttributeValue::Null(true))])), 5);
+    }
+
+    #[test]
+    fn lists_and_maps_cost_three_bytes_plus_one_per_element() {
+        assert_eq!(value_size(&AttributeValue::L(vec![])), 3);
+        assert_eq!(value_size(&AttributeValue::M(HashMap::new())), 3);
+        // 3 + ("a" 1 + 1) + ("b" 1 + 1)
+        assert_eq!(value_size(&AttributeValue::L(vec![s("a"), s("b")])), 7);
+        // 3 + (key "k" 1 + null 1 + 1)
+        assert_eq!(value_size(&AttributeValue::M(item(&[("k", AttributeValue::Null(true))]))), 6);
+        // 3 + (key "l" 1 + [3 + (7 (2 bytes) + 1)] + 1)
+        let nested = AttributeValue::M(item(&[("l", AttributeValue::L(vec![n("7")]))]));
+        assert_eq!(value_size(&nested), 3 + 1 + (3 + 2 + 1) + 1);
+        assert_eq!(item_size(&item(&[("tags", AttributeValue::L(vec![s("a"), s("b")]))])), 4 + 7);
+    }
+
+    #[test]
+    fn sets_sum_their_elements() {
+        assert_eq!(value_size(&AttributeValue::Ss(vec!["ab".into(), "c".into()])), 3);
+        assert_eq!(value_size(&AttributeValue::Ns(vec!["1".into(), "123".into()])), 2 + 3);
+        assert_eq!(value_size(&AttributeValue::Bs(vec![Blob::new(vec![1, 2]), Blob::new(vec![3])])), 3);
+    }
+
+    #[test]
+    fn writes_round_up_to_1_kb_and_transactions_double() {
+        assert_eq!(write_units(0), 1);
+        assert_eq!(write_units(1), 1);
+        assert_eq!(write_units(1024), 1);
+        assert_eq!(write_units(1025), 2);
+        assert_eq!(write_units(400 * 1024), 400);
+        assert_eq!(transact_write_units(1025), 4);
+        assert_eq!(transact_write_units(UNKNOWN_ITEM_BYTES), 2);
+        assert_eq!(transact_write_units(10), 2);
+    }
+
+    #[test]
+    fn reads_round_up_to_4_kb_and_eventual_reads_halve() {
+        let rru = |bytes, c| read_half_units(bytes, c) as f64 / 2.0;
+        assert_eq!(rru(4096, Consistency::Eventual), 0.5);
+        assert_eq!(rru(4096, Consistency::Strong), 1.0);
+        assert_eq!(rru(4097, Consistency::Eventual), 1.0);
+        assert_eq!(rru(4097, Consistency::Strong), 2.0);
+        assert_eq!(rru(10 * 1024, Consistency::Strong), 3.0);
+        // Nothing found still costs the minimum.
+        assert_eq!(rru(0, Consistency::Strong), 1.0);
+        assert_eq!(rru(0, Consistency::Eventual), 0.5);
+        // A Query sums before rounding: three 1,500-byte items are 4,500 bytes, 2 units (not 3).
+        assert_eq!(rru(3 * 1500, Consistency::Strong), 2.0);
+        assert_eq!(Consistency::of(true), Consistency::Strong);
+        assert_eq!(Consistency::of(false), Consistency::Eventual);
+    }
+
+    #[test]
+    fn meter_counts_estimates_and_reports_apart() {
+        let m = Meter::default();
+        let reported = |read: Option<f64>, write: Option<f64>, total: f64| {
+            ConsumedCapacity::builder()
+                .set_read_capacity_units(read)
+                .set_write_capacity_units(write)
+                .capacity_units(total)
+                .build()
+        };
+        m.read(1025, Consistency::Strong, Some(&reported(Some(1.0), None, 1.0)));
+        m.read(4097, Consistency::Eventual, None);
+        m.write(1025, Some(&reported(None, None, 2.0)));
+        m.transact(&[1025, 10, UNKNOWN_ITEM_BYTES], &[]);
+        m.transact(&[10], &[reported(None, Some(2.0), 2.0)]);
+        let u = m.usage();
+        assert_eq!(
+            u,
+            Usage {
+                requests_read: 2,
+                requests_write: 1,
+                requests_transact: 2,
+                rru: 2.0,
+                wru: 2 + (4 + 2 + 2) + 2,
+                transact_items: 4,
+                reported_rcu: 1.0,
+                reported_wcu: 4.0,
+                requests_reported: 3,
+            }
+        );
+        m.reset();
+        assert_eq!(m.usage(), Usage::default());
+    }
+
+    #[test]
+    fn dollars_use_on_demand_list_prices() {
+        let million_each = Usage { wru: 1_000_000, rru: 1_000_000.0, ..Usage::default() };
+        assert!((million_each.dollars() - 0.75).abs() < 1e-12);
+        let u = Usage { wru: 2, rru: 0.5, ..Usage::default() };
+        assert!((u.dollars() - (2.0 * 0.625 + 0.5 * 0.125) / 1e6).abs() < 1e-18);
+        assert_eq!(Usage::default().dollars(), 0.0);
+    }
+}

@@ -1,0 +1,476 @@
+//! The profile API handler over an in-memory table seeded with the layout helpers: a profile with a merged one,
+//! looked up every way, paged, and refused every way, with no identifier value ever echoed in an error.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use serde_json::{json, Map, Value};
+use tributary_core::config::{DataPartyClass, WorkspaceConfig};
+use tributary_core::identity::{IdType, Identifier};
+use tributary_core::ports::{Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp};
+use tributary_core::profile::layout;
+use tributary_core::profile::{ConsentEntry, EventRow, LedgerOp, LedgerRow, ProfileDoc, Stamp, TraitEntry};
+use tributary_profile_api::ProfileApi;
+
+const READER_KEY: &str = "reader-secret-key";
+const ADMIN_KEY: &str = "admin-secret-key";
+const DSR_KEY: &str = "dsr-secret-key";
+const ROOT: &str = "prof_root0000000000000000001";
+const LOSER: &str = "prof_loser000000000000000002";
+const T0: i64 = 1_741_608_000_000; // 2025-03-10T12:00:00Z
+
+/// A table in a `BTreeMap`, honouring `query`'s prefix, `start_after` and `limit`; can be made to fail. Clones
+/// share the data, so a test keeps a handle on the table it gave the handler.
+#[derive(Default, Clone)]
+struct MemTable {
+    items: Arc<Mutex<BTreeMap<ItemKey, Item>>>,
+    fail: Arc<Mutex<Option<PortError>>>,
+}
+
+impl MemTable {
+    fn put(&self, key: ItemKey, attrs: Map<String, Value>) {
+        let item = Item { key: key.clone(), attrs, version: 1, expires_at: None };
+        self.items.lock().unwrap().insert(key, item);
+    }
+
+    fn check(&self) -> Result<(), PortError> {
+        match self.fail.lock().unwrap().clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TableStore for MemTable {
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        self.check()?;
+        Ok(self.items.lock().unwrap().get(key).cloned())
+    }
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<QueryPage, PortError> {
+        self.check()?;
+        let map = self.items.lock().unwrap();
+        let mut items: Vec<Item> = map
+            .range(ItemKey::new(pk, sk_prefix)..)
+            .take_while(|(k, _)| k.pk == pk && k.sk.starts_with(sk_prefix))
+            .filter(|(k, _)| start_after.is_none_or(|a| k.sk.as_str() > a))
+            .map(|(_, v)| v.clone())
+            .take(limit + 1)
+            .collect();
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| i.key.sk.clone())
+        } else {
+            None
+        };
+        Ok(QueryPage { items, next })
+    }
+    async fn transact(&self, _: Vec<WriteOp>) -> Result<(), TransactError> {
+        Err(PortError::Invalid("read-only test table".into()).into())
+    }
+    async fn write(&self, _: WriteOp) -> Result<(), PortError> {
+        Err(PortError::Invalid("read-only test table".into()))
+    }
+}
+
+fn workspace() -> WorkspaceConfig {
+    let sha = |k: &str| tributary_core::sha256_hex(k.as_bytes());
+    let text = format!(
+        "workspace: test\n\
+         management_keys:\n\
+         \x20 - {{id: reader, key_sha256: {}, scopes: [\"profiles:read\"]}}\n\
+         \x20 - {{id: admin, key_sha256: {}, scopes: [admin]}}\n\
+         \x20 - {{id: dsr, key_sha256: {}, scopes: [dsr]}}\n\
+         profiles:\n\
+         \x20 default_country_code: \"44\"\n",
+        sha(READER_KEY),
+        sha(ADMIN_KEY),
+        sha(DSR_KEY)
+    );
+    tributary_core::config::load(&text).expect("test workspace is valid")
+}
+
+fn id(kind: IdType, raw: &str) -> Identifier {
+    Identifier::new(kind, raw, None).unwrap()
+}
+
+fn ledger(table: &MemTable, profile: &str, op: LedgerOp, message_id: &str, at: i64, n: usize) {
+    let row =
+        LedgerRow { op, source: "web".into(), message_id: message_id.into(), rule: "test".into(), event_ts: at, at };
+    let hash = layout::message_hash("web", message_id);
+    table.put(ItemKey::new(layout::profile_pk(profile), layout::ledger_sk(at, &hash, n)), row.to_attrs());
+}
+
+fn link(table: &MemTable, profile: &str, identifier: &Identifier, message_id: &str, at: i64) {
+    table.put(layout::identity_key(identifier), layout::identity_attrs(identifier, profile));
+    let op = LedgerOp::Link { kind: identifier.kind.name().into_owned(), value: identifier.value.clone() };
+    ledger(table, profile, op, message_id, at, 0);
+}
+
+fn event(table: &MemTable, profile: &str, message_id: &str, ts: i64) {
+    let row = EventRow {
+        source: "web".into(),
+        message_id: message_id.into(),
+        kind: "track".into(),
+        name: Some("Song Played".into()),
+        ts,
+        received: ts + 250,
+        event: json!({"type": "track", "event": "Song Played", "messageId": message_id}),
+        truncated: false,
+    };
+    let hash = layout::message_hash("web", message_id);
+    table.put(ItemKey::new(layout::profile_pk(profile), layout::event_sk(ts, &hash)), row.to_attrs());
+}
+
+/// Ann's profile: the root (user id, email, phone, traits, consent) and a merged anonymous profile (anonymous id,
+/// device id), with events on both partitions.
+fn seeded() -> MemTable {
+    let table = MemTable::default();
+    let mut root = ProfileDoc { created_at: T0, members: vec![LOSER.into()], events: 6, ..Default::default() };
+    root.first_seen = T0;
+    root.last_seen = T0 + 6_000;
+    root.counts = BTreeMap::from([("user_id".into(), 1), ("email".into(), 1), ("anonymous_id".into(), 1)]);
+    root.traits.insert(
+        "plan".into(),
+        TraitEntry {
+            value: json!("pro"),
+            at: Stamp { ts: T0 + 3_000, received: T0 + 3_100, source: "web".into(), message_id: "m-plan".into() },
+            class: DataPartyClass::FirstParty,
+            set_once: false,
+        },
+    );
+    root.traits.insert(
+        "signup_channel".into(),
+        TraitEntry {
+            value: json!("ads"),
+            at: Stamp { ts: T0 + 1_000, received: T0 + 1_100, source: "crm".into(), message_id: "m-sc".into() },
+            class: DataPartyClass::SecondParty,
+            set_once: true,
+        },
+    );
+    root.consent.insert(
+        "marketing".into(),
+        ConsentEntry {
+            granted: false,
+            at: Stamp { ts: T0 + 5_000, received: T0 + 5_100, source: "web".into(), message_id: "m-c".into() },
+        },
+    );
+    table.put(layout::profile_key(ROOT), root.to_attrs());
+    let loser = ProfileDoc { created_at: T0 + 500, merged_into: Some(ROOT.into()), ..Default::default() };
+    table.put(layout::profile_key(LOSER), loser.to_attrs());
+
+    ledger(&table, ROOT, LedgerOp::Create, "m1", T0, 1);
+    link(&table, ROOT, &id(IdType::UserId, "u-42"), "m1", T0);
+    link(&table, LOSER, &id(IdType::AnonymousId, "anon-9"), "m2", T0 + 500);
+    link(&table, LOSER, &id(IdType::Email, "ann+news@example.com"), "m2", T0 + 501);
+    link(&table, ROOT, &id(IdType::Phone, "+447700900123"), "m3", T0 + 2_000);
+    let merge = LedgerOp::Merge { loser: LOSER.into(), via_kind: "email".into(), via_hash: "ab".repeat(32) };
+    ledger(&table, ROOT, merge, "m4", T0 + 4_000, 1);
+    ledger(&table, LOSER, LedgerOp::MergedInto { survivor: ROOT.into() }, "m4", T0 + 4_000, 2);
+    for (profile, message_id, ts) in [
+        (ROOT, "e1", T0 + 1_000),
+        (LOSER, "e2", T0 + 2_000),
+        (ROOT, "e3", T0 + 3_000),
+        (LOSER, "e4", T0 + 4_000),
+        (ROOT, "e5", T0 + 5_000),
+    ] {
+        event(&table, profile, message_id, ts);
+    }
+    table
+}
+
+fn api(table: MemTable) -> ProfileApi<MemTable> {
+    ProfileApi::new(table, Arc::new(workspace()))
+}
+
+/// An API Gateway HTTP API (payload 2.0) event, shaped like `events/apigw/*.json`.
+fn request(method: &str, raw_path: &str, query: &str, auth: Option<&str>) -> ApiGatewayV2httpRequest {
+    let mut headers = json!({"host": "abc123.execute-api.us-east-1.amazonaws.com", "user-agent": "curl/8.5.0"});
+    if let Some(a) = auth {
+        headers["authorization"] = json!(a);
+    }
+    serde_json::from_value(json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": "198.51.100.23",
+                     "userAgent": "curl/8.5.0"},
+            "requestId": "JKJaXmPLvHcESHA=",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "10/Mar/2025:12:00:00 +0000",
+            "timeEpoch": 1741608000000u64
+        },
+        "isBase64Encoded": false
+    }))
+    .expect("valid API Gateway v2 event")
+}
+
+fn get(path: &str) -> ApiGatewayV2httpRequest {
+    request("GET", path, "", Some(&format!("Bearer {READER_KEY}")))
+}
+
+fn body_json(resp: &ApiGatewayV2httpResponse) -> Value {
+    match &resp.body {
+        Some(Body::Text(t)) => serde_json::from_str(t).expect("JSON body"),
+        other => panic!("unexpected body {other:?}"),
+    }
+}
+
+fn body_text(resp: &ApiGatewayV2httpResponse) -> &str {
+    match &resp.body {
+        Some(Body::Text(t)) => t,
+        _ => "",
+    }
+}
+
+/// Asserts an error answer: status, JSON `{"code","message"}`, and none of `secrets` in it.
+fn assert_error(resp: &ApiGatewayV2httpResponse, status: i64, code: &str, secrets: &[&str]) {
+    let body = body_json(resp);
+    assert_eq!(resp.status_code, status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+    assert_eq!(resp.headers.get("content-type").unwrap(), "application/json");
+    for s in secrets {
+        assert!(!body_text(resp).to_lowercase().contains(&s.to_lowercase()), "{body} echoes {s:?}");
+    }
+}
+
+#[tokio::test]
+async fn profile_lists_identities_of_both_merged_profiles_and_traits_with_provenance() {
+    let api = api(seeded());
+    let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(resp.headers.get("cache-control").unwrap(), "no-store");
+    let v = body_json(&resp);
+    assert_eq!(v["profile_id"], ROOT);
+    assert!(v.get("requested_profile_id").is_none());
+    assert_eq!(v["merged_profiles"], json!([LOSER]));
+    let ids: Vec<(&str, &str, &str)> = v["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["type"].as_str().unwrap(), i["value"].as_str().unwrap(), i["linked_to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("anonymous_id", "anon-9", LOSER),
+            ("email", "ann+news@example.com", LOSER),
+            ("phone", "+447700900123", ROOT),
+            ("user_id", "u-42", ROOT),
+        ]
+    );
+    assert_eq!(v["identities"][3]["linked_at"], "2025-03-10T12:00:00Z");
+    assert_eq!(v["identities"][3]["source"], "web");
+    assert_eq!(v["identities"][3]["message_id"], "m1");
+    assert_eq!(
+        v["traits"]["plan"],
+        json!({
+            "value": "pro",
+            "event_time": "2025-03-10T12:00:03Z",
+            "received_at": "2025-03-10T12:00:03.1Z",
+            "source": "web",
+            "message_id": "m-plan",
+            "class": "1P",
+            "set_once": false
+        })
+    );
+    assert_eq!(v["traits"]["signup_channel"]["class"], "2P");
+    assert_eq!(v["traits"]["signup_channel"]["set_once"], true);
+    assert_eq!(
+        v["consent"]["marketing"],
+        json!({"granted": false, "event_time": "2025-03-10T12:00:05Z", "source": "web"})
+    );
+    assert_eq!(v["merges"].as_array().unwrap().len(), 1);
+    assert_eq!(v["merges"][0]["loser"], LOSER);
+    assert_eq!(v["merges"][0]["into"], ROOT);
+    assert_eq!(v["merges"][0]["via"], "email");
+    assert_eq!(v["merges"][0]["at"], "2025-03-10T12:00:04Z");
+    assert_eq!(v["event_count"], 6);
+    assert_eq!(v["first_seen"], "2025-03-10T12:00:00Z");
+    assert_eq!(v["counts"]["email"], 1);
+    assert_eq!(v["audiences"], json!([]));
+    assert_eq!(v["overflow"], json!({"traits": 0, "merges": 0, "identities": 0, "history": 0}));
+}
+
+#[tokio::test]
+async fn every_spelling_of_an_identifier_finds_the_root() {
+    let api = api(seeded());
+    for path in [
+        // Percent-encoded, other case, spaces around: normalized as ingest does.
+        "/v1/profiles/email:ANN%2BNews%40Example.COM",
+        "/v1/profiles/email:%20Ann%2Bnews@example.com%20",
+        // HTTP APIs may hand over `rawPath` decoded: a literal `+` is not a space in a path.
+        "/v1/profiles/email:ann+news@example.com",
+        // A stage prefix.
+        "/prod/v1/profiles/anonymous_id:anon-9",
+        // A national phone number, with the workspace's default country code.
+        "/v1/profiles/phone:07700%20900123",
+        "/v1/profiles/phone:+44%207700%20900123/",
+    ] {
+        let resp = api.handle(get(path)).await;
+        assert_eq!(resp.status_code, 200, "{path}: {}", body_text(&resp));
+        assert_eq!(body_json(&resp)["profile_id"], ROOT, "{path}");
+    }
+    // Hashed forms match only what was linked in hashed form (none here).
+    let hashed = tributary_core::sha256_hex(b"ann+news@example.com");
+    let resp = api.handle(get(&format!("/v1/profiles/email_sha256:{hashed}"))).await;
+    assert_error(&resp, 404, "profile_not_found", &[&hashed]);
+}
+
+#[tokio::test]
+async fn a_merged_profile_id_gives_the_root() {
+    let api = api(seeded());
+    let resp = api.handle(get(&format!("/v1/profiles/profile_id:{LOSER}"))).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    let v = body_json(&resp);
+    assert_eq!(v["profile_id"], ROOT);
+    assert_eq!(v["requested_profile_id"], LOSER);
+    assert_eq!(v["identities"].as_array().unwrap().len(), 4);
+
+    let resp = api.handle(get(&format!("/v1/profiles/profile_id:{ROOT}"))).await;
+    assert_eq!(body_json(&resp)["profile_id"], ROOT);
+}
+
+#[tokio::test]
+async fn events_page_newest_first_across_merged_profiles() {
+    let api = api(seeded());
+    let auth = format!("Bearer {READER_KEY}");
+    let mut seen = Vec::new();
+    let mut query = "limit=2".to_string();
+    for _ in 0..10 {
+        let resp =
+            api.handle(request("GET", "/v1/profiles/email:ann%2Bnews%40example.com/events", &query, Some(&auth))).await;
+        assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+        let page = body_json(&resp);
+        let events = page["events"].as_array().unwrap();
+        assert!(events.len() <= 2);
+        for e in events {
+            assert_eq!(e["type"], "track");
+            assert_eq!(e["event"]["event"], "Song Played");
+            seen.push(e["message_id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            // Cursors hold `#`, which a client percent-encodes.
+            Some(next) => query = format!("limit=2&cursor={}", next.replace('#', "%23")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["e5", "e4", "e3", "e2", "e1"]);
+
+    let resp = api.handle(get("/v1/profiles/user_id:u-42/events")).await;
+    let page = body_json(&resp);
+    assert_eq!(page["events"].as_array().unwrap().len(), 5);
+    assert_eq!(page["next"], Value::Null);
+
+    // A huge limit is clamped, not refused.
+    let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42/events", "limit=100000", Some(&auth))).await;
+    assert_eq!(resp.status_code, 200);
+
+    for (query, code) in
+        [("limit=abc", "invalid_limit"), ("limit=-1", "invalid_limit"), ("cursor=l%230", "invalid_cursor")]
+    {
+        let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42/events", query, Some(&auth))).await;
+        assert_error(&resp, 400, code, &["u-42"]);
+    }
+}
+
+#[tokio::test]
+async fn management_keys_are_checked() {
+    let api = api(seeded());
+    let path = "/v1/profiles/email:ann%2Bnews%40example.com";
+    for auth in [
+        None,
+        Some("Bearer wrong-key".to_string()),
+        Some("Bearer ".to_string()),
+        Some(format!("Basic {READER_KEY}")),
+        Some(READER_KEY.to_string()),
+    ] {
+        let resp = api.handle(request("GET", path, "", auth.as_deref())).await;
+        assert_error(&resp, 401, "unauthorized", &["ann", "news@", READER_KEY]);
+        assert_eq!(resp.headers.get("www-authenticate").unwrap(), "Bearer", "{auth:?}");
+    }
+    let resp = api.handle(request("GET", path, "", Some(&format!("Bearer {DSR_KEY}")))).await;
+    assert_error(&resp, 403, "forbidden", &["ann", "news@"]);
+    // An unauthenticated caller learns nothing about a bad lookup either.
+    let resp = api.handle(request("GET", "/v1/profiles/bogus", "", None)).await;
+    assert_error(&resp, 401, "unauthorized", &[]);
+
+    for auth in [format!("Bearer {ADMIN_KEY}"), format!("bearer  {READER_KEY} ")] {
+        let resp = api.handle(request("GET", path, "", Some(&auth))).await;
+        assert_eq!(resp.status_code, 200, "{auth}: {}", body_text(&resp));
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_codes_and_never_the_identifier() {
+    let api = api(seeded());
+    let resp = api.handle(get("/v1/profiles/email:nobody%40example.com")).await;
+    assert_error(&resp, 404, "profile_not_found", &["nobody"]);
+    let resp = api.handle(get("/v1/profiles/user_id:ghost-user/events")).await;
+    assert_error(&resp, 404, "profile_not_found", &["ghost-user"]);
+    let resp = api.handle(get("/v1/profiles/profile_id:prof_nothere")).await;
+    assert_error(&resp, 404, "profile_not_found", &["prof_nothere"]);
+
+    for (path, secret) in [
+        ("/v1/profiles/email:secret-not-an-email", "secret-not-an-email"),
+        ("/v1/profiles/emial:secret%40example.com", "secret@example.com"),
+        ("/v1/profiles/secret-no-colon", "secret-no-colon"),
+        ("/v1/profiles/phone:secret-12", "secret-12"),
+        ("/v1/profiles/email:%FF%FEsecret", "secret"),
+        ("/v1/profiles/email_sha256:secretsecret", "secretsecret"),
+        ("/v1/profiles/profile_id:secret%20id", "secret id"),
+        ("/v1/profiles/ext:*:secret-ext", "secret-ext"),
+    ] {
+        let resp = api.handle(get(path)).await;
+        assert_error(&resp, 400, "invalid_lookup", &[secret]);
+    }
+
+    for path in ["/v1/profiles", "/v1/profiles/", "/v1/track", "/", "/v2/profiles/user_id:u-42"] {
+        let resp = api.handle(get(path)).await;
+        assert_error(&resp, 404, "not_found", &[]);
+    }
+    for method in ["POST", "DELETE", "PUT", "HEAD"] {
+        let resp =
+            api.handle(request(method, "/v1/profiles/user_id:u-42", "", Some(&format!("Bearer {READER_KEY}")))).await;
+        assert_error(&resp, 405, "method_not_allowed", &["u-42"]);
+        assert_eq!(resp.headers.get("allow").unwrap(), "GET");
+    }
+}
+
+#[tokio::test]
+async fn store_failures_map_to_503_and_500() {
+    let table = seeded();
+    let api = api(table.clone());
+    *table.fail.lock().unwrap() = Some(PortError::Throttled("slow down".into()));
+    let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
+    assert_error(&resp, 503, "unavailable", &["u-42"]);
+    assert_eq!(resp.headers.get("retry-after").unwrap(), "1");
+
+    *table.fail.lock().unwrap() = Some(PortError::Invalid("bad request".into()));
+    let resp = api.handle(get("/v1/profiles/user_id:u-42/events")).await;
+    assert_error(&resp, 500, "internal", &["u-42"]);
+
+    // An undecodable document is a 500 that does not name the lookup.
+    *table.fail.lock().unwrap() = None;
+    let mut bad = Map::new();
+    bad.insert("created_at".into(), json!("not a number"));
+    table.put(layout::profile_key(ROOT), bad);
+    let resp = api.handle(get("/v1/profiles/email:ann%2Bnews%40example.com")).await;
+    assert_error(&resp, 500, "internal", &["ann"]);
+}
