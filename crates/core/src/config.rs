@@ -65,6 +65,14 @@ pub struct SourceConfig {
     /// A disabled source answers 404 `source_disabled`, as RudderStack's gateway does.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// JSON Schemas of the source's track events and identify traits, and what to do with unplanned events and
+    /// violations (allow, drop_properties, quarantine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_plan: Option<crate::governance::TrackingPlan>,
+    /// PII detection (emails, phones, cards, IBANs, national ids, IP addresses in free text), its action (allow,
+    /// hash, redact, drop_event) and allow-list minimization, applied before anything is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii: Option<crate::governance::policy::PiiPolicy>,
 }
 
 fn default_class() -> DataPartyClass {
@@ -216,48 +224,71 @@ pub fn load(text: &str) -> Result<WorkspaceConfig, Vec<ConfigError>> {
 /// Cross-field checks that the types alone cannot express.
 fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    let mut err = |needle: &str, message: String| {
-        errors.push(ConfigError { location: find_line(text, needle), message });
-    };
+    let mut err = |location: Option<(usize, usize)>, message: String| errors.push(ConfigError { location, message });
+    let line = |needle: &str| find_line(text, needle);
     let mut ids = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         if !ids.insert(s.id.as_str()) {
-            err(s.id.as_str(), format!("sources[{i}].id: duplicate source id {:?}", s.id.as_str()));
+            err(line(s.id.as_str()), format!("sources[{i}].id: duplicate source id {:?}", s.id.as_str()));
         }
         if s.write_key_sha256.is_empty() {
-            err(s.id.as_str(), format!("sources[{i}].write_key_sha256: a source needs at least one write key"));
+            err(line(s.id.as_str()), format!("sources[{i}].write_key_sha256: a source needs at least one write key"));
         }
         for (k, key) in s.write_key_sha256.iter().enumerate() {
             if !keys.insert(key.as_str()) {
-                err(key.as_str(), format!("sources[{i}].write_key_sha256[{k}]: write key used by two sources"));
+                err(line(key.as_str()), format!("sources[{i}].write_key_sha256[{k}]: write key used by two sources"));
             }
         }
         if let Err(m) = s.limits.check() {
-            err(s.id.as_str(), format!("sources[{i}].limits: {m}"));
+            err(line(s.id.as_str()), format!("sources[{i}].limits: {m}"));
         }
         if let Some(r) = s.rate_limit {
             if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) || r.burst == 0 {
-                err(s.id.as_str(), format!("sources[{i}].rate_limit: requests_per_second must be > 0 and burst ≥ 1"));
+                err(
+                    line(s.id.as_str()),
+                    format!("sources[{i}].rate_limit: requests_per_second must be > 0 and burst ≥ 1"),
+                );
             }
+        }
+        // Governance settings are found from the source's own line on, so another source's plan with the same
+        // event name is not picked; the source line itself is the fallback.
+        let in_source = |needle: &str| {
+            let from = find_line(text, s.id.as_str()).map_or(0, |(line, _)| line - 1);
+            let rest = text.lines().skip(from).collect::<Vec<_>>().join("\n");
+            find_line(&rest, needle).map(|(line, col)| (line + from, col)).or_else(|| line(s.id.as_str()))
+        };
+        if let Some(plan) = &s.tracking_plan {
+            if let Err(e) = plan.compile() {
+                // The event name (quoted or not in YAML), or `identify`.
+                let name =
+                    plan.events.keys().find(|n| e.path == format!("events.{}", serde_json::Value::from(n.as_str())));
+                err(
+                    in_source(name.map_or("identify:", String::as_str)),
+                    format!("sources[{i}].tracking_plan.{}: invalid JSON Schema: {}", e.path, e.message),
+                );
+            }
+        }
+        if s.pii.as_ref().is_some_and(|p| p.detect.is_empty()) {
+            err(in_source("detect:"), format!("sources[{i}].pii.detect: list at least one detector"));
         }
     }
     if let Err(e) = cfg.identity.compile() {
-        err("identity:", format!("identity: {e}"));
+        err(line("identity:"), format!("identity: {e}"));
     }
     if let Err(m) = cfg.profiles.check() {
-        err("profiles:", format!("profiles: {m}"));
+        err(line("profiles:"), format!("profiles: {m}"));
     }
     if let Err(m) = cfg.consent.check() {
-        err("consent:", format!("consent: {m}"));
+        err(line("consent:"), format!("consent: {m}"));
     }
     let mut mids = BTreeSet::new();
     for (i, m) in cfg.management_keys.iter().enumerate() {
         if !mids.insert(m.id.as_str()) {
-            err(&m.id, format!("management_keys[{i}].id: duplicate key id {:?}", m.id));
+            err(line(&m.id), format!("management_keys[{i}].id: duplicate key id {:?}", m.id));
         }
         if m.scopes.is_empty() {
-            err(&m.id, format!("management_keys[{i}].scopes: a key needs at least one scope"));
+            err(line(&m.id), format!("management_keys[{i}].scopes: a key needs at least one scope"));
         }
     }
     errors
@@ -339,6 +370,95 @@ management_keys:
         assert!(errs.iter().all(|e| e.location.is_some()));
         assert!(errs[0].message.contains("duplicate key id"));
         assert!(errs[1].message.contains("at least one scope"));
+    }
+
+    /// GOOD with a tracking plan (and PII policy) inserted into its source.
+    fn with_plan(plan: &str) -> String {
+        let line = "    rate_limit: { requests_per_second: 50, burst: 10 }\n";
+        GOOD.replace(line, &format!("{line}{plan}"))
+    }
+
+    const PLAN: &str = r#"    tracking_plan:
+      version: "2025-01"
+      unplanned: quarantine
+      violations: drop_properties
+      events:
+        "Order Completed":
+          type: object
+          properties: { total: { type: number } }
+        Signed Up: { type: object }
+      identify: { type: object, required: [email] }
+    pii:
+      detect: [email, phone]
+      action: hash
+      allow_properties: [total, email]
+"#;
+
+    #[test]
+    fn tracking_plan_and_pii_are_accepted() {
+        let cfg = load(&with_plan(PLAN)).expect("valid");
+        let s = &cfg.sources[0];
+        let plan = s.tracking_plan.as_ref().expect("plan");
+        assert_eq!(plan.version, "2025-01");
+        assert_eq!(plan.events.len(), 2);
+        let pii = s.pii.as_ref().expect("pii");
+        assert_eq!(pii.action, crate::governance::PiiAction::Hash);
+        assert!(crate::governance::policy::Governance::new(Some(plan), Some(pii)).is_ok());
+    }
+
+    #[test]
+    fn invalid_plan_schema_is_refused_with_its_path_and_line() {
+        let bad = with_plan(&PLAN.replace("{ total: { type: number } }", "{ total: { type: nmber } }"));
+        let errs = load(&bad).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let prefix = r#"sources[0].tracking_plan.events."Order Completed": invalid JSON Schema: "#;
+        assert!(errs[0].message.starts_with(prefix), "{}", errs[0]);
+        let line = bad.lines().position(|l| l.contains("\"Order Completed\":")).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line), "{errs:?}");
+        assert!(errs[0].to_string().starts_with(&format!("line {line}, column ")), "{}", errs[0]);
+
+        // An unquoted name and the identify schema are found too.
+        let bad = with_plan(&PLAN.replace("Signed Up: { type: object }", "Signed Up: { type: objekt }"));
+        let errs = load(&bad).unwrap_err();
+        assert!(errs[0].message.starts_with(r#"sources[0].tracking_plan.events."Signed Up": "#), "{}", errs[0]);
+        let line = bad.lines().position(|l| l.contains("Signed Up:")).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line));
+        let bad = with_plan(&PLAN.replace("required: [email]", "required: email"));
+        let errs = load(&bad).unwrap_err();
+        assert!(errs[0].message.starts_with("sources[0].tracking_plan.identify: invalid JSON Schema: "), "{}", errs[0]);
+        let line = bad.lines().position(|l| l.contains("identify:")).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line));
+    }
+
+    #[test]
+    fn plan_errors_point_into_their_own_source() {
+        // Two sources with the same event name: the second source's bad schema is reported on its own lines.
+        let second = r#"  - id: app
+    write_key_sha256:
+      - 2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25d
+    tracking_plan:
+      version: "1"
+      events:
+        "Order Completed": { type: nmber }
+"#;
+        let text = with_plan(PLAN).replace("management_keys:", &format!("{second}management_keys:"));
+        let errs = load(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.starts_with(r#"sources[1].tracking_plan.events."Order Completed""#));
+        let line = text.lines().position(|l| l.contains(r#""Order Completed": { type: nmber }"#)).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line));
+    }
+
+    #[test]
+    fn pii_needs_a_detector() {
+        let bad = with_plan(&PLAN.replace("detect: [email, phone]", "detect: []"));
+        let errs = load(&bad).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].message, "sources[0].pii.detect: list at least one detector");
+        let line = bad.lines().position(|l| l.contains("detect: []")).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line), "{errs:?}");
+        let errs = load(&with_plan(&PLAN.replace("action: hash", "action: shred"))).unwrap_err();
+        assert!(errs[0].message.contains("shred") || errs[0].message.contains("action"), "{}", errs[0]);
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
             limits: Default::default(),
             rate_limit: None,
             enabled: true,
+            tracking_plan: None,
+            pii: None,
         }],
         management_keys: vec![tributary_core::config::ManagementKey {
             id: "demo-admin".into(),
@@ -408,7 +410,7 @@ pub struct RequestRecord {
 }
 
 struct AppState<M> {
-    ingest: Arc<Ingest<SqliteQueue, Arc<M>>>,
+    ingest: Arc<Ingest<SqliteQueue, Arc<M>, DirStore>>,
     profiles: ProfileApi<SqliteTable>,
     sink: SqliteTable,
     requests: Mutex<Vec<RequestRecord>>,
@@ -432,7 +434,7 @@ pub struct PlatformOptions {
 pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) -> anyhow::Result<Platform> {
     let data = DataDir(opts.data_dir.clone());
     std::fs::create_dir_all(&data.0).with_context(|| format!("creating data dir {}", data.0.display()))?;
-    let _objects = DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
+    let objects = DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
     let open_queue = |name: &str, options: QueueOptions| {
         SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
     };
@@ -445,7 +447,10 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
 
     let metrics = Arc::new(metrics);
     let workspace = Arc::new(opts.workspace);
-    let ingest = Arc::new(Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default()));
+    // Quarantined events go under `objects/quarantine/`, as they go under the archive bucket's prefix on AWS.
+    let ingest = Arc::new(
+        Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default()).with_quarantine(objects),
+    );
     let profile_api = ProfileApi::new(
         SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
         workspace.clone(),

@@ -3,25 +3,39 @@
 //!
 //! The handler is generic over the [`Queue`] port, so the Lambda binary (SQS) and `tributary serve` (SQLite) run
 //! exactly this code.
+//!
+//! Governance (a source's tracking plan and PII policy) is applied to every normalized event before anything is
+//! queued: accepted events are queued (possibly minimized or with PII hashed/redacted), dropped ones are only counted,
+//! and quarantined ones are written to the quarantine [`ObjectStore`] (see
+//! [`tributary_core::governance::quarantine`]) before the answer, so a 200 means every event is either queued, held
+//! or deliberately dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use base64::Engine;
+use futures::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method};
 use serde_json::json;
 use time::OffsetDateTime;
 use tributary_core::config::{SourceConfig, WorkspaceConfig};
+use tributary_core::governance::policy::{Governance, Governed, Outcome};
+use tributary_core::governance::quarantine::{self, QuarantineRecord};
+use tributary_core::governance::{PiiKind, ViolationKind};
 use tributary_core::ingest::{self, Limits, Processed, RequestContext, RequestError, Route};
 use tributary_core::metrics::Emf;
-use tributary_core::ports::{OutgoingMessage, Queue, MAX_SEND_BATCH};
+use tributary_core::ports::{ObjectMeta, ObjectStore, OutgoingMessage, PortError, Queue, MAX_SEND_BATCH};
 
 /// Largest events-queue message we write. SQS accepts 1 MiB, but each 64 KiB chunk is billed as one request;
 /// 256 KiB keeps a message to 4 chunks and under the Lambda async payload limit with room to spare.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Quarantine puts in flight at once for one request: a large batch of held events must not take one round trip
+/// each in sequence (the function has 10 s), nor open thousands of connections.
+const QUARANTINE_PUT_CONCURRENCY: usize = 16;
 
 pub use tributary_core::metrics::{MemoryMetrics, MetricsSink, StdoutMetrics};
 
@@ -47,13 +61,51 @@ impl Default for IngestSettings {
 
 type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
-pub struct Ingest<Q, M> {
+/// The tracking API handler: queue `Q` for accepted events, metrics sink `M`, object store `S` for quarantined
+/// events ([`NoQuarantineStore`] until [`Ingest::with_quarantine`] gives it one).
+pub struct Ingest<Q, M, S = NoQuarantineStore> {
     queue: Q,
     metrics: M,
+    quarantine: S,
     workspace: Arc<WorkspaceConfig>,
     settings: IngestSettings,
     clock: Clock,
     buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// Source id → compiled governance, for the sources that configure any (compiled once, not per request).
+    governance: HashMap<String, SourceGovernance>,
+}
+
+enum SourceGovernance {
+    Ready(Governance),
+    /// The source's tracking plan did not compile. `config::load` refuses such a file, so this only happens with a
+    /// workspace built some other way; the source then answers 503 rather than letting ungoverned events through.
+    Broken,
+}
+
+/// The quarantine store of a handler that was given none: every put is refused as unavailable, so a source that
+/// quarantines answers 503 (and its events are retried by the SDK) instead of losing events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoQuarantineStore;
+
+impl ObjectStore for NoQuarantineStore {
+    async fn put(&self, _: &str, _: Vec<u8>) -> Result<(), PortError> {
+        Err(PortError::Unavailable("no quarantine store is configured".into()))
+    }
+    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, PortError> {
+        Ok(None)
+    }
+    async fn get_range(&self, _: &str, _: u64, _: Option<u64>) -> Result<Option<Vec<u8>>, PortError> {
+        Ok(None)
+    }
+    async fn head(&self, _: &str) -> Result<Option<ObjectMeta>, PortError> {
+        Ok(None)
+    }
+    async fn list(&self, _: &str) -> Result<Vec<ObjectMeta>, PortError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> Result<(), PortError> {
+        Ok(())
+    }
 }
 
 /// How the caller authenticated, recorded for the local runtime's request log (never the key itself).
@@ -83,14 +135,57 @@ impl AuthMode {
 }
 
 impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
+    /// Compiles each source's governance. A source whose governance does not compile is logged and answers 503
+    /// `governance_unavailable`; the other sources keep working.
     pub fn new(queue: Q, metrics: M, workspace: Arc<WorkspaceConfig>, settings: IngestSettings) -> Self {
+        let governance = compile_governance(&workspace);
         Ingest {
             queue,
             metrics,
+            quarantine: NoQuarantineStore,
             workspace,
             settings,
             clock: Arc::new(OffsetDateTime::now_utc),
             buckets: Mutex::new(HashMap::new()),
+            governance,
+        }
+    }
+}
+
+fn compile_governance(workspace: &WorkspaceConfig) -> HashMap<String, SourceGovernance> {
+    let mut out = HashMap::new();
+    for s in &workspace.sources {
+        // Sources without either setting skip governance entirely: their path is exactly the ungoverned one.
+        if s.tracking_plan.is_none() && s.pii.is_none() {
+            continue;
+        }
+        match Governance::new(s.tracking_plan.as_ref(), s.pii.as_ref()) {
+            Ok(g) if g.is_noop() => {}
+            Ok(g) => {
+                out.insert(s.id.to_string(), SourceGovernance::Ready(g));
+            }
+            Err(e) => {
+                // The error names the schema and quotes only the plan, never event data.
+                tracing::error!(source_id = s.id.as_str(), error = %e, "Tracking plan does not compile; source refused.");
+                out.insert(s.id.to_string(), SourceGovernance::Broken);
+            }
+        }
+    }
+    out
+}
+
+impl<Q: Queue, M: MetricsSink, S: ObjectStore> Ingest<Q, M, S> {
+    /// Where quarantined events are written (the archive bucket on AWS, the data dir's objects locally).
+    pub fn with_quarantine<S2: ObjectStore>(self, store: S2) -> Ingest<Q, M, S2> {
+        Ingest {
+            queue: self.queue,
+            metrics: self.metrics,
+            quarantine: store,
+            workspace: self.workspace,
+            settings: self.settings,
+            clock: self.clock,
+            buckets: self.buckets,
+            governance: self.governance,
         }
     }
 
@@ -130,6 +225,8 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
                 status,
                 accepted = o.accepted,
                 rejected = o.rejected.len(),
+                quarantined = o.governance.as_ref().map_or(0, |g| g.quarantined),
+                dropped = o.governance.as_ref().map_or(0, |g| g.dropped),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "Request ingested."
             ),
@@ -144,7 +241,14 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
         }
         self.emit_metrics(route, &outcome);
         match outcome {
-            Ok(o) => respond(200, json!({"success": true, "accepted": o.accepted, "rejected": o.rejected})),
+            Ok(o) => {
+                let (quarantined, dropped) = o.governance.as_ref().map_or((0, 0), |g| (g.quarantined, g.dropped));
+                respond(
+                    200,
+                    json!({"success": true, "accepted": o.accepted, "rejected": o.rejected,
+                           "quarantined": quarantined, "dropped": dropped}),
+                )
+            }
             Err(f) => {
                 let mut resp = error_response(&f.error);
                 if let Some(secs) = f.retry_after {
@@ -200,6 +304,7 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
         let Some(source) = source else {
             return Err(Failure::new(RequestError { status: 401, code: "missing_write_key", message: String::new() }));
         };
+        let governance = self.governance_for(source)?;
 
         // 4. The pure pipeline.
         let ctx = RequestContext {
@@ -218,10 +323,62 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
             }
         }
 
-        // 5. Durably queued before we answer.
+        // 5. Governance: accept (possibly modified), drop, or hold. Held events are stored before anything is
+        // queued, so a store failure leaves nothing of the request queued and the SDK's retry starts clean.
+        let (accepted, tally) = match governance {
+            None => (accepted, None),
+            Some(g) => {
+                let (kept, held, tally) = govern_all(g, source.id.as_str(), received_at, accepted);
+                self.hold(held).await.map_err(|e| self.fail(e, Some(source)))?;
+                (kept, Some(tally))
+            }
+        };
+
+        // 6. Durably queued before we answer.
         let bodies = ingest::pack(source.id.as_str(), &accepted, self.settings.max_message_bytes);
         self.enqueue(bodies).await.map_err(|e| self.fail(e, Some(source)))?;
-        Ok(Accepted { source_id: source.id.to_string(), accepted: accepted.len(), rejected })
+        Ok(Accepted { source_id: source.id.to_string(), accepted: accepted.len(), rejected, governance: tally })
+    }
+
+    fn governance_for(&self, source: &SourceConfig) -> Result<Option<&Governance>, Failure> {
+        match self.governance.get(source.id.as_str()) {
+            None => Ok(None),
+            Some(SourceGovernance::Ready(g)) => Ok(Some(g)),
+            Some(SourceGovernance::Broken) => Err(self.fail(
+                RequestError {
+                    status: 503,
+                    code: "governance_unavailable",
+                    message: "this source's tracking plan could not be loaded".into(),
+                },
+                Some(source),
+            )),
+        }
+    }
+
+    /// Writes the quarantine records. Keys are deterministic, so a retried request overwrites rather than
+    /// duplicates; any failure refuses the request (the adapter has already retried transient errors).
+    async fn hold(&self, held: Vec<(String, QuarantineRecord)>) -> Result<(), RequestError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let count = held.len();
+        futures::stream::iter(held.into_iter().map(Ok::<_, PortError>))
+            .try_for_each_concurrent(QUARANTINE_PUT_CONCURRENCY, |(key, record)| async move {
+                // Cannot fail for JSON values; the error text is not kept in case it ever quoted one.
+                let bytes = serde_json::to_vec(&record)
+                    .map_err(|_| PortError::Invalid("quarantine record is not serializable".into()))?;
+                self.quarantine.put(&key, bytes).await
+            })
+            .await
+            .map_err(|e| {
+                // Port errors name keys (hashed) and services, never event values.
+                tracing::warn!(held = count, error = %e, "Quarantine store refused an event.");
+                RequestError {
+                    status: 503,
+                    code: "quarantine_unavailable",
+                    message: "events could not be quarantined; retry the request".into(),
+                }
+            })
     }
 
     fn decode(&self, raw: &[u8], headers: &HeaderMap, limits: &Limits) -> Result<serde_json::Value, RequestError> {
@@ -338,6 +495,9 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
                     .dimension("SourceId", &o.source_id)
                     .count("EventsAccepted", o.accepted as u64)
                     .count("EventsRejected", o.rejected.len() as u64);
+                if let Some(g) = &o.governance {
+                    emf = g.metrics(emf);
+                }
                 let mut by_code: Vec<(&str, u64)> = Vec::new();
                 for r in &o.rejected {
                     match by_code.iter_mut().find(|(c, _)| *c == r.code) {
@@ -364,8 +524,84 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
 
 struct Accepted {
     source_id: String,
+    /// Events queued.
     accepted: usize,
     rejected: Vec<ingest::Rejection>,
+    /// `None` when the source has no governance.
+    governance: Option<Tally>,
+}
+
+/// What governance did to one request's events, for the answer and the metrics (counts only, never values).
+#[derive(Default)]
+struct Tally {
+    quarantined: usize,
+    dropped: usize,
+    dropped_by_reason: BTreeMap<&'static str, u64>,
+    properties_dropped: u64,
+    pii_findings: BTreeMap<PiiKind, u64>,
+    violations: BTreeMap<ViolationKind, u64>,
+}
+
+impl Tally {
+    fn record(&mut self, g: &Governed) {
+        self.properties_dropped += g.dropped_properties as u64;
+        for (kind, n) in &g.pii.findings_by_kind {
+            *self.pii_findings.entry(*kind).or_insert(0) += *n as u64;
+        }
+        for v in &g.violations {
+            *self.violations.entry(v.kind).or_insert(0) += 1;
+        }
+    }
+
+    fn metrics(&self, mut emf: Emf) -> Emf {
+        emf = emf
+            .count("EventsQuarantined", self.quarantined as u64)
+            .count("EventsDropped", self.dropped as u64)
+            .count("PropertiesDropped", self.properties_dropped);
+        for (reason, n) in &self.dropped_by_reason {
+            emf = emf.count(&format!("EventsDropped.{reason}"), *n);
+        }
+        for (kind, n) in &self.pii_findings {
+            emf = emf.count(&format!("PiiFindings.{}", kind.as_str()), *n);
+        }
+        for (kind, n) in &self.violations {
+            emf = emf.count(&format!("Violations.{}", kind.as_str()), *n);
+        }
+        emf
+    }
+}
+
+type Event = serde_json::Map<String, serde_json::Value>;
+
+/// Governs each event: the events to queue, the quarantine records to write (with their keys) and the tally.
+fn govern_all(
+    governance: &Governance,
+    source_id: &str,
+    received_at: OffsetDateTime,
+    events: Vec<Event>,
+) -> (Vec<Event>, Vec<(String, QuarantineRecord)>, Tally) {
+    let mut kept = Vec::with_capacity(events.len());
+    let mut held = Vec::new();
+    let mut tally = Tally::default();
+    for mut event in events {
+        let governed = governance.govern(&mut event);
+        tally.record(&governed);
+        match governed.outcome {
+            Outcome::Accept => kept.push(event),
+            Outcome::Drop { reason } => {
+                tally.dropped += 1;
+                *tally.dropped_by_reason.entry(reason).or_insert(0) += 1;
+            }
+            Outcome::Quarantine { plan_version } => {
+                let message_id = event.get("messageId").and_then(serde_json::Value::as_str).unwrap_or_default();
+                let key = quarantine::key_for(source_id, received_at, message_id);
+                let record = QuarantineRecord::new(source_id, received_at, plan_version, governed.violations, event);
+                held.push((key, record));
+                tally.quarantined += 1;
+            }
+        }
+    }
+    (kept, held, tally)
 }
 
 struct Failure {

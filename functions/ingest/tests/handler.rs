@@ -1,8 +1,11 @@
 //! The ingest handler driven by the API Gateway events in `events/`: every route, auth mode and encoding, and the
-//! hostile corpus. A recording queue stands in for SQS so the tests can see exactly what was queued.
+//! hostile corpus, and governance (tracking plans, PII) with `events/governance/workspace.yaml`. A recording queue
+//! stands in for SQS and an in-memory store for the quarantine bucket, so the tests see exactly what was kept.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +16,13 @@ use serde_json::{json, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use tributary_core::config::WorkspaceConfig;
+use tributary_core::governance::quarantine::QuarantineRecord;
+use tributary_core::governance::ViolationKind;
 use tributary_core::ingest::Envelope;
-use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
+use tributary_core::ports::{
+    validate_object_key, FailedEntry, ObjectMeta, ObjectStore, OutgoingMessage, PortError, Queue, ReceivedMessage,
+};
+use tributary_core::profile::layout::message_hash;
 use tributary_ingest::{Ingest, IngestSettings, MemoryMetrics};
 
 const NOW: OffsetDateTime = datetime!(2025-03-10 12:00:10 UTC);
@@ -421,5 +429,319 @@ async fn metrics_are_emf_lines_without_pii() {
     assert_eq!(refused["RequestsRefused.invalid_write_key"], 1);
     for l in &lines {
         assert!(!l.contains("jake@example.com") && !l.contains("019mr8mf4r") && !l.contains(WRITE_KEY), "PII in {l}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Governance: tracking plans and PII policies of `events/governance/workspace.yaml`.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// In-memory object store for quarantined events; `down` makes every put fail as S3 would when unreachable.
+#[derive(Clone, Default)]
+struct MemoryStore {
+    objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    puts: Arc<Mutex<usize>>,
+    down: Arc<AtomicBool>,
+}
+
+impl MemoryStore {
+    fn records(&self) -> BTreeMap<String, Value> {
+        let objects = self.objects.lock().unwrap();
+        objects.iter().map(|(k, v)| (k.clone(), serde_json::from_slice(v).expect("record is JSON"))).collect()
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError> {
+        validate_object_key(key)?;
+        *self.puts.lock().unwrap() += 1;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::Unavailable("store down".into()));
+        }
+        self.objects.lock().unwrap().insert(key.to_string(), bytes);
+        Ok(())
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        Ok(self.objects.lock().unwrap().get(key).cloned())
+    }
+    async fn get_range(&self, key: &str, start: u64, end: Option<u64>) -> Result<Option<Vec<u8>>, PortError> {
+        Ok(self.objects.lock().unwrap().get(key).map(|b| {
+            let end = end.map_or(b.len(), |e| (e as usize).min(b.len()));
+            b.get(start as usize..end).unwrap_or_default().to_vec()
+        }))
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, PortError> {
+        let objects = self.objects.lock().unwrap();
+        Ok(objects.get(key).map(|b| ObjectMeta { key: key.to_string(), size: b.len() as u64 }))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, PortError> {
+        let objects = self.objects.lock().unwrap();
+        Ok(objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, b)| ObjectMeta { key: k.clone(), size: b.len() as u64 })
+            .collect())
+    }
+    async fn delete(&self, key: &str) -> Result<(), PortError> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+fn governed_workspace() -> WorkspaceConfig {
+    let text = std::fs::read_to_string(events_dir().join("governance/workspace.yaml")).expect("workspace.yaml");
+    tributary_core::config::load(&text).expect("governance fixture workspace is valid")
+}
+
+struct GovWorld {
+    ingest: Ingest<RecordingQueue, Arc<MemoryMetrics>, MemoryStore>,
+    queue: RecordingQueue,
+    metrics: Arc<MemoryMetrics>,
+    store: MemoryStore,
+}
+
+fn gov_world_with(workspace: WorkspaceConfig) -> GovWorld {
+    let queue = RecordingQueue::new(Behaviour::Accept);
+    let metrics = Arc::new(MemoryMetrics::default());
+    let store = MemoryStore::default();
+    let settings = IngestSettings { send_backoff: Duration::from_millis(1), ..Default::default() };
+    let ingest = Ingest::new(queue.clone(), metrics.clone(), Arc::new(workspace), settings)
+        .with_clock(|| NOW)
+        .with_quarantine(store.clone());
+    GovWorld { ingest, queue, metrics, store }
+}
+
+fn gov_world() -> GovWorld {
+    gov_world_with(governed_workspace())
+}
+
+/// A request on `route` for the source whose write key is `write_key`, built from the batch fixture.
+fn request_for(write_key: &str, route: &str, body: Value) -> ApiGatewayV2httpRequest {
+    let mut ev = read_json("apigw/batch-basic.json");
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
+    ev["headers"]["authorization"] = json!(auth);
+    ev["rawPath"] = json!(format!("/v1/{route}"));
+    ev["requestContext"]["http"]["path"] = json!(format!("/v1/{route}"));
+    ev["body"] = json!(body.to_string());
+    request(ev)
+}
+
+fn last_metrics(m: &MemoryMetrics) -> Value {
+    let lines = m.0.lock().unwrap();
+    serde_json::from_str(lines.last().expect("a metrics line")).unwrap()
+}
+
+fn order(id: &str, properties: Value) -> Value {
+    json!({"type": "track", "userId": "u1", "event": "Order Completed", "messageId": id, "properties": properties})
+}
+
+#[tokio::test]
+async fn quarantine_policy_holds_unplanned_and_invalid_events_and_queues_planned_ones() {
+    let w = gov_world();
+    let body = json!({"batch": [
+        order("m-planned", json!({"total": 10, "currency": "EUR"})),
+        {"type": "track", "userId": "u1", "event": "Secret Thing", "messageId": "m-unplanned",
+         "properties": {"note": "free text"}},
+        order("m-invalid", json!({"total": "ten"})),
+    ]});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!(resp.status_code, 200, "{out}");
+    assert_eq!(
+        (out["accepted"].clone(), out["quarantined"].clone(), out["dropped"].clone()),
+        (json!(1), json!(2), json!(0))
+    );
+
+    let queued = w.queue.events();
+    assert_eq!(queued.len(), 1, "only the planned event is queued");
+    assert_eq!(queued[0]["messageId"], "m-planned");
+
+    let records = w.store.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let key = tributary_core::governance::quarantine::key_for("quarantine", NOW, "m-unplanned");
+    assert_eq!(key, format!("quarantine/quarantine/2025-03-10/{}.json", message_hash("quarantine", "m-unplanned")));
+    let r = &records[&key];
+    assert_eq!(r["v"], 1);
+    assert_eq!(r["sourceId"], "quarantine");
+    assert_eq!(r["messageId"], "m-unplanned");
+    assert_eq!(r["receivedAt"], "2025-03-10T12:00:10.000Z");
+    assert_eq!(r["planVersion"], "2025-03-01");
+    assert_eq!(r["violations"], json!([{"kind": "unplanned_event", "path": "/event"}]));
+    assert_eq!(r["event"]["event"], "Secret Thing");
+    assert_eq!(r["event"]["properties"]["note"], "free text", "the held event is complete, for redrive");
+    let record: QuarantineRecord = serde_json::from_value(r.clone()).expect("a QuarantineRecord");
+    assert_eq!(record.violations[0].kind, ViolationKind::UnplannedEvent);
+
+    let key = tributary_core::governance::quarantine::key_for("quarantine", NOW, "m-invalid");
+    let kinds: Vec<&Value> = records[&key]["violations"].as_array().unwrap().iter().map(|v| &v["kind"]).collect();
+    assert!(kinds.contains(&&json!("wrong_type")), "{kinds:?}");
+    for key in records.keys() {
+        assert!(!key.contains("m-") && key.starts_with("quarantine/quarantine/2025-03-10/"), "{key}");
+    }
+
+    let m = last_metrics(&w.metrics);
+    assert_eq!(m["EventsAccepted"], 1);
+    assert_eq!(m["EventsQuarantined"], 2);
+    assert_eq!(m["EventsDropped"], 0);
+    assert_eq!(m["Violations.unplanned_event"], 1);
+    assert!(m["Violations.wrong_type"].as_u64() >= Some(1), "{m}");
+    assert_eq!(m["SourceId"], "quarantine");
+
+    // A single unplanned event is held too: a 200 (the SDK must not retry it) that queues nothing.
+    let w = gov_world();
+    let one = json!({"userId": "u1", "event": "Secret Thing", "messageId": "m-one"});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "track", one)).await;
+    let out = body_json(&resp);
+    assert_eq!((resp.status_code, out["accepted"].clone(), out["quarantined"].clone()), (200, json!(0), json!(1)));
+    assert!(w.queue.events().is_empty());
+    assert_eq!(w.store.records().len(), 1);
+}
+
+#[tokio::test]
+async fn drop_properties_policy_removes_unplanned_and_invalid_properties() {
+    let w = gov_world();
+    let body = json!({"batch": [
+        order("m-extra", json!({"total": 10, "coupon": "SPRING"})),
+        order("m-wrong", json!({"total": 10, "currency": 3})),
+        {"type": "track", "userId": "u1", "event": "Secret Thing", "messageId": "m-unplanned",
+         "properties": {"a": 1, "b": 2}},
+    ]});
+    let resp = w.ingest.handle(request_for("drop-properties-write-key", "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!(resp.status_code, 200, "{out}");
+    assert_eq!(
+        (out["accepted"].clone(), out["quarantined"].clone(), out["dropped"].clone()),
+        (json!(3), json!(0), json!(0))
+    );
+    let queued = w.queue.events();
+    let ids: Vec<&str> = queued.iter().map(|e| e["messageId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m-extra", "m-wrong", "m-unplanned"]);
+    assert_eq!(queued[0]["properties"], json!({"total": 10}));
+    assert_eq!(queued[1]["properties"], json!({"total": 10}));
+    assert!(queued[2]["properties"].as_object().is_none_or(|p| p.is_empty()), "{}", queued[2]);
+    assert!(w.store.records().is_empty(), "nothing is quarantined");
+    let m = last_metrics(&w.metrics);
+    assert_eq!(m["PropertiesDropped"], 4);
+    assert_eq!(m["Violations.additional_property"], 1);
+    assert_eq!(m["Violations.wrong_type"], 1);
+    assert_eq!(m["Violations.unplanned_event"], 1);
+    assert_eq!(m["EventsQuarantined"], 0);
+}
+
+#[tokio::test]
+async fn pii_hash_leaves_no_raw_email_in_what_is_queued() {
+    const EMAIL: &str = "Jake.Peterson@Example.com";
+    let w = gov_world();
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Note Written", "messageId": "m-note",
+         "properties": {"note": format!("please write to {EMAIL} today")}},
+        {"type": "identify", "userId": "u1", "messageId": "m-identify", "traits": {"email": EMAIL, "plan": "pro"}},
+    ]});
+    let resp = w.ingest.handle(request_for("pii-hash-write-key", "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!(resp.status_code, 200, "{out}");
+    assert_eq!(out["accepted"], 2);
+    let hashed = format!("sha256:{}", tributary_core::sha256_hex(EMAIL.to_lowercase().as_bytes()));
+    let queued = w.queue.events();
+    assert_eq!(queued[0]["properties"]["note"], format!("please write to {hashed} today"));
+    assert_eq!(queued[1]["traits"]["email"], hashed);
+    assert_eq!(queued[1]["traits"]["plan"], "pro");
+    for body in w.queue.sent.lock().unwrap().iter() {
+        let lower = body.to_lowercase();
+        assert!(
+            !lower.contains("jake.peterson@example.com") && !lower.contains("jake.peterson"),
+            "raw email in {body}"
+        );
+    }
+    let m = last_metrics(&w.metrics);
+    assert_eq!(m["PiiFindings.email"], 2);
+    for line in w.metrics.0.lock().unwrap().iter() {
+        assert!(!line.to_lowercase().contains("jake.peterson"), "PII in {line}");
+    }
+}
+
+#[tokio::test]
+async fn pii_drop_event_drops_only_the_events_carrying_pii() {
+    let w = gov_world();
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Clean", "messageId": "m-clean", "properties": {"n": 1}},
+        {"type": "track", "userId": "u1", "event": "Dirty", "messageId": "m-dirty",
+         "properties": {"note": "mail jake@example.com"}},
+    ]});
+    let resp = w.ingest.handle(request_for("pii-drop-write-key", "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!(resp.status_code, 200, "{out}");
+    assert_eq!(
+        (out["accepted"].clone(), out["quarantined"].clone(), out["dropped"].clone()),
+        (json!(1), json!(0), json!(1))
+    );
+    let queued = w.queue.events();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0]["messageId"], "m-clean");
+    assert!(w.store.records().is_empty(), "a dropped event is not kept anywhere");
+    let m = last_metrics(&w.metrics);
+    assert_eq!(m["EventsDropped"], 1);
+    assert_eq!(m["EventsDropped.pii"], 1);
+    assert_eq!(m["PiiFindings.email"], 1);
+}
+
+#[tokio::test]
+async fn quarantine_store_down_gives_503_and_queues_nothing_and_the_retry_succeeds() {
+    let w = gov_world();
+    w.store.down.store(true, Ordering::SeqCst);
+    let body = json!({"batch": [
+        order("m-planned", json!({"total": 10})),
+        {"type": "track", "userId": "u1", "event": "Secret Thing", "messageId": "m-unplanned"},
+    ]});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body.clone())).await;
+    let out = body_json(&resp);
+    assert_eq!((resp.status_code, out["code"].clone()), (503, json!("quarantine_unavailable")), "{out}");
+    assert!(w.queue.calls.lock().unwrap().is_empty(), "nothing of the request may be queued");
+    assert_eq!(last_metrics(&w.metrics)["RequestsRefused.quarantine_unavailable"], 1);
+
+    // The SDK retries: the same key is written, so a second success does not duplicate the held event.
+    w.store.down.store(false, Ordering::SeqCst);
+    for _ in 0..2 {
+        let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body.clone())).await;
+        assert_eq!(resp.status_code, 200);
+    }
+    assert_eq!(w.store.records().len(), 1);
+    assert_eq!(w.queue.events().len(), 2, "the planned event, once per successful request");
+
+    // A handler given no quarantine store refuses rather than losing the event.
+    let queue = RecordingQueue::new(Behaviour::Accept);
+    let ingest = Ingest::new(
+        queue.clone(),
+        Arc::new(MemoryMetrics::default()),
+        Arc::new(governed_workspace()),
+        Default::default(),
+    );
+    let resp = ingest.handle(request_for("quarantine-write-key", "batch", body)).await;
+    assert_eq!((resp.status_code, body_json(&resp)["code"].clone()), (503, json!("quarantine_unavailable")));
+    assert!(queue.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_plan_that_does_not_compile_refuses_only_its_source() {
+    let mut ws = governed_workspace();
+    let plan = ws.sources[0].tracking_plan.as_mut().unwrap();
+    plan.events.insert("Broken".into(), json!({"type": 12}));
+    let w = gov_world_with(ws);
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "track", order("m-1", json!({"total": 1})))).await;
+    assert_eq!((resp.status_code, body_json(&resp)["code"].clone()), (503, json!("governance_unavailable")));
+    assert!(w.queue.events().is_empty());
+    let resp = w.ingest.handle(request_for("pii-hash-write-key", "track", order("m-2", json!({"total": 1})))).await;
+    assert_eq!(resp.status_code, 200);
+}
+
+#[tokio::test]
+async fn a_source_without_governance_reports_nothing_held() {
+    let w = world();
+    let resp = w.ingest.handle(request(read_json("apigw/batch-basic.json"))).await;
+    let out = body_json(&resp);
+    assert_eq!((out["quarantined"].clone(), out["dropped"].clone()), (json!(0), json!(0)));
+    let m = last_metrics(&w.metrics);
+    for name in ["EventsQuarantined", "EventsDropped", "PropertiesDropped"] {
+        assert!(m.get(name).is_none(), "{name} is only reported for governed sources");
     }
 }

@@ -41,8 +41,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(WORKSPACE)
+}
+
+fn fixture_with(yaml: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let workspace: WorkspaceConfig = tributary_core::config::load(WORKSPACE).expect("workspace");
+    let workspace: WorkspaceConfig = tributary_core::config::load(yaml).expect("workspace");
     let table = SqliteTable::open(&dir.path().join("t.sqlite"), "profiles").expect("table");
     let delivery = SqliteQueue::open(&dir.path().join("q.sqlite"), "delivery", QueueOptions::default()).expect("q");
     let metrics = Arc::new(MemoryMetrics::default());
@@ -275,4 +279,25 @@ async fn traits_resolve_by_event_time_whatever_the_arrival_order() {
         let (_, doc) = root_of(&f.table, &id(IdType::UserId, "u1")).await;
         assert_eq!(doc.traits["plan"].value, json!("pro"));
     }
+}
+
+#[tokio::test]
+async fn a_merge_past_the_bound_is_refused_and_counted() {
+    let f = fixture_with(&WORKSPACE.replace("  set_once: [first_plan]", "  set_once: [first_plan]\n  max_merges: 1"));
+    let t = |n: u32| format!("2026-01-05T10:00:0{n}.000Z");
+    let events = vec![
+        event("page", "b1", &t(1), json!({"anonymousId": "a1"})),
+        event("page", "b2", &t(2), json!({"anonymousId": "a2"})),
+        event("page", "b3", &t(3), json!({"anonymousId": "a3"})),
+        event("identify", "b4", &t(4), json!({"userId": "u", "anonymousId": "a1"})),
+        event("identify", "b5", &t(5), json!({"userId": "u", "anonymousId": "a2"})),
+        event("identify", "b6", &t(6), json!({"userId": "u", "anonymousId": "a3"})),
+    ];
+    assert!(f.stitch.handle(sqs(&[("r", "web", events)])).await.batch_item_failures.is_empty());
+    let (root, doc) = root_of(&f.table, &id(IdType::UserId, "u")).await;
+    assert_eq!(root_of(&f.table, &id(IdType::AnonymousId, "a2")).await.0, root, "the first merge is made");
+    assert_ne!(root_of(&f.table, &id(IdType::AnonymousId, "a3")).await.0, root, "the second is refused");
+    assert_eq!(doc.members.len(), 1);
+    assert_eq!(doc.overflow.merges, 1);
+    assert_eq!(doc.refusals.last().map(|r| r.reason.as_str()), Some("merge_limit"));
 }

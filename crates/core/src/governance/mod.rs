@@ -9,6 +9,8 @@
 
 pub mod pii;
 pub mod plan;
+pub mod policy;
+pub mod quarantine;
 
 pub use pii::{apply, detect, Finding, PiiAction, PiiKind, PiiOutcome};
 pub use plan::{CompiledPlan, Decision, PlanError, Policy, TrackingPlan, Verdict, Violation, ViolationKind};

@@ -2,6 +2,7 @@ use serde_json::{json, Map, Value};
 
 use super::pii::{self, PiiAction, PiiKind};
 use super::plan::{self, Decision, Policy, TrackingPlan, ViolationKind};
+use super::policy::{Governance, Governed, Outcome, PiiPolicy};
 
 /// The substrings of `text` found as `kind` when detecting every kind.
 fn found(text: &str, kind: PiiKind) -> Vec<&str> {
@@ -441,4 +442,276 @@ fn plan_config_shape() {
     assert!(serde_json::from_value::<TrackingPlan>(json!({"version": "1", "unplanned": "drop_properties"})).is_ok());
     assert!(serde_json::from_value::<TrackingPlan>(json!({"version": "1", "unplanned": "block"})).is_err());
     assert!(serde_json::from_value::<TrackingPlan>(json!({"version": "1", "evnts": {}})).is_err());
+}
+
+// ---- governance (minimization, PII, plan) through `Governance::govern` ----
+
+fn pii_policy(detect: &[PiiKind], action: PiiAction, allow: Option<&[&str]>) -> PiiPolicy {
+    PiiPolicy {
+        detect: detect.to_vec(),
+        action,
+        allow_properties: allow.map(|names| names.iter().map(|n| n.to_string()).collect()),
+    }
+}
+
+fn govern(g: &Governance, v: Value) -> (Governed, Value) {
+    let mut e = event(v);
+    let out = g.govern(&mut e);
+    (out, Value::Object(e))
+}
+
+fn email_hash(raw: &str) -> String {
+    format!("sha256:{}", crate::sha256_hex(raw.trim().to_lowercase().as_bytes()))
+}
+
+#[test]
+fn governance_noop_accepts_unchanged() {
+    for g in [Governance::new(None, None).unwrap(), Governance::default()] {
+        assert!(g.is_noop());
+        assert_eq!(g.plan_version(), None);
+        let original = json!({"type": "track", "event": "E", "userId": "ann@example.com",
+            "properties": {"note": "ann@example.com", "card": "4111 1111 1111 1111"}});
+        let (out, e) = govern(&g, original.clone());
+        assert_eq!(e, original);
+        assert_eq!(out.outcome, Outcome::Accept);
+        assert!(out.violations.is_empty() && out.dropped_properties == 0 && out.pii.total() == 0);
+    }
+    let p = plan(Policy::Allow, Policy::Allow);
+    assert!(!Governance::new(Some(&p), None).unwrap().is_noop());
+    assert!(!Governance::new(None, Some(&pii_policy(&[PiiKind::Email], PiiAction::Allow, None))).unwrap().is_noop());
+}
+
+#[test]
+fn governance_refuses_an_invalid_plan_with_its_path() {
+    let mut p = plan(Policy::Allow, Policy::Allow);
+    p.events.insert("Order Completed".into(), json!({"type": "strng"}));
+    let err = Governance::new(Some(&p), None).unwrap_err();
+    assert_eq!(err.path, r#"events."Order Completed""#);
+}
+
+#[test]
+fn governance_plan_policies_table() {
+    let unplanned = json!({"type": "track", "event": "Mystery", "properties": {"a": 1, "b": 2}});
+    let invalid = json!({"type": "track", "event": "Order Completed",
+        "properties": {"order_id": "o1", "total": "12", "coupon": "X"}});
+    // (unplanned policy, violations policy, event, outcome, dropped, properties after, number of violations)
+    let quarantined = Outcome::Quarantine { plan_version: "v3".into() };
+    let cases = [
+        (Policy::Allow, Policy::Quarantine, &unplanned, Outcome::Accept, 0, json!({"a": 1, "b": 2}), 1),
+        (Policy::DropProperties, Policy::Quarantine, &unplanned, Outcome::Accept, 2, json!({}), 1),
+        (Policy::Quarantine, Policy::Allow, &unplanned, quarantined.clone(), 0, json!({"a": 1, "b": 2}), 1),
+        (
+            Policy::Quarantine,
+            Policy::Allow,
+            &invalid,
+            Outcome::Accept,
+            0,
+            json!({"order_id": "o1", "total": "12", "coupon": "X"}),
+            2,
+        ),
+        (Policy::Quarantine, Policy::DropProperties, &invalid, Outcome::Accept, 2, json!({"order_id": "o1"}), 2),
+        (
+            Policy::Allow,
+            Policy::Quarantine,
+            &invalid,
+            quarantined,
+            0,
+            json!({"order_id": "o1", "total": "12", "coupon": "X"}),
+            2,
+        ),
+    ];
+    for (unplanned_policy, violations_policy, input, outcome, dropped, properties, violations) in cases {
+        let g = Governance::new(Some(&plan(unplanned_policy, violations_policy)), None).unwrap();
+        assert_eq!(g.plan_version(), Some("v3"));
+        let (out, e) = govern(&g, input.clone());
+        let case = format!("{unplanned_policy:?}/{violations_policy:?} on {}", input["event"]);
+        assert_eq!(out.outcome, outcome, "{case}");
+        assert_eq!(out.dropped_properties, dropped, "{case}");
+        assert_eq!(e["properties"], properties, "{case}");
+        assert_eq!(out.violations.len(), violations, "{case}");
+        assert_eq!(out.pii.total(), 0, "{case}");
+    }
+    // A valid event passes without violations.
+    let g = Governance::new(Some(&plan(Policy::Quarantine, Policy::Quarantine)), None).unwrap();
+    let ok = json!({"type": "track", "event": "Order Completed", "properties": {"order_id": "o1", "total": 1}});
+    let (out, e) = govern(&g, ok.clone());
+    assert_eq!((out.outcome, out.violations.len(), e), (Outcome::Accept, 0, ok));
+}
+
+#[test]
+fn governance_pii_actions_table() {
+    let input = json!({"type": "track", "event": "Note Added", "userId": "u1",
+        "properties": {"note": "mail Ann@Example.com", "n": 1}});
+    let cases = [
+        (PiiAction::Allow, Outcome::Accept, json!("mail Ann@Example.com")),
+        (PiiAction::Hash, Outcome::Accept, json!(format!("mail {}", email_hash("ann@example.com")))),
+        (PiiAction::Redact, Outcome::Accept, json!("mail [REDACTED:email]")),
+        (PiiAction::DropEvent, Outcome::Drop { reason: "pii" }, json!("mail Ann@Example.com")),
+    ];
+    for (action, outcome, note) in cases {
+        let g = Governance::new(None, Some(&pii_policy(&[PiiKind::Email, PiiKind::Phone], action, None))).unwrap();
+        let (out, e) = govern(&g, input.clone());
+        assert_eq!(out.outcome, outcome, "{action:?}");
+        assert_eq!(e["properties"]["note"], note, "{action:?}");
+        assert_eq!(e["properties"]["n"], json!(1));
+        assert_eq!(out.pii.findings_by_kind.get(&PiiKind::Email), Some(&1), "{action:?}");
+        assert_eq!(out.pii.total(), 1, "{action:?}");
+        assert_eq!(out.pii.drop, action == PiiAction::DropEvent);
+    }
+    // No finding: drop_event accepts.
+    let g = Governance::new(None, Some(&pii_policy(&PiiKind::ALL, PiiAction::DropEvent, None))).unwrap();
+    let (out, _) = govern(&g, json!({"type": "track", "event": "E", "properties": {"note": "nothing 12345"}}));
+    assert_eq!(out.outcome, Outcome::Accept);
+}
+
+#[test]
+fn governance_drop_event_stops_before_the_plan() {
+    let g = Governance::new(
+        Some(&plan(Policy::Quarantine, Policy::Quarantine)),
+        Some(&pii_policy(&[PiiKind::Email], PiiAction::DropEvent, None)),
+    )
+    .unwrap();
+    let (out, _) = govern(&g, json!({"type": "track", "event": "Mystery", "properties": {"to": "a@example.com"}}));
+    assert_eq!(out.outcome, Outcome::Drop { reason: "pii" });
+    assert!(out.violations.is_empty());
+}
+
+#[test]
+fn governance_scans_free_text_fields_only() {
+    let raw = "Ann@Example.com";
+    let hashed = email_hash(raw);
+    let g = Governance::new(
+        None,
+        Some(&pii_policy(&[PiiKind::Email, PiiKind::IpAddress, PiiKind::Phone], PiiAction::Hash, None)),
+    )
+    .unwrap();
+    let (out, e) = govern(
+        &g,
+        json!({
+            "type": "track", "event": "ann@example.com", "messageId": "ann@example.com",
+            "userId": raw, "anonymousId": raw, "timestamp": "2025-01-01T00:00:00Z",
+            "properties": {"note": format!("write to {raw}"), "nested": [{"x": raw}]},
+            "context": {
+                "ip": "203.0.113.9",
+                "userAgent": "agent ann@example.com",
+                "library": {"name": "ann@example.com"},
+                "traits": {"email": raw},
+                "page": {"url": "https://example.com/?e=ann@example.com", "referrer": ""},
+                "campaign": {"content": "+44 20 7946 0958"},
+                "referrer": {"id": "ann@example.com"}
+            }
+        }),
+    );
+    assert_eq!(out.outcome, Outcome::Accept);
+    // Hashed: userId, properties (any depth), context.traits/page/campaign/referrer.
+    assert_eq!(e["userId"], json!(hashed));
+    assert_eq!(e["properties"]["note"], json!(format!("write to {hashed}")));
+    assert_eq!(e["properties"]["nested"][0]["x"], json!(hashed));
+    assert_eq!(e["context"]["traits"]["email"], json!(hashed));
+    assert_eq!(e["context"]["page"]["url"], json!(format!("https://example.com/?e={hashed}")));
+    assert_eq!(e["context"]["campaign"]["content"], json!(format!("sha256:{}", crate::sha256_hex(b"+442079460958"))));
+    assert_eq!(e["context"]["referrer"]["id"], json!(hashed));
+    // Untouched: anonymousId, messageId, event, timestamps, request metadata and SDK context.
+    assert_eq!(e["anonymousId"], json!(raw));
+    assert_eq!(e["messageId"], json!("ann@example.com"));
+    assert_eq!(e["event"], json!("ann@example.com"));
+    assert_eq!(e["context"]["ip"], json!("203.0.113.9"));
+    assert_eq!(e["context"]["userAgent"], json!("agent ann@example.com"));
+    assert_eq!(e["context"]["library"]["name"], json!("ann@example.com"));
+    assert_eq!(out.pii.findings_by_kind.get(&PiiKind::Email), Some(&6));
+    assert_eq!(out.pii.findings_by_kind.get(&PiiKind::Phone), Some(&1));
+    assert_eq!(out.pii.findings_by_kind.get(&PiiKind::IpAddress), None);
+    // Nothing the caller may log carries a raw value.
+    assert!(!format!("{out:?}").to_lowercase().contains("example.com"));
+}
+
+#[test]
+fn governance_identify_traits_mirrored_in_context_are_counted_once() {
+    let g = Governance::new(None, Some(&pii_policy(&[PiiKind::Email], PiiAction::Hash, None))).unwrap();
+    let traits = json!({"email": "ann@example.com", "name": "Ann"});
+    let (out, e) =
+        govern(&g, json!({"type": "identify", "userId": "u1", "traits": traits, "context": {"traits": traits}}));
+    assert_eq!(out.pii.total(), 1);
+    assert_eq!(e["traits"]["email"], json!(email_hash("ann@example.com")));
+    assert_eq!(e["context"]["traits"], e["traits"]);
+    // Different context traits are scanned on their own.
+    let (out, e) = govern(
+        &g,
+        json!({"type": "identify", "userId": "u1", "traits": traits, "context": {"traits": {"email": "b@example.org"}}}),
+    );
+    assert_eq!(out.pii.total(), 2);
+    assert_eq!(e["context"]["traits"]["email"], json!(email_hash("b@example.org")));
+}
+
+#[test]
+fn governance_allow_list_minimization() {
+    let g = Governance::new(None, Some(&pii_policy(&[PiiKind::Email], PiiAction::Allow, Some(&["plan", "email"]))))
+        .unwrap();
+    for t in ["track", "page", "screen"] {
+        let (out, e) = govern(
+            &g,
+            json!({"type": t, "event": "E", "name": "N", "properties": {"plan": "pro", "secret": 1, "other": {"plan": 2}}}),
+        );
+        assert_eq!(e["properties"], json!({"plan": "pro"}), "{t}");
+        assert_eq!(out.dropped_properties, 2, "{t}");
+    }
+    // Identify: traits and the same names of context.traits; a name removed from both counts once.
+    let (out, e) = govern(
+        &g,
+        json!({"type": "identify", "userId": "u1",
+            "traits": {"email": "a@example.com", "name": "Ann", "age": 3},
+            "context": {"traits": {"email": "a@example.com", "name": "Ann", "ssn": "x"}, "ip": "203.0.113.9"}}),
+    );
+    assert_eq!(e["traits"], json!({"email": "a@example.com"}));
+    assert_eq!(e["context"]["traits"], json!({"email": "a@example.com"}));
+    assert_eq!(e["context"]["ip"], json!("203.0.113.9"));
+    assert_eq!(out.dropped_properties, 3);
+    // Other types (a group's traits describe the group) are not minimized.
+    let group = json!({"type": "group", "groupId": "g", "traits": {"industry": "x"}, "properties": {"a": 1}});
+    let (out, e) = govern(&g, group.clone());
+    assert_eq!((e, out.dropped_properties), (group, 0));
+    // Track events keep their context.traits.
+    let (_, e) = govern(&g, json!({"type": "track", "event": "E", "context": {"traits": {"name": "Ann"}}}));
+    assert_eq!(e["context"]["traits"], json!({"name": "Ann"}));
+}
+
+#[test]
+fn governance_quarantines_the_minimized_and_hashed_event() {
+    let g = Governance::new(
+        Some(&plan(Policy::Quarantine, Policy::Quarantine)),
+        Some(&pii_policy(&[PiiKind::Email], PiiAction::Hash, Some(&["order_id", "total", "note"]))),
+    )
+    .unwrap();
+    let (out, e) = govern(
+        &g,
+        json!({"type": "track", "event": "Order Completed", "userId": "ann@example.com",
+            "properties": {"order_id": "o1", "total": "12", "note": "ann@example.com", "coupon": "X"}}),
+    );
+    assert_eq!(out.outcome, Outcome::Quarantine { plan_version: "v3".into() });
+    assert_eq!(out.dropped_properties, 1);
+    assert_eq!(out.pii.total(), 2);
+    // `coupon` went before the plan saw the event; `note` is not in the schema (additionalProperties: false).
+    let mut got = out.violations.iter().map(|v| (v.kind, v.path.as_str())).collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(
+        got,
+        [(ViolationKind::WrongType, "/properties/total"), (ViolationKind::AdditionalProperty, "/properties/note")]
+    );
+    let hashed = email_hash("ann@example.com");
+    assert_eq!(e["userId"], json!(hashed));
+    assert_eq!(e["properties"], json!({"order_id": "o1", "total": "12", "note": hashed}));
+    // Minimization and drop_properties add up.
+    let g = Governance::new(
+        Some(&plan(Policy::Quarantine, Policy::DropProperties)),
+        Some(&pii_policy(&[PiiKind::Email], PiiAction::Hash, Some(&["order_id", "total", "note"]))),
+    )
+    .unwrap();
+    let (out, e) = govern(
+        &g,
+        json!({"type": "track", "event": "Order Completed",
+            "properties": {"order_id": "o1", "total": "12", "note": "n", "coupon": "X"}}),
+    );
+    assert_eq!(out.outcome, Outcome::Accept);
+    assert_eq!(out.dropped_properties, 3);
+    assert_eq!(e["properties"], json!({"order_id": "o1"}));
 }

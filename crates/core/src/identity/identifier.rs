@@ -177,6 +177,9 @@ pub enum RejectReason {
     Malformed,
     /// An `externalIds[]` `encoding` other than none/`sha256`, or `sha256` on a type other than email/phone.
     UnsupportedEncoding,
+    /// A value rewritten by the PII `redact` action (`[REDACTED:<kind>]`): it no longer tells people apart, and
+    /// as an identifier it would link every redacted person into one profile.
+    Redacted,
 }
 
 impl RejectReason {
@@ -192,6 +195,7 @@ impl RejectReason {
             RejectReason::InvalidType => "invalid_type",
             RejectReason::Malformed => "malformed",
             RejectReason::UnsupportedEncoding => "unsupported_encoding",
+            RejectReason::Redacted => "redacted",
         }
     }
 }
@@ -403,10 +407,32 @@ fn field(kind: IdType, value: Option<&Value>, cc: Option<&str>) -> Option<Result
     match value {
         None | Some(Value::Null) => None,
         Some(v) => Some(match text_of(v) {
-            Some(s) => Identifier::new(kind.clone(), &s, cc).map_err(|r| (kind, r)),
+            Some(s) if s.contains(REDACTION_MARKER) => Err((kind, RejectReason::Redacted)),
+            Some(s) => match pre_hashed(&kind, &s) {
+                Some(id) => Ok(id),
+                None => Identifier::new(kind.clone(), &s, cc).map_err(|r| (kind, r)),
+            },
             None => Err((kind, RejectReason::NotAString)),
         }),
     }
+}
+
+/// The start of what the PII `redact` action writes in place of a finding (`[REDACTED:email]`).
+const REDACTION_MARKER: &str = "[REDACTED:";
+
+/// An email or phone field holding `sha256:<64 hex>`, as the PII `hash` action writes it (the hash of the trimmed,
+/// lowercased email or of the E.164 phone, i.e. the same value as our hashed identifiers): read as the hashed
+/// identifier, not rejected as an invalid email or phone. The prefix is also tolerated on the hashed types.
+fn pre_hashed(kind: &IdType, raw: &str) -> Option<Identifier> {
+    let hashed = match kind {
+        IdType::Email | IdType::Phone => kind.hashed_form()?,
+        IdType::EmailSha256 | IdType::PhoneSha256 => kind.clone(),
+        _ => return None,
+    };
+    let raw = raw.trim();
+    let hex = raw.get(..7).filter(|p| p.eq_ignore_ascii_case("sha256:")).and(raw.get(7..))?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| Identifier { kind: hashed, value: hex.to_ascii_lowercase() })
 }
 
 /// Reads the identifiers of a normalized Segment event (the output of [`crate::ingest::process`]), in this order:
@@ -429,6 +455,10 @@ fn field(kind: IdType, value: Option<&Value>, cc: Option<&str>) -> Option<Result
 ///
 /// With [`ExtractOptions::include_hashed`], each raw email/phone is followed by its hashed form. Missing and `null`
 /// fields are skipped; present but unusable values are listed in `rejected` (type and reason only).
+///
+/// Values rewritten by a source's PII action: an email or phone (field or `externalIds[]` entry) of the form
+/// `sha256:<64 hex>` (the `hash` action) is read as `email_sha256` / `phone_sha256` with that hex; any value holding
+/// a `[REDACTED:<kind>]` marker (the `redact` action) is rejected as `redacted`.
 pub fn extract(event: &Map<String, Value>, opts: &ExtractOptions) -> Extracted {
     let cc = opts.default_country_code.as_deref();
     let hashed = opts.include_hashed;

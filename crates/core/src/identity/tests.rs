@@ -324,6 +324,92 @@ fn extract_dedups_and_can_skip_hashes() {
     assert_eq!(out.rejected, vec![(IdType::Phone, RejectReason::MissingCountryCode)]);
 }
 
+#[test]
+fn extract_reads_values_hashed_by_the_pii_hash_action() {
+    let email_hex = crate::sha256_hex(b"ada@example.com");
+    let phone_hex = crate::sha256_hex(b"+14155552671");
+    let email_sha = Identifier { kind: IdType::EmailSha256, value: email_hex.clone() };
+    let phone_sha = Identifier { kind: IdType::PhoneSha256, value: phone_hex.clone() };
+    let out = extract_default(json!({
+        "type": "identify", "userId": "u1",
+        "traits": {"email": format!("sha256:{email_hex}"), "phone": format!(" sha256:{} ", phone_hex.to_uppercase())}
+    }));
+    assert_eq!(out.ids, vec![user("u1"), email_sha.clone(), phone_sha.clone()]);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    // Same on a track event's context.traits, and without hashed forms requested.
+    let event = obj(json!({"type": "track", "event": "E", "anonymousId": "a1",
+        "context": {"traits": {"email": format!("sha256:{email_hex}")}}}));
+    let out = extract(&event, &ExtractOptions { include_hashed: false, ..ExtractOptions::default() });
+    assert_eq!(out.ids, vec![anon("a1"), email_sha.clone()]);
+    // externalIds: the prefixed form for email/phone types, with or without `encoding: sha256`.
+    let out = extract_default(json!({"type": "track", "event": "E", "anonymousId": "a1", "context": {"externalIds": [
+        {"id": format!("sha256:{email_hex}"), "type": "email"},
+        {"id": format!("sha256:{phone_hex}"), "type": "phone", "encoding": "sha256"},
+        {"id": format!("sha256:{email_hex}"), "type": "braze_id"}
+    ]}}));
+    assert_eq!(
+        out.ids,
+        vec![
+            anon("a1"),
+            email_sha.clone(),
+            phone_sha,
+            id(IdType::External("braze_id".into()), &format!("sha256:{email_hex}"))
+        ]
+    );
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    // Not a full SHA-256: still an invalid email, never a hash. A hashed userId stays a user id.
+    let out = extract_default(json!({"type": "identify", "userId": format!("sha256:{email_hex}"),
+        "traits": {"email": format!("sha256:{}", &email_hex[..63]), "phone": "sha256:"}}));
+    assert_eq!(out.ids, vec![user(&format!("sha256:{email_hex}"))]);
+    assert_eq!(
+        out.rejected,
+        vec![(IdType::Email, RejectReason::InvalidEmail), (IdType::Phone, RejectReason::InvalidPhone)]
+    );
+}
+
+#[test]
+fn hashed_identify_through_governance_matches_the_raw_email_profile() {
+    use crate::governance::policy::{Governance, PiiPolicy};
+    use crate::governance::{PiiAction, PiiKind};
+    let opts = ExtractOptions { default_country_code: Some("1".into()), include_hashed: true };
+    let raw = obj(json!({"type": "identify", "userId": "u1",
+        "traits": {"email": " Ada@Example.com ", "phone": "+1 415 555 2671"}}));
+    let plain = extract(&raw, &opts);
+    let policy =
+        PiiPolicy { detect: vec![PiiKind::Email, PiiKind::Phone], action: PiiAction::Hash, allow_properties: None };
+    let mut hashed = raw.clone();
+    Governance::new(None, Some(&policy)).unwrap().govern(&mut hashed);
+    let out = extract(&hashed, &opts);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    // Exactly the hashed identifiers of the raw event: the two profiles join.
+    let e = email("ada@example.com");
+    let p = id(IdType::Phone, "+14155552671");
+    assert_eq!(plain.ids, vec![user("u1"), e.clone(), e.hashed(), p.clone(), p.hashed()]);
+    assert_eq!(out.ids, vec![user("u1"), e.hashed(), p.hashed()]);
+    let mut g = graph();
+    let first = g.apply(1, &plain.ids).profile;
+    assert_eq!(g.apply(2, &out.ids).profile, first);
+}
+
+#[test]
+fn extract_rejects_values_redacted_by_the_pii_redact_action() {
+    let out = extract_default(json!({"type": "identify", "userId": "[REDACTED:email]", "anonymousId": "a1",
+        "traits": {"email": "[REDACTED:email]", "phone": "call [REDACTED:phone]"},
+        "context": {"externalIds": [{"id": "id [REDACTED:email]", "type": "braze_id"}]}}));
+    assert_eq!(out.ids, vec![anon("a1")]);
+    assert_eq!(
+        out.rejected,
+        vec![
+            (IdType::UserId, RejectReason::Redacted),
+            (IdType::Email, RejectReason::Redacted),
+            (IdType::Phone, RejectReason::Redacted),
+            (IdType::External("braze_id".into()), RejectReason::Redacted),
+        ]
+    );
+    assert_eq!(RejectReason::Redacted.as_str(), "redacted");
+    assert_eq!(serde_json::to_value(RejectReason::Redacted).unwrap(), json!("redacted"));
+}
+
 // ---------------------------------------------------------------- rules
 
 #[test]
