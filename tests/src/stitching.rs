@@ -120,6 +120,16 @@ impl<T: TableStore> TableStore for Recorder<T> {
     async fn write(&self, op: WriteOp) -> Result<(), PortError> {
         self.inner.write(op).await
     }
+
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: serde_json::Map<String, serde_json::Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        self.inner.add(key, deltas, set, expires_at).await
+    }
 }
 
 /// One store shared by several handlers.
@@ -152,6 +162,16 @@ impl<T: TableStore> TableStore for Shared<T> {
 
     async fn write(&self, op: WriteOp) -> Result<(), PortError> {
         self.0.write(op).await
+    }
+
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: serde_json::Map<String, serde_json::Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        self.0.add(key, deltas, set, expires_at).await
     }
 }
 

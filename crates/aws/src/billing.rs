@@ -31,6 +31,10 @@
 //!   the larger of the old and new item; the adapter does not know the old size without reading it, so it counts
 //!   the new one (an underestimate for writes that shrink an item). DeleteItem is billed on the deleted item,
 //!   which the adapter does not see either: it counts [`UNKNOWN_ITEM_BYTES`] (1 KB, the 1-unit minimum).
+//! - UpdateItem (the port's `add`) is billed like a write of the larger of the old and the new item; the adapter
+//!   asks for the item as it is afterwards (`ReturnValues: ALL_NEW`, which costs nothing extra) and counts its size
+//!   (exact for counters, which only grow). A failed condition is counted on the stored item, which DynamoDB
+//!   returns with the failure.
 //! - A failed conditional write still costs: the new item's size when an item exists, 1 unit when none does. The
 //!   adapter counts the new item's size (exact when the item existed, high by the difference when it did not).
 //! - TransactWriteItems: 2 × the write units of every item in it (prepare + commit), ConditionCheck items
@@ -169,7 +173,7 @@ pub(crate) fn read_half_units(total_bytes: u64, consistency: Consistency) -> u64
 pub struct Usage {
     /// GetItem and Query calls (one `query` may make several Query calls).
     pub requests_read: u64,
-    /// PutItem and DeleteItem calls, failed conditional ones included.
+    /// PutItem, UpdateItem and DeleteItem calls, failed conditional ones included.
     pub requests_write: u64,
     /// TransactWriteItems calls, committed or cancelled by a condition.
     pub requests_transact: u64,
@@ -238,7 +242,7 @@ impl Meter {
         });
     }
 
-    /// One PutItem or DeleteItem call on an item of `item_bytes`.
+    /// One PutItem, UpdateItem or DeleteItem call on an item of `item_bytes`.
     pub(crate) fn write(&self, item_bytes: u64, reported: Option<&ConsumedCapacity>) {
         let reported = reported.and_then(|c| c.write_capacity_units().or(c.capacity_units()));
         self.update(|t| {

@@ -12,12 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, ConsumedCapacity, Delete, Put, ReturnConsumedCapacity, TransactWriteItem,
+    AttributeValue, ConditionCheck, ConsumedCapacity, Delete, Put, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use serde_json::{Map, Number, Value};
 use tributary_core::ports::{
-    check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
+    check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
 };
 
 use crate::billing::{self, Consistency, Meter, Usage};
@@ -221,6 +223,119 @@ fn non_empty<K, V>(m: HashMap<K, V>) -> Option<HashMap<K, V>> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Counter updates (`add`).
+// ---------------------------------------------------------------------------------------------------------------
+
+/// An UpdateItem's expressions, with only the names and values they use. Every attribute goes through a
+/// placeholder, so reserved words (`name`, `count`, …) need no special care.
+#[derive(Debug, Default, PartialEq)]
+struct UpdateExpr {
+    update: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+/// Holds for a missing item and for a live one; fails only on an expired item still stored.
+const LIVE_OR_MISSING: &str = "attribute_not_exists(#pk) OR attribute_not_exists(#ttl) OR #ttl > :now";
+
+/// The `SET` assignments of the attributes to set and of the expiry, and their names and values.
+fn set_clauses(
+    set: &Map<String, Value>,
+    expires_at: Option<i64>,
+    names: &mut HashMap<String, String>,
+    values: &mut HashMap<String, AttributeValue>,
+) -> Vec<String> {
+    let mut clauses = Vec::with_capacity(set.len() + 1);
+    for (i, (name, value)) in set.iter().enumerate() {
+        names.insert(format!("#s{i}"), name.clone());
+        values.insert(format!(":s{i}"), to_av(value));
+        clauses.push(format!("#s{i} = :s{i}"));
+    }
+    if let Some(t) = expires_at {
+        names.insert("#ttl".to_owned(), TTL.to_owned());
+        values.insert(":ttl".to_owned(), AttributeValue::N(t.to_string()));
+        clauses.push("#ttl = :ttl".to_owned());
+    }
+    clauses
+}
+
+/// `ADD` the deltas, `SET` the attributes and the expiry, on a missing or live item.
+fn add_expr(deltas: &[(String, i64)], set: &Map<String, Value>, expires_at: Option<i64>, now: i64) -> UpdateExpr {
+    let mut names = HashMap::from([("#pk".to_owned(), PK.to_owned()), ("#ttl".to_owned(), TTL.to_owned())]);
+    let mut values = HashMap::from([(":now".to_owned(), AttributeValue::N(now.to_string()))]);
+    let mut adds = Vec::with_capacity(deltas.len());
+    for (i, (name, delta)) in deltas.iter().enumerate() {
+        names.insert(format!("#a{i}"), name.clone());
+        values.insert(format!(":a{i}"), AttributeValue::N(delta.to_string()));
+        adds.push(format!("#a{i} :a{i}"));
+    }
+    let sets = set_clauses(set, expires_at, &mut names, &mut values);
+    let mut update = Vec::new();
+    if !adds.is_empty() {
+        update.push(format!("ADD {}", adds.join(", ")));
+    }
+    if !sets.is_empty() {
+        update.push(format!("SET {}", sets.join(", ")));
+    }
+    UpdateExpr { update: update.join(" "), condition: LIVE_OR_MISSING.to_owned(), names, values }
+}
+
+/// Replaces the expired item `old` by what an add on a missing item makes: the deltas as values, the attributes
+/// to set, the expiry, and every other attribute of `old` (its version included) removed. Conditional on `old`'s
+/// expiry being still in place, so a concurrent replacement is not replaced again. `None` when `old` has no
+/// expiry to check (it is then not expired, and the caller retries the plain add).
+fn replace_expired_expr(
+    deltas: &[(String, i64)],
+    set: &Map<String, Value>,
+    expires_at: Option<i64>,
+    old: &HashMap<String, AttributeValue>,
+) -> Option<UpdateExpr> {
+    let old_ttl = old.get(TTL)?.clone();
+    let mut names = HashMap::from([("#ttl".to_owned(), TTL.to_owned())]);
+    let mut values = HashMap::from([(":old_ttl".to_owned(), old_ttl)]);
+    let mut sets = Vec::with_capacity(deltas.len() + set.len() + 1);
+    for (i, (name, delta)) in deltas.iter().enumerate() {
+        names.insert(format!("#a{i}"), name.clone());
+        values.insert(format!(":a{i}"), AttributeValue::N(delta.to_string()));
+        sets.push(format!("#a{i} = :a{i}"));
+    }
+    sets.extend(set_clauses(set, expires_at, &mut names, &mut values));
+    let kept = |name: &str| {
+        matches!(name, PK | SK)
+            || (name == TTL && expires_at.is_some())
+            || deltas.iter().any(|(d, _)| d == name)
+            || set.contains_key(name)
+    };
+    let mut stale: Vec<&String> = old.keys().filter(|n| !kept(n)).collect();
+    stale.sort();
+    let mut removes = Vec::with_capacity(stale.len());
+    for (i, name) in stale.into_iter().enumerate() {
+        if name == TTL {
+            removes.push("#ttl".to_owned());
+        } else {
+            names.insert(format!("#r{i}"), name.clone());
+            removes.push(format!("#r{i}"));
+        }
+    }
+    let mut update = format!("SET {}", sets.join(", "));
+    if !removes.is_empty() {
+        update.push_str(&format!(" REMOVE {}", removes.join(", ")));
+    }
+    Some(UpdateExpr { update, condition: "#ttl = :old_ttl".to_owned(), names, values })
+}
+
+/// How one UpdateItem of an add ended.
+enum Updated {
+    Done,
+    /// The condition failed; the item as stored, when DynamoDB returned it.
+    ConditionFailed(Option<HashMap<String, AttributeValue>>),
+}
+
+/// Tries of an add that keeps meeting an expired item being replaced concurrently.
+const ADD_ATTEMPTS: usize = 4;
+
 const BUILD_FAILED: &str = "dynamodb TransactWriteItems: operation could not be built";
 
 impl DynamoTable {
@@ -327,6 +442,44 @@ impl DynamoTable {
             bytes,
             sent.as_ref().map(|out| out.consumed_capacity()).map_err(|e| error::dynamodb("DeleteItem", e)),
         )
+    }
+
+    /// One UpdateItem of an add, metered: a success on the item as it is afterwards (DynamoDB returns it), a
+    /// failed condition on the item as stored (returned with the failure) or, when that is missing, on the update's
+    /// own attributes.
+    async fn update_item(&self, key: &ItemKey, e: UpdateExpr) -> Result<Updated, PortError> {
+        let mut sent_bytes = billing::item_size(&key_av(key));
+        sent_bytes += e.values.values().map(billing::value_size).sum::<u64>();
+        sent_bytes += e.names.values().map(|n| n.len() as u64).sum::<u64>();
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_av(key)))
+            .update_expression(e.update)
+            .condition_expression(e.condition)
+            .set_expression_attribute_names(non_empty(e.names))
+            .set_expression_attribute_values(non_empty(e.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let bytes = out.attributes().map_or(sent_bytes, billing::item_size);
+                self.usage.write(bytes, out.consumed_capacity());
+                Ok(Updated::Done)
+            }
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let old = c.item().cloned();
+                    self.usage.write(old.as_ref().map_or(sent_bytes, billing::item_size), None);
+                    Ok(Updated::ConditionFailed(old))
+                }
+                _ => Err(error::dynamodb("UpdateItem", &err)),
+            },
+        }
     }
 
     /// Meters one PutItem or DeleteItem and turns its outcome into the port's: a success or a failed condition
@@ -521,6 +674,32 @@ impl TableStore for DynamoTable {
             },
         }
     }
+
+    /// One UpdateItem (`ADD`, `SET`) on a missing or live item. An expired item still stored fails the condition
+    /// and is replaced by a second, conditional UpdateItem, so that nothing of it survives into the new item.
+    #[tracing::instrument(skip_all, fields(table = %self.table, deltas = deltas.len()))]
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: Map<String, Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        check_add(deltas, &set)?;
+        for _ in 0..ADD_ATTEMPTS {
+            let old = match self.update_item(key, add_expr(deltas, &set, expires_at, now_epoch_s())).await? {
+                Updated::Done => return Ok(()),
+                Updated::ConditionFailed(old) => old,
+            };
+            let Some(replace) = old.as_ref().and_then(|old| replace_expired_expr(deltas, &set, expires_at, old)) else {
+                continue;
+            };
+            if let Updated::Done = self.update_item(key, replace).await? {
+                return Ok(());
+            }
+        }
+        Err(PortError::Unavailable("dynamodb UpdateItem: an expired item kept changing under the add".into()))
+    }
 }
 
 #[cfg(test)]
@@ -584,6 +763,50 @@ mod tests {
         assert!(condition_expr(&Condition::None, 100, true).expression.is_some());
         let e = condition_expr(&Condition::NotExists, 100, false);
         assert_eq!(e.expression.as_deref(), Some("attribute_not_exists(pk) OR #ttl <= :now"));
+    }
+
+    #[test]
+    fn adds_use_placeholders_for_every_attribute() {
+        let mut set = Map::new();
+        set.insert("name".into(), json!("Order Completed"));
+        let deltas = vec![("accepted".to_owned(), 3), ("count".to_owned(), -1)];
+        let e = add_expr(&deltas, &set, Some(1_700_000_000), 100);
+        assert_eq!(e.update, "ADD #a0 :a0, #a1 :a1 SET #s0 = :s0, #ttl = :ttl");
+        assert_eq!(e.condition, LIVE_OR_MISSING);
+        assert_eq!(e.names.get("#a1").map(String::as_str), Some("count"));
+        assert_eq!(e.names.get("#s0").map(String::as_str), Some("name"));
+        assert_eq!(e.values.get(":a1"), Some(&AttributeValue::N("-1".into())));
+        assert_eq!(e.values.get(":ttl"), Some(&AttributeValue::N("1700000000".into())));
+        assert_eq!(e.values.get(":now"), Some(&AttributeValue::N("100".into())));
+        // Nothing to set and no expiry: no SET clause, but the condition still names the expiry.
+        let e = add_expr(&deltas[..1], &Map::new(), None, 100);
+        assert_eq!(e.update, "ADD #a0 :a0");
+        assert_eq!(e.names.len(), 3);
+        assert_eq!(e.values.len(), 2);
+    }
+
+    #[test]
+    fn an_expired_item_is_replaced_not_added_to() {
+        let old = HashMap::from([
+            (PK.to_owned(), AttributeValue::S("p".into())),
+            (SK.to_owned(), AttributeValue::S("s".into())),
+            (VERSION.to_owned(), AttributeValue::N("7".into())),
+            (TTL.to_owned(), AttributeValue::N("50".into())),
+            ("accepted".to_owned(), AttributeValue::N("10".into())),
+            ("stale".to_owned(), AttributeValue::N("4".into())),
+        ]);
+        let deltas = vec![("accepted".to_owned(), 1)];
+        let e = replace_expired_expr(&deltas, &Map::new(), None, &old).expect("old has an expiry");
+        assert_eq!(e.update, "SET #a0 = :a0 REMOVE #r0, #ttl, #r2");
+        assert_eq!(e.condition, "#ttl = :old_ttl");
+        assert_eq!(e.names.get("#r0").map(String::as_str), Some("stale"));
+        assert_eq!(e.names.get("#r2").map(String::as_str), Some("v"));
+        assert_eq!(e.values.get(":old_ttl"), Some(&AttributeValue::N("50".into())));
+        let e = replace_expired_expr(&deltas, &Map::new(), Some(500), &old).expect("old has an expiry");
+        assert_eq!(e.update, "SET #a0 = :a0, #ttl = :ttl REMOVE #r0, #r1");
+        let mut live = old.clone();
+        live.remove(TTL);
+        assert_eq!(replace_expired_expr(&deltas, &Map::new(), None, &live), None);
     }
 
     #[test]

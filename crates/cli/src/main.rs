@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod quarantine;
+mod sources;
 
 #[derive(Parser)]
 #[command(name = "tributary", version, about = "Tributary: a customer data platform on AWS Lambda, runnable locally.")]
@@ -41,6 +43,16 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Events held back by a tracking plan: list, show, and redrive those that now pass.
+    Quarantine {
+        #[command(subcommand)]
+        command: quarantine::QuarantineCommand,
+    },
+    /// Per-source governance reports.
+    Sources {
+        #[command(subcommand)]
+        command: sources::SourcesCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,6 +73,8 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => bench::run(command).map(|_| ExitCode::SUCCESS),
+        Command::Quarantine { command } => quarantine::run(command),
+        Command::Sources { command } => sources::run(command),
     };
     match result {
         Ok(code) => code,

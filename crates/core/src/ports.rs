@@ -237,6 +237,31 @@ pub fn check_transaction(ops: &[WriteOp]) -> Result<(), PortError> {
     Ok(())
 }
 
+/// Attribute names an [`Item`]'s `attrs` (and [`TableStore::add`]) may not use: the stored key, version and expiry.
+pub const RESERVED_ATTRIBUTES: [&str; 4] = ["pk", "sk", "v", "ttl"];
+
+/// The shape rules every adapter applies before [`TableStore::add`]: something to do, no reserved or empty
+/// attribute name, no name twice (DynamoDB refuses overlapping paths in one update). Errors name attributes (chosen
+/// by the caller's code), never values or keys.
+pub fn check_add(deltas: &[(String, i64)], set: &serde_json::Map<String, serde_json::Value>) -> Result<(), PortError> {
+    if deltas.is_empty() && set.is_empty() {
+        return Err(PortError::Invalid("an add needs at least one delta or attribute to set".into()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(deltas.len() + set.len());
+    for name in deltas.iter().map(|(n, _)| n.as_str()).chain(set.keys().map(String::as_str)) {
+        if name.is_empty() {
+            return Err(PortError::Invalid("attribute names must not be empty".into()));
+        }
+        if RESERVED_ATTRIBUTES.contains(&name) {
+            return Err(PortError::Invalid(format!("attribute name {name:?} is reserved")));
+        }
+        if !seen.insert(name) {
+            return Err(PortError::Invalid(format!("attribute {name:?} appears twice in one add")));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryPage {
     pub items: Vec<Item>,
@@ -267,4 +292,17 @@ pub trait TableStore: Send + Sync {
     fn transact(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<(), TransactError>> + Send;
     /// A single conditional write; `ConditionFailed` comes back as `PortError::ConditionFailed`.
     fn write(&self, op: WriteOp) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Atomic counter update of one item, with no read by the caller and no version check: creates the item if
+    /// missing, adds each delta to its numeric attribute (a missing attribute counts as 0), sets the `set`
+    /// attributes and, when `expires_at` is `Some`, the expiry (`None` leaves the expiry as it is). The version is
+    /// never touched (an item created here has version 0). An expired item counts as absent: the add starts from an
+    /// empty item. Concurrent adds to one item all count. Refused with [`PortError::Invalid`]: the shapes
+    /// [`check_add`] refuses, and a delta on an attribute that holds something other than a number.
+    fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: serde_json::Map<String, serde_json::Value>,
+        expires_at: Option<i64>,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 }

@@ -2,7 +2,8 @@
 //! real handlers.
 //!
 //! - HTTP requests become `ApiGatewayV2httpRequest`s (payload format 2.0, body base64-encoded when binary) and go to
-//!   the same handlers that run on Lambda: `/v1/profiles/…` to the profile API, the rest to ingest.
+//!   the same handlers that run on Lambda: `/v1/profiles/…` and `/v1/sources/…` to the profile API, the rest to
+//!   ingest.
 //! - The events queue feeds the stitch function, which hands events to the delivery queue.
 //! - Each registered SQS trigger polls a durable SQLite queue and delivers `SqsEvent` batches exactly as Lambda does:
 //!   records carry receive counts, `batchItemFailures` keeps the failed ones for redelivery after the visibility
@@ -410,7 +411,7 @@ pub struct RequestRecord {
 }
 
 struct AppState<M> {
-    ingest: Arc<Ingest<SqliteQueue, Arc<M>, DirStore>>,
+    ingest: Arc<Ingest<SqliteQueue, Arc<M>, DirStore, SqliteTable>>,
     profiles: ProfileApi<SqliteTable>,
     sink: SqliteTable,
     requests: Mutex<Vec<RequestRecord>>,
@@ -447,9 +448,14 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
 
     let metrics = Arc::new(metrics);
     let workspace = Arc::new(opts.workspace);
-    // Quarantined events go under `objects/quarantine/`, as they go under the archive bucket's prefix on AWS.
+    // Quarantined events go under `objects/quarantine/`, as they go under the archive bucket's prefix on AWS;
+    // governed sources' counters go to the profile table (a handle of its own, as each Lambda has its own client).
+    let stats_table =
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?;
     let ingest = Arc::new(
-        Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default()).with_quarantine(objects),
+        Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default())
+            .with_quarantine(objects)
+            .with_stats(stats_table),
     );
     let profile_api = ProfileApi::new(
         SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
@@ -552,7 +558,7 @@ async fn front<M: MetricsSink + 'static>(
             }
         };
     // The routes API Gateway sends to the profile API; everything else is the tracking API's.
-    if parts.uri.path().starts_with("/v1/profiles/") {
+    if parts.uri.path().starts_with("/v1/profiles/") || parts.uri.path().starts_with("/v1/sources/") {
         return http_response(state.profiles.handle(event).await);
     }
     let resp = state.ingest.handle(event).await;

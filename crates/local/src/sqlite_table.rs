@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 use tributary_core::ports::{
-    check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
+    check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
 };
 
 use crate::sqlite_queue::{now_ms, sqlite_error, Db};
@@ -240,6 +240,84 @@ fn apply(conn: &mut Connection, table: &str, ops: &[WriteOp], prepared: &[Option
     tx.commit().map_err(err)
 }
 
+/// One counter update inside an IMMEDIATE transaction: read the (unexpired) item, add, set, write back. The write
+/// lock is taken up front, so concurrent adds (from this process or another) serialise and none is lost.
+fn apply_add(
+    conn: &mut Connection,
+    table: &str,
+    key: &ItemKey,
+    deltas: &[(String, i64)],
+    set: Map<String, Value>,
+    expires_at: Option<i64>,
+) -> Result<(), PortError> {
+    let err = |e| sqlite_error("add", e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+    let current: Option<(String, i64, Option<i64>)> = tx
+        .prepare_cached(
+            "SELECT attrs, v, expires_at FROM tributary_table_items WHERE tbl = ?1 AND pk = ?2 AND sk = ?3
+             AND (expires_at IS NULL OR expires_at > ?4)",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![table, &key.pk, &key.sk, now_s()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+        })
+        .map_err(err)?;
+    // An expired item still on disk counts as absent: the add starts from nothing, as a new item.
+    let (mut attrs, version, mut expiry) = match current {
+        Some((json, v, exp)) => {
+            let attrs: Map<String, Value> = serde_json::from_str(&json)
+                .map_err(|e| PortError::Invalid(format!("stored attributes of an item are not a JSON object: {e}")))?;
+            (attrs, v, exp)
+        }
+        None => (Map::new(), 0, None),
+    };
+    for (name, delta) in deltas {
+        let sum = add_number(attrs.get(name), *delta)
+            .ok_or_else(|| PortError::Invalid(format!("attribute {name:?} does not hold a number to add to")))?;
+        attrs.insert(name.clone(), sum);
+    }
+    attrs.extend(set);
+    if expires_at.is_some() {
+        expiry = expires_at;
+    }
+    let json = serde_json::to_string(&attrs)
+        .map_err(|e| PortError::Invalid(format!("attributes cannot be serialised: {e}")))?;
+    let size = json.len() + key.pk.len() + key.sk.len();
+    if size > MAX_ITEM_BYTES {
+        return Err(PortError::Invalid(format!("item of {size} bytes exceeds {MAX_ITEM_BYTES}")));
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO tributary_table_items (tbl, pk, sk, attrs, v, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| s.execute(params![table, &key.pk, &key.sk, json, version, expiry]))
+    .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+/// `current + delta`, a missing attribute counting as 0; `None` when the attribute is not a number or the sum does
+/// not fit (DynamoDB refuses both too). Integers stay exact; a stored float stays a float.
+fn add_number(current: Option<&Value>, delta: i64) -> Option<Value> {
+    let n = match current {
+        None => return Some(Value::from(delta)),
+        Some(Value::Number(n)) => n,
+        Some(_) => return None,
+    };
+    if let Some(i) = n.as_i64() {
+        return Some(match i.checked_add(delta) {
+            Some(sum) => Value::from(sum),
+            None => Value::from(u64::try_from(i128::from(i) + i128::from(delta)).ok()?),
+        });
+    }
+    if let Some(u) = n.as_u64() {
+        let sum = i128::from(u) + i128::from(delta);
+        return Some(match i64::try_from(sum) {
+            Ok(i) => Value::from(i),
+            Err(_) => Value::from(u64::try_from(sum).ok()?),
+        });
+    }
+    serde_json::Number::from_f64(n.as_f64()? + delta as f64).map(Value::Number)
+}
+
 impl SqliteTable {
     async fn run(&self, ops: Vec<WriteOp>) -> Result<(), TxFailure> {
         let prepared = ops.iter().map(prepare).collect::<Result<Vec<_>, _>>().map_err(TxFailure::Port)?;
@@ -323,5 +401,37 @@ impl TableStore for SqliteTable {
             Err(TxFailure::Condition(_)) => Err(PortError::ConditionFailed(what)),
             Err(TxFailure::Port(e)) => Err(e),
         }
+    }
+
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: Map<String, Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        validate_key(key)?;
+        check_add(deltas, &set)?;
+        let table = self.table.clone();
+        let (key, deltas) = (key.clone(), deltas.to_vec());
+        self.db.call(move |conn| apply_add(conn, &table, &key, &deltas, set, expires_at)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numbers_add_exactly_and_refuse_what_is_not_a_number() {
+        assert_eq!(add_number(None, 3), Some(json!(3)));
+        assert_eq!(add_number(Some(&json!(40)), -2), Some(json!(38)));
+        assert_eq!(add_number(Some(&json!(i64::MAX)), 1), Some(json!(i64::MAX as u64 + 1)));
+        assert_eq!(add_number(Some(&json!(u64::MAX)), -1), Some(json!(u64::MAX - 1)));
+        assert_eq!(add_number(Some(&json!(u64::MAX)), 1), None);
+        assert_eq!(add_number(Some(&json!(1.5)), 1), Some(json!(2.5)));
+        assert_eq!(add_number(Some(&json!("7")), 1), None);
+        assert_eq!(add_number(Some(&json!(null)), 1), None);
     }
 }

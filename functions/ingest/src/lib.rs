@@ -9,6 +9,11 @@
 //! and quarantined ones are written to the quarantine [`ObjectStore`] (see
 //! [`tributary_core::governance::quarantine`]) before the answer, so a 200 means every event is either queued, held
 //! or deliberately dropped.
+//!
+//! For governed sources, once the events are queued, what governance did is added to per-hour, per-event-name
+//! counters in the profile [`TableStore`] (see [`tributary_core::governance::stats`]): one `add` per distinct event
+//! name of the request. A failed counter write is logged and counted (`StatsWritesFailed`) but never fails the
+//! request; ungoverned sources write nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,17 +22,21 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use base64::Engine;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Method};
 use serde_json::json;
 use time::OffsetDateTime;
 use tributary_core::config::{SourceConfig, WorkspaceConfig};
 use tributary_core::governance::policy::{Governance, Governed, Outcome};
 use tributary_core::governance::quarantine::{self, QuarantineRecord};
+use tributary_core::governance::stats::{self, RequestStats};
 use tributary_core::governance::{PiiKind, ViolationKind};
 use tributary_core::ingest::{self, Limits, Processed, RequestContext, RequestError, Route};
 use tributary_core::metrics::Emf;
-use tributary_core::ports::{ObjectMeta, ObjectStore, OutgoingMessage, PortError, Queue, MAX_SEND_BATCH};
+use tributary_core::ports::{
+    Item, ItemKey, ObjectMeta, ObjectStore, OutgoingMessage, PortError, QueryPage, Queue, TableStore, TransactError,
+    WriteOp, MAX_SEND_BATCH,
+};
 
 /// Largest events-queue message we write. SQS accepts 1 MiB, but each 64 KiB chunk is billed as one request;
 /// 256 KiB keeps a message to 4 chunks and under the Lambda async payload limit with room to spare.
@@ -36,6 +45,13 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Quarantine puts in flight at once for one request: a large batch of held events must not take one round trip
 /// each in sequence (the function has 10 s), nor open thousands of connections.
 const QUARANTINE_PUT_CONCURRENCY: usize = 16;
+
+/// Counter writes in flight at once for one request (one per distinct event name).
+const STATS_WRITE_CONCURRENCY: usize = 16;
+
+/// Longest a request waits for its counter writes: they must never hold the answer up for long (the function has
+/// 10 s). Writes still pending then are abandoned and counted as failed.
+const STATS_WRITE_BUDGET: Duration = Duration::from_secs(2);
 
 pub use tributary_core::metrics::{MemoryMetrics, MetricsSink, StdoutMetrics};
 
@@ -62,11 +78,13 @@ impl Default for IngestSettings {
 type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
 /// The tracking API handler: queue `Q` for accepted events, metrics sink `M`, object store `S` for quarantined
-/// events ([`NoQuarantineStore`] until [`Ingest::with_quarantine`] gives it one).
-pub struct Ingest<Q, M, S = NoQuarantineStore> {
+/// events ([`NoQuarantineStore`] until [`Ingest::with_quarantine`] gives it one), table `T` for the governance
+/// counters (none until [`Ingest::with_stats`] gives it one).
+pub struct Ingest<Q, M, S = NoQuarantineStore, T = NoStatsTable> {
     queue: Q,
     metrics: M,
     quarantine: S,
+    stats: Option<T>,
     workspace: Arc<WorkspaceConfig>,
     settings: IngestSettings,
     clock: Clock,
@@ -108,6 +126,39 @@ impl ObjectStore for NoQuarantineStore {
     }
 }
 
+/// The type of the stats table of a handler that was given none ([`Ingest::with_stats`] was not called). It is never
+/// asked anything: without a table, no counter is written. Reads find nothing, writes are refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStatsTable;
+
+impl TableStore for NoStatsTable {
+    async fn get(&self, _: &ItemKey) -> Result<Option<Item>, PortError> {
+        Ok(None)
+    }
+    async fn query(&self, _: &str, _: &str, _: Option<&str>, _: usize) -> Result<QueryPage, PortError> {
+        Ok(QueryPage { items: Vec::new(), next: None })
+    }
+    async fn transact(&self, _: Vec<WriteOp>) -> Result<(), TransactError> {
+        Err(no_stats_table().into())
+    }
+    async fn write(&self, _: WriteOp) -> Result<(), PortError> {
+        Err(no_stats_table())
+    }
+    async fn add(
+        &self,
+        _: &ItemKey,
+        _: &[(String, i64)],
+        _: serde_json::Map<String, serde_json::Value>,
+        _: Option<i64>,
+    ) -> Result<(), PortError> {
+        Err(no_stats_table())
+    }
+}
+
+fn no_stats_table() -> PortError {
+    PortError::Unavailable("no stats table is configured".into())
+}
+
 /// How the caller authenticated, recorded for the local runtime's request log (never the key itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -143,6 +194,7 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
             queue,
             metrics,
             quarantine: NoQuarantineStore,
+            stats: None,
             workspace,
             settings,
             clock: Arc::new(OffsetDateTime::now_utc),
@@ -174,13 +226,29 @@ fn compile_governance(workspace: &WorkspaceConfig) -> HashMap<String, SourceGove
     out
 }
 
-impl<Q: Queue, M: MetricsSink, S: ObjectStore> Ingest<Q, M, S> {
+impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T> {
     /// Where quarantined events are written (the archive bucket on AWS, the data dir's objects locally).
-    pub fn with_quarantine<S2: ObjectStore>(self, store: S2) -> Ingest<Q, M, S2> {
+    pub fn with_quarantine<S2: ObjectStore>(self, store: S2) -> Ingest<Q, M, S2, T> {
         Ingest {
             queue: self.queue,
             metrics: self.metrics,
             quarantine: store,
+            stats: self.stats,
+            workspace: self.workspace,
+            settings: self.settings,
+            clock: self.clock,
+            buckets: self.buckets,
+            governance: self.governance,
+        }
+    }
+
+    /// Where the governance counters of governed sources are kept (the profile table on AWS and locally).
+    pub fn with_stats<T2: TableStore>(self, table: T2) -> Ingest<Q, M, S, T2> {
+        Ingest {
+            queue: self.queue,
+            metrics: self.metrics,
+            quarantine: self.quarantine,
+            stats: Some(table),
             workspace: self.workspace,
             settings: self.settings,
             clock: self.clock,
@@ -337,7 +405,49 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore> Ingest<Q, M, S> {
         // 6. Durably queued before we answer.
         let bodies = ingest::pack(source.id.as_str(), &accepted, self.settings.max_message_bytes);
         self.enqueue(bodies).await.map_err(|e| self.fail(e, Some(source)))?;
+
+        // 7. Governance counters, only now that the events are queued (or held), and never failing the request.
+        let mut tally = tally;
+        if let Some(t) = tally.as_mut() {
+            t.stats_failed = self.write_stats(source.id.as_str(), received_at, &t.stats).await;
+        }
         Ok(Accepted { source_id: source.id.to_string(), accepted: accepted.len(), rejected, governance: tally })
+    }
+
+    /// Adds the request's counts to the stats table, one `add` per distinct event name, concurrently and within
+    /// [`STATS_WRITE_BUDGET`]. Returns how many adds failed (or were abandoned); failures are logged, not returned.
+    async fn write_stats(&self, source_id: &str, received_at: OffsetDateTime, counts: &RequestStats) -> u64 {
+        let Some(table) = &self.stats else {
+            return 0;
+        };
+        let updates = counts.updates(source_id, received_at);
+        let total = updates.len() as u64;
+        if total == 0 {
+            return 0;
+        }
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let failed = std::sync::atomic::AtomicU64::new(0);
+        let writes = futures::stream::iter(updates).for_each_concurrent(STATS_WRITE_CONCURRENCY, |u| {
+            let (done, failed) = (&done, &failed);
+            async move {
+                let result = table.add(&u.key, &u.deltas, u.set, Some(u.expires_at)).await;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = result {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Port errors name services and codes, never keys' event names or event values.
+                    tracing::warn!(source_id, error = %e, "Governance counters could not be written.");
+                }
+            }
+        });
+        if tokio::time::timeout(STATS_WRITE_BUDGET, writes).await.is_err() {
+            tracing::warn!(
+                source_id,
+                pending = total - done.load(std::sync::atomic::Ordering::Relaxed),
+                "Governance counter writes took too long; abandoned."
+            );
+        }
+        let finished = done.load(std::sync::atomic::Ordering::Relaxed);
+        failed.load(std::sync::atomic::Ordering::Relaxed) + (total - finished)
     }
 
     fn governance_for(&self, source: &SourceConfig) -> Result<Option<&Governance>, Failure> {
@@ -540,6 +650,10 @@ struct Tally {
     properties_dropped: u64,
     pii_findings: BTreeMap<PiiKind, u64>,
     violations: BTreeMap<ViolationKind, u64>,
+    /// By event name, for the stats table.
+    stats: RequestStats,
+    /// Counter writes that failed.
+    stats_failed: u64,
 }
 
 impl Tally {
@@ -557,7 +671,8 @@ impl Tally {
         emf = emf
             .count("EventsQuarantined", self.quarantined as u64)
             .count("EventsDropped", self.dropped as u64)
-            .count("PropertiesDropped", self.properties_dropped);
+            .count("PropertiesDropped", self.properties_dropped)
+            .count("StatsWritesFailed", self.stats_failed);
         for (reason, n) in &self.dropped_by_reason {
             emf = emf.count(&format!("EventsDropped.{reason}"), *n);
         }
@@ -584,8 +699,11 @@ fn govern_all(
     let mut held = Vec::new();
     let mut tally = Tally::default();
     for mut event in events {
+        // The name before governance, which may rewrite the event (never its type or name, but read it first).
+        let name = stats::event_name(&event);
         let governed = governance.govern(&mut event);
         tally.record(&governed);
+        tally.stats.record(name, stats::Counts::of(&governed));
         match governed.outcome {
             Outcome::Accept => kept.push(event),
             Outcome::Drop { reason } => {

@@ -17,10 +17,12 @@ use time::macros::datetime;
 use time::OffsetDateTime;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::governance::quarantine::QuarantineRecord;
+use tributary_core::governance::stats;
 use tributary_core::governance::ViolationKind;
 use tributary_core::ingest::Envelope;
 use tributary_core::ports::{
-    validate_object_key, FailedEntry, ObjectMeta, ObjectStore, OutgoingMessage, PortError, Queue, ReceivedMessage,
+    validate_object_key, FailedEntry, Item, ItemKey, ObjectMeta, ObjectStore, OutgoingMessage, PortError, QueryPage,
+    Queue, ReceivedMessage, TableStore, TransactError, WriteOp,
 };
 use tributary_core::profile::layout::message_hash;
 use tributary_ingest::{Ingest, IngestSettings, MemoryMetrics};
@@ -493,22 +495,96 @@ fn governed_workspace() -> WorkspaceConfig {
     tributary_core::config::load(&text).expect("governance fixture workspace is valid")
 }
 
+/// In-memory stand-in for the profile table, as far as the governance counters go: `add` only (the handler never
+/// reads, puts or deletes). Counts the adds; can be made to fail them.
+#[derive(Clone, Default)]
+struct StatsTable {
+    items: Arc<Mutex<BTreeMap<ItemKey, Item>>>,
+    adds: Arc<Mutex<usize>>,
+    down: Arc<AtomicBool>,
+}
+
+impl StatsTable {
+    fn adds(&self) -> usize {
+        *self.adds.lock().unwrap()
+    }
+
+    /// Every counter item of `source`, by event name.
+    fn by_name(&self, source: &str) -> BTreeMap<String, stats::Counts> {
+        let pk = stats::partition(source);
+        let items = self.items.lock().unwrap();
+        items
+            .values()
+            .filter(|i| i.key.pk == pk)
+            .map(|i| (i.attrs["name"].as_str().unwrap().to_string(), stats::Counts::from_attrs(&i.attrs)))
+            .collect()
+    }
+}
+
+impl TableStore for StatsTable {
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        Ok(self.items.lock().unwrap().get(key).cloned())
+    }
+    async fn query(&self, _: &str, _: &str, _: Option<&str>, _: usize) -> Result<QueryPage, PortError> {
+        panic!("ingest never queries the table")
+    }
+    async fn transact(&self, _: Vec<WriteOp>) -> Result<(), TransactError> {
+        panic!("ingest never writes the table transactionally")
+    }
+    async fn write(&self, _: WriteOp) -> Result<(), PortError> {
+        panic!("ingest never puts or deletes in the table")
+    }
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: serde_json::Map<String, Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        *self.adds.lock().unwrap() += 1;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::Throttled("dynamodb UpdateItem: ThrottlingException (http 400)".into()));
+        }
+        let mut items = self.items.lock().unwrap();
+        let item = items.entry(key.clone()).or_insert_with(|| Item {
+            key: key.clone(),
+            attrs: serde_json::Map::new(),
+            version: 0,
+            expires_at: None,
+        });
+        for (name, d) in deltas {
+            let old = item.attrs.get(name).and_then(Value::as_i64).unwrap_or(0);
+            item.attrs.insert(name.clone(), json!(old + d));
+        }
+        item.attrs.extend(set);
+        item.expires_at = expires_at.or(item.expires_at);
+        Ok(())
+    }
+}
+
 struct GovWorld {
-    ingest: Ingest<RecordingQueue, Arc<MemoryMetrics>, MemoryStore>,
+    ingest: Ingest<RecordingQueue, Arc<MemoryMetrics>, MemoryStore, StatsTable>,
     queue: RecordingQueue,
     metrics: Arc<MemoryMetrics>,
     store: MemoryStore,
+    stats: StatsTable,
 }
 
 fn gov_world_with(workspace: WorkspaceConfig) -> GovWorld {
-    let queue = RecordingQueue::new(Behaviour::Accept);
+    gov_world_on(Behaviour::Accept, workspace)
+}
+
+fn gov_world_on(behaviour: Behaviour, workspace: WorkspaceConfig) -> GovWorld {
+    let queue = RecordingQueue::new(behaviour);
     let metrics = Arc::new(MemoryMetrics::default());
     let store = MemoryStore::default();
+    let stats = StatsTable::default();
     let settings = IngestSettings { send_backoff: Duration::from_millis(1), ..Default::default() };
     let ingest = Ingest::new(queue.clone(), metrics.clone(), Arc::new(workspace), settings)
         .with_clock(|| NOW)
-        .with_quarantine(store.clone());
-    GovWorld { ingest, queue, metrics, store }
+        .with_quarantine(store.clone())
+        .with_stats(stats.clone());
+    GovWorld { ingest, queue, metrics, store, stats }
 }
 
 fn gov_world() -> GovWorld {
@@ -744,4 +820,124 @@ async fn a_source_without_governance_reports_nothing_held() {
     for name in ["EventsQuarantined", "EventsDropped", "PropertiesDropped"] {
         assert!(m.get(name).is_none(), "{name} is only reported for governed sources");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Governance counters (the stats table).
+// ---------------------------------------------------------------------------------------------------------------
+
+fn counts(accepted: u64, dropped_properties: u64, quarantined: u64, pii_actioned: u64, dropped: u64) -> stats::Counts {
+    stats::Counts { accepted, dropped_properties, quarantined, pii_actioned, dropped }
+}
+
+#[tokio::test]
+async fn governed_requests_add_to_the_counters_of_each_event_name() {
+    let w = gov_world();
+    let body = json!({"batch": [
+        order("m-planned", json!({"total": 10, "currency": "EUR"})),
+        {"type": "track", "userId": "u1", "event": "Secret Thing", "messageId": "m-unplanned"},
+        order("m-invalid", json!({"total": "ten"})),
+    ]});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body.clone())).await;
+    assert_eq!(resp.status_code, 200, "{}", body_json(&resp));
+    assert_eq!(w.stats.adds(), 2, "one add per distinct event name");
+    let expected = BTreeMap::from([
+        ("Order Completed".to_string(), counts(1, 0, 1, 0, 0)),
+        ("Secret Thing".to_string(), counts(0, 0, 1, 0, 0)),
+    ]);
+    assert_eq!(w.stats.by_name("quarantine"), expected);
+    // Keyed by the hour the request was received and the name's hash, expiring 400 days after that hour.
+    let item = w.stats.items.lock().unwrap()[&stats::key("quarantine", NOW, "Secret Thing")].clone();
+    assert!(item.key.sk.starts_with("2025-03-10T12#"), "{}", item.key.sk);
+    assert!(!item.key.sk.contains("Secret"), "{}", item.key.sk);
+    assert_eq!(item.expires_at, Some(datetime!(2025-03-10 12:00 UTC).unix_timestamp() + 400 * 86_400));
+    assert_eq!(last_metrics(&w.metrics)["StatsWritesFailed"], 0);
+
+    // A second request adds to the same hour's counters.
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body)).await;
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(w.stats.by_name("quarantine")["Order Completed"], counts(2, 0, 2, 0, 0));
+
+    // Properties dropped by the plan, PII hashed, events dropped for PII: each counted under its event name.
+    let body = json!({"batch": [
+        order("m-extra", json!({"total": 10, "coupon": "SPRING"})),
+        order("m-clean", json!({"total": 10})),
+        {"type": "track", "userId": "u1", "event": "Secret Thing", "messageId": "m-unplanned", "properties": {"a": 1}},
+    ]});
+    let resp = w.ingest.handle(request_for("drop-properties-write-key", "batch", body)).await;
+    assert_eq!(resp.status_code, 200);
+    let expected = BTreeMap::from([
+        ("Order Completed".to_string(), counts(2, 1, 0, 0, 0)),
+        ("Secret Thing".to_string(), counts(1, 1, 0, 0, 0)),
+    ]);
+    assert_eq!(w.stats.by_name("drop-properties"), expected);
+
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Note Written", "messageId": "m-note",
+         "properties": {"note": "write to jake@example.com"}},
+        {"type": "identify", "userId": "u1", "messageId": "m-identify", "traits": {"email": "jake@example.com"}},
+        {"type": "page", "userId": "u1", "name": "Home", "messageId": "m-page"},
+    ]});
+    let resp = w.ingest.handle(request_for("pii-hash-write-key", "batch", body.clone())).await;
+    assert_eq!(resp.status_code, 200);
+    let expected = BTreeMap::from([
+        ("(identify)".to_string(), counts(1, 0, 0, 1, 0)),
+        ("(page)".to_string(), counts(1, 0, 0, 0, 0)),
+        ("Note Written".to_string(), counts(1, 0, 0, 1, 0)),
+    ]);
+    assert_eq!(w.stats.by_name("pii-hash"), expected);
+    let resp = w.ingest.handle(request_for("pii-drop-write-key", "batch", body)).await;
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(w.stats.by_name("pii-drop")["Note Written"], counts(0, 0, 0, 1, 1));
+    assert_eq!(w.stats.by_name("pii-drop")["(page)"], counts(1, 0, 0, 0, 0));
+
+    // No event value reaches the table: only names and counts.
+    for item in w.stats.items.lock().unwrap().values() {
+        let text = serde_json::to_string(&item.attrs).unwrap();
+        assert!(!text.contains("jake") && !text.contains("SPRING"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn ungoverned_sources_write_no_counters() {
+    let queue = RecordingQueue::new(Behaviour::Accept);
+    let stats = StatsTable::default();
+    let ingest =
+        Ingest::new(queue.clone(), Arc::new(MemoryMetrics::default()), Arc::new(workspace()), Default::default())
+            .with_stats(stats.clone());
+    let resp = ingest.handle(request(read_json("apigw/batch-basic.json"))).await;
+    assert_eq!(resp.status_code, 200, "{}", body_json(&resp));
+    assert!(!queue.events().is_empty());
+    assert_eq!(stats.adds(), 0, "an ungoverned source must not pay a write per request");
+}
+
+#[tokio::test]
+async fn a_failing_stats_table_never_fails_the_request() {
+    let w = gov_world();
+    w.stats.down.store(true, Ordering::SeqCst);
+    let body = json!({"batch": [
+        order("m-planned", json!({"total": 10})),
+        {"type": "track", "userId": "u1", "event": "Secret Thing", "messageId": "m-unplanned"},
+    ]});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!((resp.status_code, out["accepted"].clone(), out["quarantined"].clone()), (200, json!(1), json!(1)));
+    assert_eq!(w.queue.events().len(), 1);
+    assert_eq!(w.stats.adds(), 2, "both names were tried");
+    assert_eq!(last_metrics(&w.metrics)["StatsWritesFailed"], 2);
+}
+
+#[tokio::test]
+async fn counters_are_written_only_once_the_events_are_queued() {
+    let w = gov_world_on(Behaviour::Down, governed_workspace());
+    let resp = w.ingest.handle(request_for("pii-hash-write-key", "track", order("m-1", json!({"total": 1})))).await;
+    assert_eq!((resp.status_code, body_json(&resp)["code"].clone()), (503, json!("queue_unavailable")));
+    assert_eq!(w.stats.adds(), 0, "a refused request counts nothing");
+
+    let w = gov_world();
+    w.store.down.store(true, Ordering::SeqCst);
+    let one = json!({"userId": "u1", "event": "Secret Thing", "messageId": "m-one"});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "track", one)).await;
+    assert_eq!(resp.status_code, 503);
+    assert_eq!(w.stats.adds(), 0, "a refused request counts nothing");
 }

@@ -3,6 +3,8 @@
 //!
 //! - `GET /v1/profiles/{type}:{value}`: the profile ([`ProfileView`]).
 //! - `GET /v1/profiles/{type}:{value}/events?limit=N&cursor=C`: its history, newest first (`{"events","next"}`).
+//! - `GET /v1/sources/{id}/stats?since=T&until=T`: what governance did to the source's events over a window (RFC 3339
+//!   bounds, default the last 24 hours), per event name and in total ([`Report`]).
 //!
 //! The handler is generic over the [`TableStore`] port, so the Lambda binary (DynamoDB) and `tributary serve`
 //! (SQLite) run exactly this code. Lookups hold personal data: they never appear in errors or logs, only their
@@ -16,15 +18,21 @@ use aws_lambda_events::encodings::Body;
 use http::{HeaderMap, HeaderValue, Method};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
+use time::OffsetDateTime;
 use tributary_core::config::{ManagementKey, Scope, WorkspaceConfig};
-use tributary_core::ports::TableStore;
+use tributary_core::governance::stats::{self, Window};
+use tributary_core::ports::{PortError, TableStore};
 use tributary_core::profile::read::{self, Lookup, ReadError, DEFAULT_EVENTS_LIMIT};
 
+pub use tributary_core::governance::stats::Report;
 pub use tributary_core::profile::read::{EventsPage, ProfileView};
 
-/// The path prefix of every route; anything before it (an API Gateway stage) is ignored.
+/// The path prefix of the profile routes; anything before it (an API Gateway stage) is ignored.
 const PREFIX: &str = "/v1/profiles/";
 const EVENTS_SUFFIX: &str = "/events";
+/// The path prefix of the source routes.
+const SOURCES_PREFIX: &str = "/v1/sources/";
+const STATS_SUFFIX: &str = "/stats";
 
 /// An error answer: status and the `{"code","message"}` body. Messages never hold a lookup value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +52,7 @@ impl ApiError {
 enum Route {
     Profile,
     Events,
+    SourceStats,
 }
 
 impl Route {
@@ -51,18 +60,28 @@ impl Route {
         match self {
             Route::Profile => "profile",
             Route::Events => "profile_events",
+            Route::SourceStats => "source_stats",
         }
     }
 }
 
+type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
 pub struct ProfileApi<T: TableStore> {
     table: T,
     workspace: Arc<WorkspaceConfig>,
+    clock: Clock,
 }
 
 impl<T: TableStore> ProfileApi<T> {
     pub fn new(table: T, workspace: Arc<WorkspaceConfig>) -> Self {
-        ProfileApi { table, workspace }
+        ProfileApi { table, workspace, clock: Arc::new(OffsetDateTime::now_utc) }
+    }
+
+    /// Replaces the wall clock (the default stats window ends now; tests pin it).
+    pub fn with_clock(mut self, clock: impl Fn() -> OffsetDateTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Handles one API Gateway HTTP API request. Never fails: every outcome is an HTTP response.
@@ -73,12 +92,15 @@ impl<T: TableStore> ProfileApi<T> {
             return error_response(&ApiError::new(404, "not_found", "no such route"));
         };
         if req.request_context.http.method != Method::GET {
-            let mut resp = error_response(&ApiError::new(405, "method_not_allowed", "profile routes accept GET only"));
+            let mut resp = error_response(&ApiError::new(405, "method_not_allowed", "these routes accept GET only"));
             insert_header(&mut resp.headers, "allow", "GET");
             return resp;
         }
-        let mut audit = Audit { key_id: None, lookup_sha256: None };
-        let outcome = self.serve(route, raw_lookup, &req, &mut audit).await;
+        let mut audit = Audit { key_id: None, lookup_sha256: None, source_id: None };
+        let outcome = match route {
+            Route::SourceStats => self.source_stats(raw_lookup, &req, &mut audit).await,
+            Route::Profile | Route::Events => self.serve(route, raw_lookup, &req, &mut audit).await,
+        };
         let status = outcome.as_ref().map_or_else(|e| e.status, |_| 200);
         let code = outcome.as_ref().err().map_or("ok", |e| e.code);
         // Reading a profile is reading personal data: say who read which (hashed) lookup.
@@ -88,6 +110,7 @@ impl<T: TableStore> ProfileApi<T> {
             code,
             key_id = audit.key_id.as_deref().unwrap_or("none"),
             lookup_sha256 = audit.lookup_sha256.as_deref().unwrap_or("none"),
+            source_id = audit.source_id.as_deref().unwrap_or("none"),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Profile request."
         );
@@ -131,7 +154,8 @@ impl<T: TableStore> ProfileApi<T> {
 
         // Query parameters before any read, so a bad one costs nothing.
         let page = match route {
-            Route::Profile => None,
+            // `SourceStats` is served by `source_stats`, never here.
+            Route::Profile | Route::SourceStats => None,
             Route::Events => Some(events_params(req)?),
         };
         let resolved = read::resolve(&self.table, &lookup).await.map_err(|e| store_error(e, &lookup))?;
@@ -146,6 +170,32 @@ impl<T: TableStore> ProfileApi<T> {
         };
         body.map_err(|e| store_error(e, &lookup))?
             .map_err(|_| ApiError::new(500, "internal", "the profile could not be encoded"))
+    }
+
+    /// `GET /v1/sources/{id}/stats`: the source's governance counters over the requested window.
+    async fn source_stats(
+        &self,
+        raw_id: &str,
+        req: &ApiGatewayV2httpRequest,
+        audit: &mut Audit,
+    ) -> Result<serde_json::Value, ApiError> {
+        let key = self.authorize(&req.headers)?;
+        audit.key_id = Some(key.id.clone());
+        let id = percent_decode_str(raw_id).decode_utf8().ok();
+        // Only a configured id reaches the log; anything else is just "not found".
+        let source = id
+            .as_deref()
+            .and_then(|id| self.workspace.sources.iter().find(|s| s.id.as_str() == id))
+            .ok_or_else(|| ApiError::new(404, "source_not_found", "no source has this id"))?;
+        audit.source_id = Some(source.id.to_string());
+        let since = query_param(req, "since");
+        let until = query_param(req, "until");
+        let window = Window::parse(since.as_deref(), until.as_deref(), (self.clock)())
+            .map_err(|e| ApiError::new(400, "invalid_time", e.to_string()))?;
+        let report = stats::read(&self.table, source.id.as_str(), &window)
+            .await
+            .map_err(|e| stats_error(e, source.id.as_str()))?;
+        serde_json::to_value(report).map_err(|_| ApiError::new(500, "internal", "the report could not be encoded"))
     }
 
     /// The management key named by `Authorization: Bearer <key>`, if it may read profiles.
@@ -178,11 +228,21 @@ impl<T: TableStore> ProfileApi<T> {
 struct Audit {
     key_id: Option<String>,
     lookup_sha256: Option<String>,
+    /// The source of a stats request, once known to be configured.
+    source_id: Option<String>,
 }
 
-/// The route and the still-encoded `{type}:{value}` segment. Everything after `/v1/profiles/` is the lookup (up to
-/// a final `/events`): HTTP APIs may hand over `rawPath` already decoded, so a value's own `/` must not split it.
+/// The route and its still-encoded parameter: the `{type}:{value}` of a profile route, the source id of
+/// `/v1/sources/{id}/stats`. Everything after `/v1/profiles/` is the lookup (up to a final `/events`): HTTP APIs may
+/// hand over `rawPath` already decoded, so a value's own `/` must not split it.
 fn split_route(path: &str) -> Option<(Route, &str)> {
+    let profiles = path.find(PREFIX);
+    if let Some(at) = path.find(SOURCES_PREFIX).filter(|at| profiles.is_none_or(|p| *at < p)) {
+        let rest = &path[at + SOURCES_PREFIX.len()..];
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let id = rest.strip_suffix(STATS_SUFFIX)?;
+        return (!id.is_empty() && !id.contains('/')).then_some((Route::SourceStats, id));
+    }
     let (_, rest) = path.split_once(PREFIX)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (route, lookup) = match rest.strip_suffix(EVENTS_SUFFIX) {
@@ -242,6 +302,16 @@ fn store_error(e: ReadError, lookup: &Lookup) -> ApiError {
     }
 }
 
+fn stats_error(e: PortError, source_id: &str) -> ApiError {
+    if e.is_retryable() {
+        tracing::warn!(error = %e, source_id, "Stats table unavailable.");
+        ApiError::new(503, "unavailable", "the stats store is unavailable, retry shortly")
+    } else {
+        tracing::error!(error = %e, source_id, "Stats read failed.");
+        ApiError::new(500, "internal", "the stats could not be read")
+    }
+}
+
 /// Equality of two equal-length hashes without an early exit.
 fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -286,6 +356,17 @@ mod tests {
         assert_eq!(split_route("/v1/profiles//events"), None);
         assert_eq!(split_route("/v1/profiles"), None);
         assert_eq!(split_route("/v1/track"), None);
+        assert_eq!(split_route("/v1/sources/web/stats"), Some((Route::SourceStats, "web")));
+        assert_eq!(split_route("/prod/v1/sources/web/stats/"), Some((Route::SourceStats, "web")));
+        assert_eq!(split_route("/v1/sources/web"), None);
+        assert_eq!(split_route("/v1/sources//stats"), None);
+        assert_eq!(split_route("/v1/sources/a/b/stats"), None);
+        assert_eq!(split_route("/v1/sources/web/stats/x"), None);
+        // A profile lookup that happens to hold the other prefix is still a lookup.
+        assert_eq!(
+            split_route("/v1/profiles/ext:x:/v1/sources/web/stats"),
+            Some((Route::Profile, "ext:x:/v1/sources/web/stats"))
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use serde_json::{json, Map, Value};
+use time::macros::datetime;
+use time::OffsetDateTime;
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
+use tributary_core::governance::stats;
 use tributary_core::identity::{IdType, Identifier};
 use tributary_core::ports::{Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp};
 use tributary_core::profile::layout;
@@ -78,6 +81,15 @@ impl TableStore for MemTable {
     async fn write(&self, _: WriteOp) -> Result<(), PortError> {
         Err(PortError::Invalid("read-only test table".into()))
     }
+    async fn add(
+        &self,
+        _: &ItemKey,
+        _: &[(String, i64)],
+        _: Map<String, Value>,
+        _: Option<i64>,
+    ) -> Result<(), PortError> {
+        Err(PortError::Invalid("read-only test table".into()))
+    }
 }
 
 fn workspace() -> WorkspaceConfig {
@@ -88,11 +100,16 @@ fn workspace() -> WorkspaceConfig {
          \x20 - {{id: reader, key_sha256: {}, scopes: [\"profiles:read\"]}}\n\
          \x20 - {{id: admin, key_sha256: {}, scopes: [admin]}}\n\
          \x20 - {{id: dsr, key_sha256: {}, scopes: [dsr]}}\n\
+         sources:\n\
+         \x20 - {{id: web, write_key_sha256: [\"{}\"]}}\n\
+         \x20 - {{id: app, write_key_sha256: [\"{}\"]}}\n\
          profiles:\n\
          \x20 default_country_code: \"44\"\n",
         sha(READER_KEY),
         sha(ADMIN_KEY),
-        sha(DSR_KEY)
+        sha(DSR_KEY),
+        sha("web-write-key"),
+        sha("app-write-key"),
     );
     tributary_core::config::load(&text).expect("test workspace is valid")
 }
@@ -473,4 +490,155 @@ async fn store_failures_map_to_503_and_500() {
     table.put(layout::profile_key(ROOT), bad);
     let resp = api.handle(get("/v1/profiles/email:ann%2Bnews%40example.com")).await;
     assert_error(&resp, 500, "internal", &["ann"]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GET /v1/sources/{id}/stats
+// ---------------------------------------------------------------------------------------------------------------
+
+const STATS_NOW: OffsetDateTime = datetime!(2025-03-10 12:30 UTC);
+
+/// Counters of `source` for `name` in the hour of `at`, as ingest leaves them.
+fn stat(table: &MemTable, source: &str, at: OffsetDateTime, name: &str, counts: Value) {
+    let Value::Object(mut attrs) = counts else { panic!("counts are an object") };
+    attrs.insert("name".into(), json!(name));
+    table.put(stats::key(source, at, name), attrs);
+}
+
+/// `web`: two names over several hours, `app`: one; all around [`STATS_NOW`].
+fn stats_seeded() -> MemTable {
+    let table = seeded();
+    stat(&table, "web", datetime!(2025-03-08 12:00 UTC), "Order Completed", json!({"accepted": 1000}));
+    stat(&table, "web", datetime!(2025-03-09 13:05 UTC), "Order Completed", json!({"accepted": 5, "pii_actioned": 2}));
+    stat(&table, "web", datetime!(2025-03-10 09:59 UTC), "Order Completed", json!({"accepted": 3, "quarantined": 1}));
+    stat(
+        &table,
+        "web",
+        datetime!(2025-03-10 12:10 UTC),
+        "Order Completed",
+        json!({"dropped_properties": 4, "accepted": 4}),
+    );
+    stat(&table, "web", datetime!(2025-03-10 10:00 UTC), "Secret Thing", json!({"quarantined": 7}));
+    stat(
+        &table,
+        "web",
+        datetime!(2025-03-10 11:00 UTC),
+        "(identify)",
+        json!({"accepted": 2, "dropped": 1, "pii_actioned": 1}),
+    );
+    stat(&table, "app", datetime!(2025-03-10 11:00 UTC), "Order Completed", json!({"accepted": 99}));
+    table
+}
+
+fn stats_api(table: MemTable) -> ProfileApi<MemTable> {
+    api(table).with_clock(|| STATS_NOW)
+}
+
+fn stats_get(path: &str, query: &str) -> ApiGatewayV2httpRequest {
+    request("GET", path, query, Some(&format!("Bearer {READER_KEY}")))
+}
+
+#[tokio::test]
+async fn source_stats_sum_the_last_24_hours_by_event_name() {
+    let api = stats_api(stats_seeded());
+    let resp = api.handle(stats_get("/v1/sources/web/stats", "")).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(resp.headers.get("content-type").unwrap(), "application/json");
+    assert_eq!(
+        body_json(&resp),
+        json!({
+            "source": "web",
+            "since": "2025-03-09T12:30:00Z",
+            "until": "2025-03-10T12:30:00Z",
+            "events": [
+                {"name": "(identify)", "accepted": 2, "dropped_properties": 0, "quarantined": 0, "pii_actioned": 1,
+                 "dropped": 1},
+                {"name": "Order Completed", "accepted": 12, "dropped_properties": 4, "quarantined": 1,
+                 "pii_actioned": 2, "dropped": 0},
+                {"name": "Secret Thing", "accepted": 0, "dropped_properties": 0, "quarantined": 7, "pii_actioned": 0,
+                 "dropped": 0},
+            ],
+            "totals": {"accepted": 14, "dropped_properties": 4, "quarantined": 8, "pii_actioned": 3, "dropped": 1},
+        })
+    );
+}
+
+#[tokio::test]
+async fn source_stats_take_an_rfc3339_window() {
+    let api = stats_api(stats_seeded());
+    // Hours overlapping [10:00, 11:00) only; a `+` offset may arrive encoded or turned into a space.
+    for query in [
+        "since=2025-03-10T10:00:00Z&until=2025-03-10T11:00:00Z",
+        "since=2025-03-10T12:00:00%2B02:00&until=2025-03-10T13:00:00%2B02:00",
+        "since=2025-03-10T12:00:00+02:00&until=2025-03-10T11:00:00Z",
+    ] {
+        let resp = api.handle(stats_get("/v1/sources/web/stats", query)).await;
+        assert_eq!(resp.status_code, 200, "{query}: {}", body_text(&resp));
+        let v = body_json(&resp);
+        assert_eq!(
+            (v["since"].as_str(), v["until"].as_str()),
+            (Some("2025-03-10T10:00:00Z"), Some("2025-03-10T11:00:00Z"))
+        );
+        assert_eq!(v["events"].as_array().unwrap().len(), 1, "{query}: {v}");
+        assert_eq!(v["events"][0]["name"], "Secret Thing");
+        assert_eq!(v["totals"]["quarantined"], 7);
+    }
+    // Only `since`: up to now. Another source: only its own counters. A window with nothing: empty, not 404.
+    let resp = api.handle(stats_get("/v1/sources/web/stats", "since=2025-03-01T00:00:00Z")).await;
+    assert_eq!(body_json(&resp)["totals"]["accepted"], 1014);
+    let resp = api.handle(stats_get("/v1/sources/app/stats", "")).await;
+    assert_eq!(body_json(&resp)["totals"]["accepted"], 99);
+    let resp =
+        api.handle(stats_get("/v1/sources/app/stats/", "since=2020-01-01T00:00:00Z&until=2020-01-02T00:00:00Z")).await;
+    let v = body_json(&resp);
+    assert_eq!((v["events"].clone(), v["totals"]["accepted"].clone()), (json!([]), json!(0)));
+}
+
+#[tokio::test]
+async fn source_stats_refuse_bad_times_unknown_sources_and_strangers() {
+    let api = stats_api(stats_seeded());
+    for query in [
+        "since=yesterday",
+        "until=2025-03-10",
+        "since=2025-03-10T12:00:00Z&until=2025-03-10T12:00:00Z",
+        "since=2025-03-11T00:00:00Z&until=2025-03-10T00:00:00Z",
+        "since=2025-03-10T12:00:00Z&until=1741608000",
+    ] {
+        let resp = api.handle(stats_get("/v1/sources/web/stats", query)).await;
+        assert_error(&resp, 400, "invalid_time", &["yesterday", "1741608000"]);
+    }
+    let resp = api.handle(stats_get("/v1/sources/nope/stats", "")).await;
+    assert_error(&resp, 404, "source_not_found", &["nope"]);
+    let resp = api.handle(stats_get("/v1/sources/web%FF/stats", "")).await;
+    assert_error(&resp, 404, "source_not_found", &[]);
+    for path in ["/v1/sources/web", "/v1/sources/web/stats/more", "/v1/sources//stats"] {
+        assert_error(&api.handle(stats_get(path, "")).await, 404, "not_found", &[]);
+    }
+
+    // Authentication comes first: a stranger learns nothing about which sources exist.
+    for auth in [None, Some("Bearer wrong-key".to_string())] {
+        for path in ["/v1/sources/web/stats", "/v1/sources/nope/stats"] {
+            let resp = api.handle(request("GET", path, "", auth.as_deref())).await;
+            assert_error(&resp, 401, "unauthorized", &[]);
+        }
+    }
+    let resp = api.handle(request("GET", "/v1/sources/web/stats", "", Some(&format!("Bearer {DSR_KEY}")))).await;
+    assert_error(&resp, 403, "forbidden", &[]);
+    let resp = api.handle(request("GET", "/v1/sources/web/stats", "", Some(&format!("Bearer {ADMIN_KEY}")))).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    let resp = api.handle(request("POST", "/v1/sources/web/stats", "", Some(&format!("Bearer {ADMIN_KEY}")))).await;
+    assert_error(&resp, 405, "method_not_allowed", &[]);
+}
+
+#[tokio::test]
+async fn source_stats_store_failures_map_to_503_and_500() {
+    let table = stats_seeded();
+    let api = stats_api(table.clone());
+    *table.fail.lock().unwrap() = Some(PortError::Unavailable("down".into()));
+    let resp = api.handle(stats_get("/v1/sources/web/stats", "")).await;
+    assert_error(&resp, 503, "unavailable", &[]);
+    assert_eq!(resp.headers.get("retry-after").unwrap(), "1");
+    *table.fail.lock().unwrap() = Some(PortError::Invalid("bad".into()));
+    let resp = api.handle(stats_get("/v1/sources/web/stats", "")).await;
+    assert_error(&resp, 500, "internal", &[]);
 }

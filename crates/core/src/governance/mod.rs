@@ -6,11 +6,14 @@
 //! - [`plan`]: a [`plan::TrackingPlan`] (JSON Schema per event name and for identify traits, plus policies) compiled
 //!   once into a [`plan::CompiledPlan`] whose [`plan::CompiledPlan::check`] types the violations and decides what to
 //!   do with the event.
+//! - [`stats`]: per source, event name and hour, what governance did (the counters ingest keeps and the management
+//!   API reports).
 
 pub mod pii;
 pub mod plan;
 pub mod policy;
 pub mod quarantine;
+pub mod stats;
 
 pub use pii::{apply, detect, Finding, PiiAction, PiiKind, PiiOutcome};
 pub use plan::{CompiledPlan, Decision, PlanError, Policy, TrackingPlan, Verdict, Violation, ViolationKind};

@@ -116,7 +116,8 @@ static IPV6: LazyLock<Regex> = LazyLock::new(|| {
 /// overlap, the one starting first wins, then the longer one.
 pub fn detect(text: &str, kinds: &[PiiKind]) -> Vec<Finding> {
     let mut all = Vec::new();
-    for &kind in PiiKind::ALL.iter().filter(|k| kinds.contains(k)) {
+    let shape = Shape::of(text);
+    for &kind in PiiKind::ALL.iter().filter(|k| kinds.contains(k) && shape.may_hold(**k)) {
         match kind {
             PiiKind::Email => detect_email(text, &mut all),
             PiiKind::Phone => detect_phone(text, &mut all),
@@ -134,6 +135,56 @@ pub fn detect(text: &str, kinds: &[PiiKind]) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Character counts of a string, from one pass over its bytes. Each detector's pattern needs some of these
+/// (an `@`, so many digits, …); most strings in events (names, titles, SKUs) lack them, and skipping the regexes
+/// for those keeps governance cheap. Every test is a necessary condition of the pattern, so nothing is missed.
+struct Shape {
+    len: usize,
+    digits: usize,
+    uppercase: usize,
+    dots: usize,
+    colons: usize,
+    dashes: usize,
+    at: bool,
+    plus: bool,
+}
+
+impl Shape {
+    fn of(text: &str) -> Shape {
+        let mut s =
+            Shape { len: text.len(), digits: 0, uppercase: 0, dots: 0, colons: 0, dashes: 0, at: false, plus: false };
+        for b in text.bytes() {
+            match b {
+                b'0'..=b'9' => s.digits += 1,
+                b'A'..=b'Z' => s.uppercase += 1,
+                b'.' => s.dots += 1,
+                b':' => s.colons += 1,
+                b'-' => s.dashes += 1,
+                b'@' => s.at = true,
+                b'+' => s.plus = true,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn may_hold(&self, kind: PiiKind) -> bool {
+        match kind {
+            PiiKind::Email => self.at,
+            // `+`, then 8–15 digits.
+            PiiKind::Phone => self.plus && self.digits >= 8,
+            // 13–19 digits.
+            PiiKind::Card => self.digits >= 13,
+            // Two capitals, two check digits, at least 11 more characters.
+            PiiKind::Iban => self.uppercase >= 2 && self.digits >= 2 && self.len >= 15,
+            // `ddd-dd-dddd`.
+            PiiKind::NationalId => self.digits >= 9 && self.dashes >= 2,
+            // Four dotted numbers, or at least two colons.
+            PiiKind::IpAddress => (self.digits >= 4 && self.dots >= 3) || self.colons >= 2,
+        }
+    }
 }
 
 fn byte_before(text: &str, i: usize) -> Option<u8> {

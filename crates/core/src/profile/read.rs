@@ -569,6 +569,15 @@ mod tests {
             }
             Ok(())
         }
+        async fn add(
+            &self,
+            _: &ItemKey,
+            _: &[(String, i64)],
+            _: serde_json::Map<String, Value>,
+            _: Option<i64>,
+        ) -> Result<(), PortError> {
+            Err(PortError::Invalid("the read tests never add".into()))
+        }
     }
 
     const ROOT: &str = "prof_root";
