@@ -32,6 +32,10 @@ pub struct QuarantineRecord {
     /// Version of the tracking plan that held the event back, so a redrive knows which plan it failed.
     pub plan_version: String,
     pub violations: Vec<Violation>,
+    /// SHA-256 of each identifier of the event (`type:value`, normalized, as the identity graph keys them): how an
+    /// erasure request finds a subject's held events without reading every event.
+    #[serde(default)]
+    pub subjects: Vec<String>,
     /// The normalized event, after minimization and PII processing (what would have been queued).
     pub event: Value,
 }
@@ -54,6 +58,11 @@ impl QuarantineRecord {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
         };
+        let subjects = crate::identity::extract(&event, &crate::identity::ExtractOptions::default())
+            .ids
+            .iter()
+            .map(|id| crate::sha256_hex(id.key().as_bytes()))
+            .collect();
         QuarantineRecord {
             v: RECORD_VERSION,
             source_id: source_id.to_owned(),
@@ -61,6 +70,7 @@ impl QuarantineRecord {
             received_at: received,
             plan_version,
             violations,
+            subjects,
             event: Value::Object(event),
         }
     }
@@ -118,6 +128,24 @@ fn parse_day(s: &str) -> Option<Date> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn records_name_their_subjects_by_hash_only() {
+        use crate::identity::{IdType, Identifier};
+        let event = serde_json::json!({"type": "identify", "userId": "u1", "messageId": "m1",
+            "traits": {"email": "Ann@Example.com"}});
+        let event = event.as_object().cloned().unwrap_or_default();
+        let record = QuarantineRecord::new("web", OffsetDateTime::UNIX_EPOCH, "v1".into(), Vec::new(), event);
+        let hash = |id: Identifier| crate::sha256_hex(id.key().as_bytes());
+        let email = Identifier::new(IdType::Email, "ann@example.com", None).expect("email");
+        for expected in
+            [hash(Identifier::new(IdType::UserId, "u1", None).expect("id")), hash(email.hashed()), hash(email)]
+        {
+            assert!(record.subjects.contains(&expected), "{:?}", record.subjects);
+        }
+        let json = serde_json::to_string(&record.subjects).unwrap_or_default();
+        assert!(!json.contains("ann@") && !json.contains("u1\""), "subjects are hashes only: {json}");
+    }
     use serde_json::json;
     use time::macros::{date, datetime};
 
@@ -178,7 +206,8 @@ mod tests {
         assert_eq!(
             v,
             json!({"v": 1, "sourceId": "web", "messageId": "m-1", "receivedAt": "2025-03-10T12:00:10.000Z",
-                   "planVersion": "v7", "violations": [{"kind": "unplanned_event", "path": "/event"}], "event": event})
+                   "planVersion": "v7", "violations": [{"kind": "unplanned_event", "path": "/event"}], "subjects": [],
+                   "event": event})
         );
         assert_eq!(serde_json::from_value::<QuarantineRecord>(v).unwrap(), r);
     }
