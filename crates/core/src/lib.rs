@@ -2,9 +2,11 @@
 //! pack), the workspace configuration and the port traits that adapters implement. No async runtime, no AWS, no I/O.
 
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod governance;
 pub mod identity;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod ports;

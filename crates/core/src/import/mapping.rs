@@ -1,0 +1,932 @@
+//! A source's import mapping (which column is which identifier or typed trait, and which event a row becomes)
+//! and the conversion of one row into a normalized-shaped Segment event.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+use time::format_description::OwnedFormatItem;
+use time::{Date, OffsetDateTime, PrimitiveDateTime};
+
+use super::rows::{Cell, Format, Header, ParseOptions, Row, MAX_COLUMNS};
+use super::{reason, FileId, RowReject};
+use crate::identity::{IdType, Identifier, RejectReason};
+use crate::ingest::timestamp::{format_timestamp, parse_timestamp};
+
+/// `context.library.name` of every imported event, so imports can be told apart from SDK traffic.
+pub const LIBRARY_NAME: &str = "tributary-import";
+
+/// How the rows of a source's import files become events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportMapping {
+    pub format: Format,
+    /// CSV only: `,`, `;` or a tab. Absent: the most frequent of them in the header line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<char>,
+    /// What each column (CSV header name, JSON key) holds. Columns not listed are ignored.
+    pub columns: BTreeMap<String, ColumnMapping>,
+    /// The event each row becomes.
+    pub event: EventSpec,
+    /// Country calling code for phones written without `+`/`00` (e.g. `"1"`); without it they are rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_country_code: Option<String>,
+}
+
+/// What one column holds. Written `{identifier: email}`, or `{type: date, format: "%d/%m/%Y", trait: birthday}`
+/// for a typed trait (`trait` defaults to the column's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "ColumnSpec", into = "ColumnSpec")]
+pub enum ColumnMapping {
+    /// An identifier: `user_id`, `email`, `phone`, `email_sha256`, `phone_sha256` or `ext:<name>`.
+    Identifier(IdType),
+    /// A typed trait (for track events, a property).
+    Trait(TraitMapping),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraitMapping {
+    /// The trait's name; the column's name when absent.
+    pub name: Option<String>,
+    pub kind: TraitType,
+    /// `date` only, and required there.
+    pub format: Option<String>,
+}
+
+/// A column mapping as written: an `identifier`, or a trait's `type` (with its optional `trait` name and, for
+/// dates, `format`). A flat object rather than an enum, since YAML would need a tag (`!identifier`) for that.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ColumnSpec {
+    /// The column is an identifier: `user_id`, `email`, `phone`, `email_sha256`, `phone_sha256` or `ext:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identifier: Option<IdType>,
+    /// The column is a trait (for track events, a property) of this type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<TraitType>,
+    /// The trait's name; the column's name when absent.
+    #[serde(default, rename = "trait", skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// `date` only, and required there: the column's format in strftime syntax (`%Y-%m-%d`, `%d/%m/%Y %H:%M`),
+    /// as the `time` crate reads it. A date alone becomes `YYYY-MM-DD`; with a time, an ISO-8601 UTC timestamp
+    /// (UTC assumed when the format has no offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+}
+
+impl TryFrom<ColumnSpec> for ColumnMapping {
+    type Error = String;
+    fn try_from(spec: ColumnSpec) -> Result<Self, String> {
+        match spec {
+            ColumnSpec { identifier: Some(kind), kind: None, name: None, format: None } => {
+                Ok(ColumnMapping::Identifier(kind))
+            }
+            ColumnSpec { identifier: Some(_), .. } => {
+                Err("a column is an `identifier` or a trait (`type`, `trait`, `format`), not both".into())
+            }
+            ColumnSpec { identifier: None, kind: Some(kind), name, format } => {
+                Ok(ColumnMapping::Trait(TraitMapping { name, kind, format }))
+            }
+            ColumnSpec { identifier: None, kind: None, .. } => {
+                Err("a column needs an `identifier` or a trait `type`".into())
+            }
+        }
+    }
+}
+
+impl From<ColumnMapping> for ColumnSpec {
+    fn from(mapping: ColumnMapping) -> Self {
+        match mapping {
+            ColumnMapping::Identifier(kind) => {
+                ColumnSpec { identifier: Some(kind), kind: None, name: None, format: None }
+            }
+            ColumnMapping::Trait(TraitMapping { name, kind, format }) => {
+                ColumnSpec { identifier: None, kind: Some(kind), name, format }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraitType {
+    /// Text as written; JSON numbers and booleans are written as text.
+    String,
+    /// An integer or a finite decimal (`42`, `-1.5`, `1e3`).
+    Number,
+    /// `true`/`false`, `yes`/`no`, `1`/`0`, any case.
+    Bool,
+    /// A date or date-time in the trait's `format`.
+    Date,
+}
+
+/// The event a row becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventSpec {
+    /// An identify carrying the row's traits.
+    Identify {
+        /// Column holding when the row's facts were true (ISO-8601); the import time when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp_column: Option<String>,
+    },
+    /// A track; exactly one of `event_column` and `event_name` names the event.
+    Track {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_column: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_name: Option<String>,
+        /// Column holding when the event happened (ISO-8601); the import time when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp_column: Option<String>,
+    },
+}
+
+/// Why a mapping was refused. Names only columns and traits of the mapping itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("import mapping: {0}")]
+pub struct MappingError(pub String);
+
+fn refuse<T>(message: impl Into<String>) -> Result<T, MappingError> {
+    Err(MappingError(message.into()))
+}
+
+/// A mapping that passed [`ImportMapping::check`], with its date formats compiled: the only kind
+/// [`row_to_event`] takes.
+#[derive(Debug, Clone)]
+pub struct CheckedMapping {
+    format: Format,
+    delimiter: Option<u8>,
+    columns: Vec<(String, Target)>,
+    event: Kind,
+    timestamp_column: Option<String>,
+    default_country_code: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Id(IdType),
+    Trait { name: String, kind: Typed },
+}
+
+#[derive(Debug, Clone)]
+enum Typed {
+    String,
+    Number,
+    Bool,
+    Date(OwnedFormatItem),
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Identify,
+    TrackColumn(String),
+    TrackNamed(String),
+}
+
+/// Identifier types a column may hold: the person's own ids. `anonymous_id` and `device_id` name a browser or a
+/// device, which a file row is not.
+fn importable(kind: &IdType) -> bool {
+    match kind {
+        IdType::UserId | IdType::Email | IdType::Phone | IdType::EmailSha256 | IdType::PhoneSha256 => true,
+        // `ext:<built-in name>` would come back from `context.externalIds` as the built-in type.
+        IdType::External(name) => {
+            !matches!(name.as_str(), "*" | "user_id" | "anonymous_id" | "email" | "phone" | "device_id")
+        }
+        IdType::AnonymousId | IdType::DeviceId => false,
+    }
+}
+
+impl ImportMapping {
+    /// Checks the mapping and compiles it: at least one identifier column and at most one `user_id` column;
+    /// identifier types a row can carry; distinct, valid trait names other than `email`/`phone` (those come
+    /// from identifier columns); a valid `format` on each `date` trait and on no other; a track names its event
+    /// one way; a delimiter only for CSV; a valid default country code.
+    pub fn check(&self) -> Result<CheckedMapping, MappingError> {
+        let delimiter = match (self.format, self.delimiter) {
+            (_, None) => None,
+            (Format::Csv, Some(c @ (',' | ';' | '\t'))) => Some(c as u8),
+            (Format::Csv, Some(_)) => return refuse("delimiter must be ',', ';' or a tab"),
+            (Format::Jsonl, Some(_)) => return refuse("delimiter applies only to the csv format"),
+        };
+        if let Some(cc) = &self.default_country_code {
+            let ok = (1..=3).contains(&cc.len()) && cc.bytes().all(|b| b.is_ascii_digit()) && !cc.starts_with('0');
+            if !ok {
+                return refuse("default_country_code must be 1-3 digits without a leading 0 (e.g. \"1\", \"44\")");
+            }
+        }
+        if self.columns.len() > MAX_COLUMNS {
+            return refuse(format!("at most {MAX_COLUMNS} columns may be mapped"));
+        }
+
+        let mut columns = Vec::with_capacity(self.columns.len());
+        let mut trait_names = BTreeSet::new();
+        let mut user_ids = 0;
+        for (column, mapping) in &self.columns {
+            if column.is_empty() {
+                return refuse("column names must not be empty");
+            }
+            let target = match mapping {
+                ColumnMapping::Identifier(kind) => {
+                    if !importable(kind) {
+                        return refuse(format!(
+                            "column `{column}`: identifier must be user_id, email, phone, email_sha256, \
+                             phone_sha256 or ext:<name> (not a built-in name)"
+                        ));
+                    }
+                    user_ids += usize::from(*kind == IdType::UserId);
+                    Target::Id(kind.clone())
+                }
+                ColumnMapping::Trait(t) => {
+                    let name = t.name.clone().unwrap_or_else(|| column.clone());
+                    if !crate::profile::traits::valid_name(&name) {
+                        return refuse(format!("column `{column}`: trait name must be 1-256 bytes"));
+                    }
+                    if name == "email" || name == "phone" {
+                        return refuse(format!("column `{column}`: map `{name}` as an identifier, not a trait"));
+                    }
+                    if !trait_names.insert(name.clone()) {
+                        return refuse(format!("column `{column}`: trait `{name}` is mapped more than once"));
+                    }
+                    let kind = match (t.kind, &t.format) {
+                        (TraitType::Date, Some(format)) => match time::format_description::parse_strftime_owned(format)
+                        {
+                            Ok(compiled) => Typed::Date(compiled),
+                            Err(e) => return refuse(format!("column `{column}`: invalid date format: {e}")),
+                        },
+                        (TraitType::Date, None) => {
+                            return refuse(format!("column `{column}`: a date trait needs a `format`"))
+                        }
+                        (_, Some(_)) => return refuse(format!("column `{column}`: only date traits take a `format`")),
+                        (TraitType::String, None) => Typed::String,
+                        (TraitType::Number, None) => Typed::Number,
+                        (TraitType::Bool, None) => Typed::Bool,
+                    };
+                    Target::Trait { name, kind }
+                }
+            };
+            columns.push((column.clone(), target));
+        }
+        if !columns.iter().any(|(_, t)| matches!(t, Target::Id(_))) {
+            return refuse("at least one column must be mapped to an identifier");
+        }
+        if user_ids > 1 {
+            return refuse("at most one column may be mapped to user_id");
+        }
+
+        let non_empty = |what: &str, value: &Option<String>| match value {
+            Some(v) if v.trim().is_empty() => refuse(format!("{what} must not be empty")),
+            _ => Ok(()),
+        };
+        let (event, timestamp_column) = match &self.event {
+            EventSpec::Identify { timestamp_column } => (Kind::Identify, timestamp_column),
+            EventSpec::Track { event_column, event_name, timestamp_column } => {
+                non_empty("event_column", event_column)?;
+                non_empty("event_name", event_name)?;
+                let kind = match (event_column, event_name) {
+                    (Some(c), None) => Kind::TrackColumn(c.clone()),
+                    (None, Some(n)) => Kind::TrackNamed(n.trim().to_string()),
+                    _ => return refuse("a track names its event with exactly one of event_column and event_name"),
+                };
+                (kind, timestamp_column)
+            }
+        };
+        non_empty("timestamp_column", timestamp_column)?;
+
+        Ok(CheckedMapping {
+            format: self.format,
+            delimiter,
+            columns,
+            event,
+            timestamp_column: timestamp_column.clone(),
+            default_country_code: self.default_country_code.clone(),
+        })
+    }
+}
+
+impl CheckedMapping {
+    /// How to parse this source's files (default bounds).
+    pub fn parse_options(&self) -> ParseOptions {
+        ParseOptions { delimiter: self.delimiter, ..ParseOptions::new(self.format) }
+    }
+
+    /// Every column the mapping reads must be in a CSV file's header; otherwise every row would be rejected, so
+    /// the file is refused as a whole. Always passes for JSON Lines, whose rows may leave keys out.
+    pub fn check_header(&self, header: &Header) -> Result<(), MappingError> {
+        let missing: Vec<String> =
+            self.read_columns().filter(|c| header.position(c).is_none()).map(|c| format!("`{c}`")).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            refuse(format!("the file's header has no column {}", missing.join(", ")))
+        }
+    }
+
+    fn read_columns(&self) -> impl Iterator<Item = &str> {
+        let event = match &self.event {
+            Kind::TrackColumn(c) => Some(c.as_str()),
+            _ => None,
+        };
+        self.columns.iter().map(|(c, _)| c.as_str()).chain(event).chain(self.timestamp_column.as_deref())
+    }
+}
+
+/// Turns one row into a normalized-shaped Segment event:
+///
+/// - `messageId`: [`FileId::message_id`] of the row, so a reprocessed file yields the same ids;
+/// - `type`: `identify` or `track` (with `event`);
+/// - `userId` from the `user_id` column; never an `anonymousId`;
+/// - the other identifiers in `context.externalIds` (`{id, type, collection: "users"}`, hashed ones with
+///   `encoding: "sha256"` and the raw type), normalized as identity resolution does; raw email and phone also as
+///   `email`/`phone` traits (`traits` for identify, `context.traits` for track, where identity resolution looks);
+/// - typed values in `traits` (identify) or `properties` (track);
+/// - `timestamp` from the timestamp column or `received_at`, `receivedAt`, `context.library`.
+///
+/// Empty values are skipped (a column that is empty in a row says nothing), but a present value that does not
+/// fit its column rejects the whole row: the first problem in column-name order, then the event name and
+/// timestamp columns, then `no_identifier`.
+pub fn row_to_event(
+    mapping: &CheckedMapping,
+    row: &Row,
+    file: &FileId,
+    received_at: OffsetDateTime,
+) -> Result<Map<String, Value>, RowReject> {
+    let number = row.number();
+    let reject = |column: &str, reason| RowReject::at(number, column, reason);
+    let cc = mapping.default_country_code.as_deref();
+
+    let mut user_id = None;
+    let mut external_ids = Vec::new();
+    let mut person = Map::new();
+    let mut values = Map::new();
+    for (column, target) in &mapping.columns {
+        let cell = match row.get(column) {
+            Cell::Missing => return Err(reject(column, reason::MISSING_COLUMN)),
+            Cell::Empty => continue,
+            cell => cell,
+        };
+        match target {
+            Target::Id(kind) => {
+                let raw = id_text(cell).ok_or_else(|| reject(column, reason::WRONG_TYPE))?;
+                let Some(id) = identifier(kind, &raw, cc).map_err(|r| reject(column, r))? else {
+                    continue;
+                };
+                match id.kind {
+                    IdType::UserId => user_id = Some(id.value),
+                    IdType::Email | IdType::Phone => {
+                        let name = id.kind.name();
+                        if !person.contains_key(name.as_ref()) {
+                            person.insert(name.to_string(), Value::String(id.value.clone()));
+                        }
+                        external_ids.push(external_id(&name, None, id.value));
+                    }
+                    IdType::EmailSha256 | IdType::PhoneSha256 => {
+                        let raw_name = id.kind.raw_form().map(|k| k.name()).unwrap_or_default();
+                        external_ids.push(external_id(&raw_name, Some("sha256"), id.value));
+                    }
+                    IdType::External(ref name) => external_ids.push(external_id(name, None, id.value.clone())),
+                    IdType::AnonymousId | IdType::DeviceId => {}
+                }
+            }
+            Target::Trait { name, kind } => {
+                let value = typed(kind, cell).map_err(|r| reject(column, r))?;
+                values.insert(name.clone(), value);
+            }
+        }
+    }
+
+    let event_name = match &mapping.event {
+        Kind::Identify => None,
+        Kind::TrackNamed(name) => Some(name.clone()),
+        Kind::TrackColumn(column) => match row.get(column) {
+            Cell::Text(s) => Some(s.trim().to_string()),
+            Cell::Missing | Cell::Empty => return Err(reject(column, reason::MISSING_COLUMN)),
+            Cell::Value(_) => return Err(reject(column, reason::WRONG_TYPE)),
+        },
+    };
+    let timestamp = match &mapping.timestamp_column {
+        None => received_at,
+        Some(column) => match row.get(column) {
+            Cell::Text(s) => parse_timestamp(s).ok_or_else(|| reject(column, reason::BAD_DATE))?,
+            Cell::Missing | Cell::Empty => return Err(reject(column, reason::MISSING_COLUMN)),
+            Cell::Value(_) => return Err(reject(column, reason::WRONG_TYPE)),
+        },
+    };
+    if user_id.is_none() && external_ids.is_empty() {
+        return Err(RowReject::new(number, reason::NO_IDENTIFIER));
+    }
+
+    let mut context = Map::new();
+    context.insert("library".into(), serde_json::json!({ "name": LIBRARY_NAME }));
+    if !external_ids.is_empty() {
+        context.insert("externalIds".into(), Value::Array(external_ids));
+    }
+    let mut event = Map::new();
+    event.insert("messageId".into(), Value::String(file.message_id(number)));
+    match event_name {
+        None => {
+            event.insert("type".into(), Value::String("identify".into()));
+            // Identifier traits first, so a mapped trait can never stand in for them (check() forbids the names).
+            person.extend(values);
+            if !person.is_empty() {
+                event.insert("traits".into(), Value::Object(person));
+            }
+        }
+        Some(name) => {
+            event.insert("type".into(), Value::String("track".into()));
+            event.insert("event".into(), Value::String(name));
+            if !values.is_empty() {
+                event.insert("properties".into(), Value::Object(values));
+            }
+            if !person.is_empty() {
+                context.insert("traits".into(), Value::Object(person));
+            }
+        }
+    }
+    if let Some(id) = user_id {
+        event.insert("userId".into(), Value::String(id));
+    }
+    event.insert("context".into(), Value::Object(context));
+    event.insert("timestamp".into(), Value::String(format_timestamp(timestamp)));
+    event.insert("receivedAt".into(), Value::String(format_timestamp(received_at)));
+    Ok(event)
+}
+
+fn external_id(kind: &str, encoding: Option<&str>, id: String) -> Value {
+    let mut entry = Map::new();
+    entry.insert("id".into(), Value::String(id));
+    entry.insert("type".into(), Value::String(kind.to_string()));
+    if let Some(encoding) = encoding {
+        entry.insert("encoding".into(), Value::String(encoding.to_string()));
+    }
+    entry.insert("collection".into(), Value::String("users".into()));
+    Value::Object(entry)
+}
+
+/// An identifier's text: a string, or an integer (ids and phones often come as JSON numbers).
+fn id_text(cell: Cell<'_>) -> Option<String> {
+    match cell {
+        Cell::Text(s) => Some(s.to_string()),
+        Cell::Value(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The normalized identifier, `None` when there is nothing to it, or the reject reason.
+fn identifier(kind: &IdType, raw: &str, cc: Option<&str>) -> Result<Option<Identifier>, &'static str> {
+    // Hashed columns may carry the `sha256:` prefix the PII `hash` action writes.
+    let raw = match kind {
+        IdType::EmailSha256 | IdType::PhoneSha256 => {
+            let trimmed = raw.trim();
+            match trimmed.get(..7) {
+                Some(p) if p.eq_ignore_ascii_case("sha256:") => trimmed.get(7..).unwrap_or_default(),
+                _ => trimmed,
+            }
+        }
+        _ => raw,
+    };
+    match Identifier::new(kind.clone(), raw, cc) {
+        Ok(id) => Ok(Some(id)),
+        Err(RejectReason::Empty) => Ok(None),
+        Err(_) => Err(match kind {
+            IdType::Email => reason::BAD_EMAIL,
+            IdType::Phone => reason::BAD_PHONE,
+            IdType::EmailSha256 | IdType::PhoneSha256 => reason::NOT_SHA256,
+            _ => reason::ID_TOO_LONG,
+        }),
+    }
+}
+
+fn typed(kind: &Typed, cell: Cell<'_>) -> Result<Value, &'static str> {
+    let wrong = reason::WRONG_TYPE;
+    match (kind, cell) {
+        (Typed::String, Cell::Text(s)) => Ok(Value::String(s.to_string())),
+        (Typed::String, Cell::Value(v @ (Value::Number(_) | Value::Bool(_)))) => Ok(Value::String(v.to_string())),
+        (Typed::Number, Cell::Text(s)) => parse_number(s.trim()).map(Value::Number).ok_or(wrong),
+        (Typed::Number, Cell::Value(Value::Number(n))) => Ok(Value::Number(n.clone())),
+        (Typed::Bool, Cell::Text(s)) => parse_bool(s.trim()).map(Value::Bool).ok_or(wrong),
+        (Typed::Bool, Cell::Value(Value::Bool(b))) => Ok(Value::Bool(*b)),
+        (Typed::Date(format), Cell::Text(s)) => parse_date(s.trim(), format).map(Value::String).ok_or(reason::BAD_DATE),
+        _ => Err(wrong),
+    }
+}
+
+fn parse_number(s: &str) -> Option<Number> {
+    if let Ok(i) = s.parse::<i64>() {
+        return Some(i.into());
+    }
+    if let Ok(u) = s.parse::<u64>() {
+        return Some(u.into());
+    }
+    // `f64` also parses `inf` and `NaN`, which JSON cannot hold.
+    s.parse::<f64>().ok().and_then(Number::from_f64)
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => Some(true),
+        "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The most precise reading the format allows: with an offset, without one (UTC), or a date alone.
+fn parse_date(s: &str, format: &OwnedFormatItem) -> Option<String> {
+    let at = OffsetDateTime::parse(s, format)
+        .ok()
+        .or_else(|| PrimitiveDateTime::parse(s, format).ok().map(PrimitiveDateTime::assume_utc));
+    if let Some(at) = at {
+        // `checked_`: converting a year-1 or year-9999 instant to UTC may leave the supported range.
+        let utc = at.checked_to_offset(time::UtcOffset::UTC)?;
+        return (1..=9999).contains(&utc.year()).then(|| format_timestamp(utc));
+    }
+    let date = Date::parse(s, format).ok()?;
+    (1..=9999)
+        .contains(&date.year())
+        .then(|| format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::identity::{extract, ExtractOptions};
+    use crate::import::Rows;
+
+    const RECEIVED: OffsetDateTime = datetime!(2025-03-01 12:00:00 UTC);
+
+    fn file(version: &str) -> FileId {
+        FileId { bucket: "imports".into(), key: "crm/2025-03-01.csv".into(), version: Some(version.into()) }
+    }
+
+    fn mapping(yaml: &str) -> CheckedMapping {
+        let m: ImportMapping = serde_yaml_ng::from_str(yaml).expect("mapping parses");
+        m.check().expect("mapping checks")
+    }
+
+    fn refusal(yaml: &str) -> String {
+        let m: ImportMapping = serde_yaml_ng::from_str(yaml).expect("mapping parses");
+        m.check().expect_err("mapping is refused").to_string()
+    }
+
+    const CRM: &str = r#"
+format: csv
+columns:
+  id: { identifier: user_id }
+  mail: { identifier: email }
+  tel: { identifier: phone }
+  hashed: { identifier: email_sha256 }
+  braze: { identifier: "ext:braze_id" }
+  plan: { type: string }
+  score: { trait: lead_score, type: number }
+  vip: { type: bool }
+  dob: { trait: birthday, type: date, format: "%d/%m/%Y" }
+  seen: { trait: last_seen, type: date, format: "%Y-%m-%d %H:%M" }
+event: { type: identify }
+default_country_code: "1"
+"#;
+
+    const CRM_HEADER: &str = "id,mail,tel,hashed,braze,plan,score,vip,dob,seen\n";
+
+    /// Events (or rejects as `(row, column, reason)`) for a CSV text under a mapping.
+    fn run(mapping: &CheckedMapping, text: &str, file: &FileId) -> Vec<Result<Map<String, Value>, RowReject>> {
+        let rows = Rows::new(text.as_bytes(), mapping.parse_options()).unwrap();
+        if let Some(header) = rows.header() {
+            mapping.check_header(header).unwrap();
+        }
+        rows.map(|item| item.unwrap().and_then(|row| row_to_event(mapping, &row, file, RECEIVED))).collect()
+    }
+
+    fn reject(row: u64, column: Option<&str>, reason: &'static str) -> Result<Map<String, Value>, RowReject> {
+        Err(RowReject { row, column: column.map(String::from), reason })
+    }
+
+    #[test]
+    fn identify_row_becomes_a_normalized_event() {
+        let m = mapping(CRM);
+        let hash = "A".repeat(64);
+        let text = format!(
+            "{CRM_HEADER}u-1, Ada@Example.COM ,(415) 555-0100,sha256:{hash},b-9,gold,42.5,Yes,31/12/1990,2025-02-01 08:30\n"
+        );
+        let events = run(&m, &text, &file("v1"));
+        let event = events[0].clone().unwrap();
+        assert_eq!(
+            Value::Object(event.clone()),
+            json!({
+                "type": "identify",
+                "messageId": file("v1").message_id(1),
+                "userId": "u-1",
+                "traits": {
+                    "email": "ada@example.com",
+                    "phone": "+14155550100",
+                    "plan": "gold",
+                    "lead_score": 42.5,
+                    "vip": true,
+                    "birthday": "1990-12-31",
+                    "last_seen": "2025-02-01T08:30:00.000Z",
+                },
+                "context": {
+                    "library": { "name": "tributary-import" },
+                    "externalIds": [
+                        { "id": "b-9", "type": "braze_id", "collection": "users" },
+                        { "id": "a".repeat(64), "type": "email", "encoding": "sha256", "collection": "users" },
+                        { "id": "ada@example.com", "type": "email", "collection": "users" },
+                        { "id": "+14155550100", "type": "phone", "collection": "users" },
+                    ],
+                },
+                "timestamp": "2025-03-01T12:00:00.000Z",
+                "receivedAt": "2025-03-01T12:00:00.000Z",
+            })
+        );
+        assert!(!event.contains_key("anonymousId"));
+
+        // Identity resolution reads exactly the mapped identifiers back.
+        let ids = extract(&event, &ExtractOptions { default_country_code: None, include_hashed: false });
+        assert!(ids.rejected.is_empty(), "{:?}", ids.rejected);
+        let mut keys: Vec<String> = ids.ids.iter().map(|id| id.key()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "email:ada@example.com".to_string(),
+                format!("email_sha256:{}", "a".repeat(64)),
+                "ext:braze_id:b-9".to_string(),
+                "phone:+14155550100".to_string(),
+                "user_id:u-1".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_cells_are_skipped() {
+        let m = mapping(CRM);
+        let events = run(&m, &format!("{CRM_HEADER},a@x.io,,,,,,,,\n"), &file("v1"));
+        let event = events[0].clone().unwrap();
+        assert!(!event.contains_key("userId"));
+        assert_eq!(event["traits"], json!({ "email": "a@x.io" }));
+        assert_eq!(
+            event["context"]["externalIds"],
+            json!([{ "id": "a@x.io", "type": "email", "collection": "users" }])
+        );
+    }
+
+    #[test]
+    fn track_from_json_lines() {
+        let m = mapping(
+            r#"
+format: jsonl
+columns:
+  customer: { identifier: user_id }
+  email: { identifier: email }
+  total: { type: number }
+  coupon: { type: string }
+event: { type: track, event_column: what, timestamp_column: at }
+"#,
+        );
+        let text = concat!(
+            r#"{"customer": 12, "email": "b@x.io", "total": 9.5, "coupon": 10, "what": " Order Completed ", "at": "2025-01-02T03:04:05+01:00"}"#,
+            "\n",
+            r#"{"customer": "13", "what": "Refund", "at": "2025-01-02", "extra": {"ignored": true}}"#,
+            "\n",
+        );
+        let events = run(&m, text, &file("v1"));
+        let first = events[0].clone().unwrap();
+        assert_eq!(
+            Value::Object(first),
+            json!({
+                "type": "track",
+                "event": "Order Completed",
+                "messageId": file("v1").message_id(1),
+                "userId": "12",
+                "properties": { "total": 9.5, "coupon": "10" },
+                "context": {
+                    "library": { "name": "tributary-import" },
+                    "externalIds": [{ "id": "b@x.io", "type": "email", "collection": "users" }],
+                    "traits": { "email": "b@x.io" },
+                },
+                "timestamp": "2025-01-02T02:04:05.000Z",
+                "receivedAt": "2025-03-01T12:00:00.000Z",
+            })
+        );
+        let second = events[1].clone().unwrap();
+        assert_eq!(second["event"], "Refund");
+        assert_eq!(second["timestamp"], "2025-01-02T00:00:00.000Z");
+        assert!(!second.contains_key("properties"));
+        assert_eq!(second["context"], json!({ "library": { "name": "tributary-import" } }));
+
+        let named = mapping(
+            "format: jsonl\ncolumns: { u: { identifier: user_id } }\nevent: { type: track, event_name: Imported }\n",
+        );
+        let events = run(&named, "{\"u\": \"x\"}\n", &file("v1"));
+        assert_eq!(events[0].clone().unwrap()["event"], "Imported");
+    }
+
+    #[test]
+    fn every_reject_reason_names_row_and_column() {
+        let m = mapping(
+            r#"
+format: csv
+columns:
+  email: { identifier: email }
+  phone: { identifier: phone }
+  ph: { identifier: phone_sha256 }
+  uid: { identifier: user_id }
+  n: { type: number }
+  b: { type: bool }
+  d: { type: date, format: "%Y-%m-%d" }
+event: { type: track, event_column: ev, timestamp_column: ts }
+"#,
+        );
+        let long_id = "x".repeat(300);
+        let text = [
+            "email,phone,ph,uid,n,b,d,ev,ts",
+            "nope,,,,,,,E,2025-01-01",                // 1
+            "a@x.io,555-0100,,,,,,E,2025-01-01",      // 2: no default country code
+            ",,abc,u,,,,E,2025-01-01",                // 3
+            &format!(",,,{long_id},,,,E,2025-01-01"), // 4
+            ",,,u,ten,,,E,2025-01-01",                // 5
+            ",,,u,,maybe,,E,2025-01-01",              // 6
+            ",,,u,,,2025-13-01,E,2025-01-01",         // 7
+            ",,,u,,,,,2025-01-01",                    // 8
+            ",,,u,,,,E,",                             // 9
+            ",,,u,,,,E,yesterday",                    // 10
+            ",,,,1,true,2025-01-01,E,2025-01-01",     // 11
+            "\"a@x.io\",,,,,,,E",                     // 12
+            "\"a@x.io\"x,,,,,,,E,2025-01-01",         // 13
+            "a@x.io,,,,,,,E,2025-01-01",              // 14: fine
+        ]
+        .join("\n");
+        let got = run(&m, &text, &file("v1"));
+        let expected = vec![
+            reject(1, Some("email"), reason::BAD_EMAIL),
+            reject(2, Some("phone"), reason::BAD_PHONE),
+            reject(3, Some("ph"), reason::NOT_SHA256),
+            reject(4, Some("uid"), reason::ID_TOO_LONG),
+            reject(5, Some("n"), reason::WRONG_TYPE),
+            reject(6, Some("b"), reason::WRONG_TYPE),
+            reject(7, Some("d"), reason::BAD_DATE),
+            reject(8, Some("ev"), reason::MISSING_COLUMN),
+            reject(9, Some("ts"), reason::MISSING_COLUMN),
+            reject(10, Some("ts"), reason::BAD_DATE),
+            reject(11, None, reason::NO_IDENTIFIER),
+            reject(12, None, reason::WRONG_COLUMN_COUNT),
+            reject(13, None, reason::BROKEN_QUOTING),
+        ];
+        assert_eq!(got[..13], expected[..]);
+        assert!(got[13].is_ok());
+        // No reject message quotes a value.
+        for r in got.iter().filter_map(|r| r.as_ref().err()) {
+            let text = r.to_string();
+            assert!(!text.contains("nope") && !text.contains("abc") && !text.contains("ten"), "{text}");
+        }
+    }
+
+    #[test]
+    fn json_values_of_the_wrong_kind_and_missing_header_columns() {
+        let m = mapping(
+            r#"
+format: jsonl
+columns:
+  email: { identifier: email }
+  tags: { type: string }
+  n: { type: number }
+  d: { type: date, format: "%Y-%m-%d" }
+event: { type: identify, timestamp_column: ts }
+"#,
+        );
+        let text = [
+            r#"{"email": true, "ts": "2025-01-01"}"#,
+            r#"{"email": "a@x.io", "tags": ["x"], "ts": "2025-01-01"}"#,
+            r#"{"email": "a@x.io", "n": "12", "d": 20250101, "ts": "2025-01-01"}"#,
+            r#"{"email": "a@x.io", "n": "12", "ts": 1735689600}"#,
+            r#"{"email": "a@x.io", "n": "12", "ts": "2025-01-01"}"#,
+        ]
+        .join("\n");
+        let got = run(&m, &text, &file("v1"));
+        assert_eq!(got[0], reject(1, Some("email"), reason::WRONG_TYPE));
+        assert_eq!(got[1], reject(2, Some("tags"), reason::WRONG_TYPE));
+        assert_eq!(got[2], reject(3, Some("d"), reason::WRONG_TYPE));
+        assert_eq!(got[3], reject(4, Some("ts"), reason::WRONG_TYPE));
+        assert_eq!(got[4].clone().unwrap()["traits"]["n"], json!(12));
+
+        // A CSV row without a mapped column: every row says so, and check_header refuses the file up front.
+        let m = mapping(CRM);
+        let header = Arc::new(Header::new(vec!["id".into(), "mail".into()], b',').unwrap());
+        let row = Row::csv(1, header.clone(), vec!["u".into(), "a@x.io".into()]);
+        assert_eq!(row_to_event(&m, &row, &file("v1"), RECEIVED), reject(1, Some("braze"), reason::MISSING_COLUMN));
+        let err = m.check_header(&header).unwrap_err().to_string();
+        assert!(err.contains("`braze`") && err.contains("`vip`") && !err.contains("`id`"), "{err}");
+    }
+
+    #[test]
+    fn message_ids_are_stable_across_runs_and_change_with_the_version() {
+        let m = mapping(CRM);
+        let text = format!("{CRM_HEADER}u1,,,,,,,,,\nu2,,,,,,,,,\nu3,,,,,,,,,\n");
+        let ids = |f: &FileId| -> Vec<Value> {
+            run(&m, &text, f).into_iter().map(|e| e.unwrap()["messageId"].clone()).collect()
+        };
+        let first = ids(&file("v1"));
+        assert_eq!(first, ids(&file("v1")));
+        let unique: BTreeSet<String> = first.iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert_eq!(unique.len(), 3);
+        let other = ids(&file("v2"));
+        assert!(first.iter().zip(&other).all(|(a, b)| a != b));
+    }
+
+    #[test]
+    fn dates_in_several_formats() {
+        let fmt = |f: &str| time::format_description::parse_strftime_owned(f).unwrap();
+        assert_eq!(parse_date("2024-02-29", &fmt("%Y-%m-%d")).as_deref(), Some("2024-02-29"));
+        assert_eq!(parse_date("2023-02-29", &fmt("%Y-%m-%d")), None);
+        assert_eq!(parse_date("05/01/2024 13:45", &fmt("%d/%m/%Y %H:%M")).as_deref(), Some("2024-01-05T13:45:00.000Z"));
+        assert_eq!(
+            parse_date("2024-01-05T13:45:00+0200", &fmt("%Y-%m-%dT%H:%M:%S%z")).as_deref(),
+            Some("2024-01-05T11:45:00.000Z")
+        );
+        assert_eq!(parse_date("0000-01-01", &fmt("%Y-%m-%d")), None);
+        assert_eq!(parse_date("2024-01-05 trailing", &fmt("%Y-%m-%d")), None);
+    }
+
+    #[test]
+    fn numbers_and_bools() {
+        assert_eq!(parse_number("42"), Some(42.into()));
+        assert_eq!(parse_number("18446744073709551615"), Some(u64::MAX.into()));
+        assert_eq!(parse_number("-1.5"), Number::from_f64(-1.5));
+        assert_eq!(parse_number("1e3"), Number::from_f64(1000.0));
+        for bad in ["NaN", "inf", "1,5", "", "0x10"] {
+            assert_eq!(parse_number(bad), None, "{bad}");
+        }
+        assert_eq!(parse_bool("TRUE"), Some(true));
+        assert_eq!(parse_bool("no"), Some(false));
+        assert_eq!(parse_bool("2"), None);
+    }
+
+    #[test]
+    fn mapping_checks() {
+        let base = |columns: &str, event: &str| format!("format: csv\ncolumns: {columns}\nevent: {event}\n");
+        let identify = "{ type: identify }";
+        for (yaml, needle) in [
+            (base("{ a: { type: string } }", identify), "at least one column"),
+            (base("{ a: { identifier: user_id }, b: { identifier: user_id } }", identify), "at most one"),
+            (base("{ a: { identifier: anonymous_id } }", identify), "column `a`: identifier"),
+            (base("{ a: { identifier: device_id } }", identify), "column `a`: identifier"),
+            (base("{ a: { identifier: \"ext:email\" } }", identify), "column `a`: identifier"),
+            (base("{ a: { identifier: \"ext:*\" } }", identify), "column `a`: identifier"),
+            (base("{ a: { identifier: email }, email: { type: string } }", identify), "as an identifier"),
+            (
+                base("{ a: { identifier: email }, b: { type: string }, c: { trait: b, type: bool } }", identify),
+                "more than once",
+            ),
+            (base("{ a: { identifier: email }, d: { type: date } }", identify), "needs a `format`"),
+            (base("{ a: { identifier: email }, d: { type: number, format: \"%Y\" } }", identify), "only date"),
+            (base("{ a: { identifier: email }, d: { type: date, format: \"%Q\" } }", identify), "invalid date format"),
+            (base("{ a: { identifier: email } }", "{ type: track }"), "exactly one"),
+            (base("{ a: { identifier: email } }", "{ type: track, event_name: x, event_column: y }"), "exactly one"),
+            (
+                base("{ a: { identifier: email } }", "{ type: track, event_name: \" \" }"),
+                "event_name must not be empty",
+            ),
+            (base("{ a: { identifier: email } }", "{ type: identify, timestamp_column: \"\" }"), "timestamp_column"),
+            (base("{ \"\": { identifier: email } }", identify), "column names"),
+            (format!("{}delimiter: \"|\"\n", base("{ a: { identifier: email } }", identify)), "delimiter must be"),
+            (format!("{}default_country_code: \"01\"\n", base("{ a: { identifier: email } }", identify)), "country"),
+            (
+                "format: jsonl\ndelimiter: \";\"\ncolumns: { a: { identifier: email } }\nevent: { type: identify }\n"
+                    .into(),
+                "only to the csv format",
+            ),
+        ] {
+            let err = refusal(&yaml);
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+        let ok = mapping(&format!("{}delimiter: \"\\t\"\n", base("{ a: { identifier: email } }", identify)));
+        assert_eq!(ok.parse_options().delimiter, Some(b'\t'));
+    }
+
+    #[test]
+    fn config_shape_is_strict() {
+        for yaml in [
+            "format: csv\ncolumns: {}\nevent: { type: identify }\nextra: 1\n",
+            "format: csv\ncolumns: { a: { identifier: email, x: 1 } }\nevent: { type: identify }\n",
+            "format: csv\ncolumns: { a: { type: string, typo: 1 } }\nevent: { type: identify }\n",
+            "format: csv\ncolumns: { a: { identifier: email, type: string } }\nevent: { type: identify }\n",
+            "format: csv\ncolumns: { a: { trait: x } }\nevent: { type: identify }\n",
+            "format: csv\ncolumns: {}\nevent: { type: identify, event_name: x }\n",
+            "format: csv\ncolumns: {}\nevent: { type: page }\n",
+            "format: xlsx\ncolumns: {}\nevent: { type: identify }\n",
+            "format: csv\ncolumns: { a: { identifier: \"ext:Bad Name\" } }\nevent: { type: identify }\n",
+        ] {
+            assert!(serde_yaml_ng::from_str::<ImportMapping>(yaml).is_err(), "{yaml}");
+        }
+        let m: ImportMapping = serde_yaml_ng::from_str(CRM).unwrap();
+        let round: ImportMapping = serde_json::from_value(serde_json::to_value(&m).unwrap()).unwrap();
+        assert_eq!(round, m);
+        let schema = serde_json::to_value(schemars::schema_for!(ImportMapping)).unwrap();
+        assert_eq!(schema["additionalProperties"], json!(false));
+    }
+}
