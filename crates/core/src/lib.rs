@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod ports;
 pub mod profile;
 
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 /// Stable `tracing` field names, so logs can be queried the same way in every function.

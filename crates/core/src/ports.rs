@@ -262,6 +262,30 @@ pub fn check_add(deltas: &[(String, i64)], set: &serde_json::Map<String, serde_j
     Ok(())
 }
 
+/// `current + delta`, a missing attribute counting as 0; `None` when the attribute is not a number or the sum does
+/// not fit (DynamoDB refuses both too). Integers stay exact; a stored float stays a float.
+pub fn add_number(current: Option<&serde_json::Value>, delta: i64) -> Option<serde_json::Value> {
+    let n = match current {
+        None => return Some(serde_json::Value::from(delta)),
+        Some(serde_json::Value::Number(n)) => n,
+        Some(_) => return None,
+    };
+    if let Some(i) = n.as_i64() {
+        return Some(match i.checked_add(delta) {
+            Some(sum) => serde_json::Value::from(sum),
+            None => serde_json::Value::from(u64::try_from(i128::from(i) + i128::from(delta)).ok()?),
+        });
+    }
+    if let Some(u) = n.as_u64() {
+        let sum = i128::from(u) + i128::from(delta);
+        return Some(match i64::try_from(sum) {
+            Ok(i) => serde_json::Value::from(i),
+            Err(_) => serde_json::Value::from(u64::try_from(sum).ok()?),
+        });
+    }
+    serde_json::Number::from_f64(n.as_f64()? + delta as f64).map(serde_json::Value::Number)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryPage {
     pub items: Vec<Item>,
@@ -305,4 +329,21 @@ pub trait TableStore: Send + Sync {
         set: serde_json::Map<String, serde_json::Value>,
         expires_at: Option<i64>,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+#[cfg(test)]
+mod add_number_tests {
+    use super::add_number;
+    use serde_json::json;
+    #[test]
+    fn numbers_add_exactly_and_refuse_what_is_not_a_number() {
+        assert_eq!(add_number(None, 3), Some(json!(3)));
+        assert_eq!(add_number(Some(&json!(40)), -2), Some(json!(38)));
+        assert_eq!(add_number(Some(&json!(i64::MAX)), 1), Some(json!(i64::MAX as u64 + 1)));
+        assert_eq!(add_number(Some(&json!(u64::MAX)), -1), Some(json!(u64::MAX - 1)));
+        assert_eq!(add_number(Some(&json!(u64::MAX)), 1), None);
+        assert_eq!(add_number(Some(&json!(1.5)), 1), Some(json!(2.5)));
+        assert_eq!(add_number(Some(&json!("7")), 1), None);
+        assert_eq!(add_number(Some(&json!(null)), 1), None);
+    }
 }

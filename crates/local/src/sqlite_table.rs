@@ -12,7 +12,8 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 use tributary_core::ports::{
-    check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
+    add_number, check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore,
+    TransactError, WriteOp,
 };
 
 use crate::sqlite_queue::{now_ms, sqlite_error, Db};
@@ -294,30 +295,6 @@ fn apply_add(
     tx.commit().map_err(err)
 }
 
-/// `current + delta`, a missing attribute counting as 0; `None` when the attribute is not a number or the sum does
-/// not fit (DynamoDB refuses both too). Integers stay exact; a stored float stays a float.
-fn add_number(current: Option<&Value>, delta: i64) -> Option<Value> {
-    let n = match current {
-        None => return Some(Value::from(delta)),
-        Some(Value::Number(n)) => n,
-        Some(_) => return None,
-    };
-    if let Some(i) = n.as_i64() {
-        return Some(match i.checked_add(delta) {
-            Some(sum) => Value::from(sum),
-            None => Value::from(u64::try_from(i128::from(i) + i128::from(delta)).ok()?),
-        });
-    }
-    if let Some(u) = n.as_u64() {
-        let sum = i128::from(u) + i128::from(delta);
-        return Some(match i64::try_from(sum) {
-            Ok(i) => Value::from(i),
-            Err(_) => Value::from(u64::try_from(sum).ok()?),
-        });
-    }
-    serde_json::Number::from_f64(n.as_f64()? + delta as f64).map(Value::Number)
-}
-
 impl SqliteTable {
     async fn run(&self, ops: Vec<WriteOp>) -> Result<(), TxFailure> {
         let prepared = ops.iter().map(prepare).collect::<Result<Vec<_>, _>>().map_err(TxFailure::Port)?;
@@ -415,23 +392,5 @@ impl TableStore for SqliteTable {
         let table = self.table.clone();
         let (key, deltas) = (key.clone(), deltas.to_vec());
         self.db.call(move |conn| apply_add(conn, &table, &key, &deltas, set, expires_at)).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn numbers_add_exactly_and_refuse_what_is_not_a_number() {
-        assert_eq!(add_number(None, 3), Some(json!(3)));
-        assert_eq!(add_number(Some(&json!(40)), -2), Some(json!(38)));
-        assert_eq!(add_number(Some(&json!(i64::MAX)), 1), Some(json!(i64::MAX as u64 + 1)));
-        assert_eq!(add_number(Some(&json!(u64::MAX)), -1), Some(json!(u64::MAX - 1)));
-        assert_eq!(add_number(Some(&json!(u64::MAX)), 1), None);
-        assert_eq!(add_number(Some(&json!(1.5)), 1), Some(json!(2.5)));
-        assert_eq!(add_number(Some(&json!("7")), 1), None);
-        assert_eq!(add_number(Some(&json!(null)), 1), None);
     }
 }

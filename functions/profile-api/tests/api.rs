@@ -2,7 +2,7 @@
 //! looked up every way, paged, and refused every way, with no identifier value ever echoed in an error.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
 use tributary_core::governance::stats;
 use tributary_core::identity::{IdType, Identifier};
-use tributary_core::ports::{Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp};
+use tributary_core::ports::{ItemKey, PortError};
 use tributary_core::profile::layout;
 use tributary_core::profile::{ConsentEntry, EventRow, LedgerOp, LedgerRow, ProfileDoc, Stamp, TraitEntry};
 use tributary_profile_api::ProfileApi;
@@ -24,73 +24,7 @@ const ROOT: &str = "prof_root0000000000000000001";
 const LOSER: &str = "prof_loser000000000000000002";
 const T0: i64 = 1_741_608_000_000; // 2025-03-10T12:00:00Z
 
-/// A table in a `BTreeMap`, honouring `query`'s prefix, `start_after` and `limit`; can be made to fail. Clones
-/// share the data, so a test keeps a handle on the table it gave the handler.
-#[derive(Default, Clone)]
-struct MemTable {
-    items: Arc<Mutex<BTreeMap<ItemKey, Item>>>,
-    fail: Arc<Mutex<Option<PortError>>>,
-}
-
-impl MemTable {
-    fn put(&self, key: ItemKey, attrs: Map<String, Value>) {
-        let item = Item { key: key.clone(), attrs, version: 1, expires_at: None };
-        self.items.lock().unwrap().insert(key, item);
-    }
-
-    fn check(&self) -> Result<(), PortError> {
-        match self.fail.lock().unwrap().clone() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-impl TableStore for MemTable {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.check()?;
-        Ok(self.items.lock().unwrap().get(key).cloned())
-    }
-    async fn query(
-        &self,
-        pk: &str,
-        sk_prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<QueryPage, PortError> {
-        self.check()?;
-        let map = self.items.lock().unwrap();
-        let mut items: Vec<Item> = map
-            .range(ItemKey::new(pk, sk_prefix)..)
-            .take_while(|(k, _)| k.pk == pk && k.sk.starts_with(sk_prefix))
-            .filter(|(k, _)| start_after.is_none_or(|a| k.sk.as_str() > a))
-            .map(|(_, v)| v.clone())
-            .take(limit + 1)
-            .collect();
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|i| i.key.sk.clone())
-        } else {
-            None
-        };
-        Ok(QueryPage { items, next })
-    }
-    async fn transact(&self, _: Vec<WriteOp>) -> Result<(), TransactError> {
-        Err(PortError::Invalid("read-only test table".into()).into())
-    }
-    async fn write(&self, _: WriteOp) -> Result<(), PortError> {
-        Err(PortError::Invalid("read-only test table".into()))
-    }
-    async fn add(
-        &self,
-        _: &ItemKey,
-        _: &[(String, i64)],
-        _: Map<String, Value>,
-        _: Option<i64>,
-    ) -> Result<(), PortError> {
-        Err(PortError::Invalid("read-only test table".into()))
-    }
-}
+use tributary_core::testing::MemoryTable as MemTable;
 
 fn workspace() -> WorkspaceConfig {
     let sha = |k: &str| tributary_core::sha256_hex(k.as_bytes());
@@ -474,17 +408,17 @@ async fn refusals_carry_codes_and_never_the_identifier() {
 async fn store_failures_map_to_503_and_500() {
     let table = seeded();
     let api = api(table.clone());
-    *table.fail.lock().unwrap() = Some(PortError::Throttled("slow down".into()));
+    table.fail_with(Some(PortError::Throttled("slow down".into())));
     let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
     assert_error(&resp, 503, "unavailable", &["u-42"]);
     assert_eq!(resp.headers.get("retry-after").unwrap(), "1");
 
-    *table.fail.lock().unwrap() = Some(PortError::Invalid("bad request".into()));
+    table.fail_with(Some(PortError::Invalid("bad request".into())));
     let resp = api.handle(get("/v1/profiles/user_id:u-42/events")).await;
     assert_error(&resp, 500, "internal", &["u-42"]);
 
     // An undecodable document is a 500 that does not name the lookup.
-    *table.fail.lock().unwrap() = None;
+    table.fail_with(None);
     let mut bad = Map::new();
     bad.insert("created_at".into(), json!("not a number"));
     table.put(layout::profile_key(ROOT), bad);
@@ -634,11 +568,11 @@ async fn source_stats_refuse_bad_times_unknown_sources_and_strangers() {
 async fn source_stats_store_failures_map_to_503_and_500() {
     let table = stats_seeded();
     let api = stats_api(table.clone());
-    *table.fail.lock().unwrap() = Some(PortError::Unavailable("down".into()));
+    table.fail_with(Some(PortError::Unavailable("down".into())));
     let resp = api.handle(stats_get("/v1/sources/web/stats", "")).await;
     assert_error(&resp, 503, "unavailable", &[]);
     assert_eq!(resp.headers.get("retry-after").unwrap(), "1");
-    *table.fail.lock().unwrap() = Some(PortError::Invalid("bad".into()));
+    table.fail_with(Some(PortError::Invalid("bad".into())));
     let resp = api.handle(stats_get("/v1/sources/web/stats", "")).await;
     assert_error(&resp, 500, "internal", &[]);
 }

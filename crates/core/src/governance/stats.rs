@@ -411,15 +411,12 @@ async fn read_pages<T: TableStore>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use serde_json::json;
     use time::macros::datetime;
 
     use super::*;
     use crate::governance::pii::PiiOutcome;
     use crate::governance::PiiKind;
-    use crate::ports::{QueryPage, TransactError, WriteOp};
 
     fn governed(outcome: Outcome, dropped_properties: usize, pii: usize) -> Governed {
         let mut p = PiiOutcome::default();
@@ -574,68 +571,7 @@ mod tests {
         assert_eq!(c, Counts { quarantined: 2, pii_actioned: 5, ..Counts::default() });
     }
 
-    /// A table in a `BTreeMap` that pages like the adapters and counts queries.
-    #[derive(Default)]
-    struct MemTable(std::sync::Mutex<(BTreeMap<ItemKey, Item>, usize)>);
-
-    impl TableStore for MemTable {
-        async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-            Ok(self.0.lock().map_err(|_| PortError::Unavailable("poisoned".into()))?.0.get(key).cloned())
-        }
-        async fn query(
-            &self,
-            pk: &str,
-            sk_prefix: &str,
-            start_after: Option<&str>,
-            limit: usize,
-        ) -> Result<QueryPage, PortError> {
-            let mut guard = self.0.lock().map_err(|_| PortError::Unavailable("poisoned".into()))?;
-            guard.1 += 1;
-            let mut items: Vec<Item> = guard
-                .0
-                .range(ItemKey::new(pk, sk_prefix)..)
-                .take_while(|(k, _)| k.pk == pk && k.sk.starts_with(sk_prefix))
-                .filter(|(k, _)| start_after.is_none_or(|a| k.sk.as_str() > a))
-                .map(|(_, v)| v.clone())
-                .take(limit + 1)
-                .collect();
-            let next = if items.len() > limit {
-                items.truncate(limit);
-                items.last().map(|i| i.key.sk.clone())
-            } else {
-                None
-            };
-            Ok(QueryPage { items, next })
-        }
-        async fn transact(&self, _: Vec<WriteOp>) -> Result<(), TransactError> {
-            Err(PortError::Invalid("not used".into()).into())
-        }
-        async fn write(&self, _: WriteOp) -> Result<(), PortError> {
-            Err(PortError::Invalid("not used".into()))
-        }
-        async fn add(
-            &self,
-            key: &ItemKey,
-            deltas: &[(String, i64)],
-            set: Map<String, Value>,
-            expires_at: Option<i64>,
-        ) -> Result<(), PortError> {
-            let mut guard = self.0.lock().map_err(|_| PortError::Unavailable("poisoned".into()))?;
-            let item = guard.0.entry(key.clone()).or_insert_with(|| Item {
-                key: key.clone(),
-                attrs: Map::new(),
-                version: 0,
-                expires_at: None,
-            });
-            for (name, d) in deltas {
-                let old = item.attrs.get(name).and_then(Value::as_i64).unwrap_or(0);
-                item.attrs.insert(name.clone(), json!(old + d));
-            }
-            item.attrs.extend(set);
-            item.expires_at = expires_at.or(item.expires_at);
-            Ok(())
-        }
-    }
+    use crate::testing::MemoryTable as MemTable;
 
     #[tokio::test]
     async fn read_covers_the_window_and_nothing_else() {
@@ -648,7 +584,8 @@ mod tests {
                 let mut s = RequestStats::default();
                 s.record(name.into(), Counts { accepted: 1, quarantined: u64::from(name == "B"), ..Counts::default() });
                 for u in s.updates(source, at) {
-                    table.add(&u.key, &u.deltas, u.set, Some(u.expires_at)).await.expect("add");
+                    // No expiry: the fixed 2025 dates would already be past their 400-day TTL by the wall clock.
+                    table.add(&u.key, &u.deltas, u.set, None).await.expect("add");
                 }
             }
         }
@@ -664,7 +601,7 @@ mod tests {
         // Small pages: the same answer over several queries, and no query past the window's last hour although the
         // window crosses a day (its sort keys share only `2025-03-1`).
         let w = Window::parse(Some("2025-03-10T12:00:00Z"), Some("2025-03-11T12:00:00Z"), base).expect("window");
-        let queries = |t: &MemTable| t.0.lock().map(|g| g.1).unwrap_or(0);
+        let queries = |t: &MemTable| t.queries();
         let before = queries(&table);
         let paged = read_pages(&table, "web", &w, 7).await.expect("read");
         assert_eq!(paged.totals, Counts { accepted: 48, quarantined: 24, ..Counts::default() });

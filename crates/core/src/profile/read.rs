@@ -502,83 +502,15 @@ fn rfc3339(ms: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
 
     use serde_json::json;
 
     use super::*;
     use crate::config::DataPartyClass;
-    use crate::ports::{Condition, ItemKey, QueryPage, TransactError, WriteOp};
+    use crate::ports::ItemKey;
     use crate::profile::layout::{ConsentEntry, RefusalRecord, Stamp, TraitEntry};
 
-    /// A table in a `BTreeMap`, honouring `query`'s prefix, `start_after` and `limit`. Writes ignore conditions:
-    /// the tests only seed.
-    #[derive(Default)]
-    struct MemTable(Mutex<BTreeMap<ItemKey, Item>>);
-
-    impl MemTable {
-        fn put(&self, key: ItemKey, attrs: serde_json::Map<String, Value>) {
-            let item = Item { key: key.clone(), attrs, version: 1, expires_at: None };
-            self.0.lock().unwrap().insert(key, item);
-        }
-    }
-
-    impl TableStore for MemTable {
-        async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-            Ok(self.0.lock().unwrap().get(key).cloned())
-        }
-        async fn query(
-            &self,
-            pk: &str,
-            sk_prefix: &str,
-            start_after: Option<&str>,
-            limit: usize,
-        ) -> Result<QueryPage, PortError> {
-            let map = self.0.lock().unwrap();
-            let mut items: Vec<Item> = map
-                .range(ItemKey::new(pk, sk_prefix)..)
-                .take_while(|(k, _)| k.pk == pk && k.sk.starts_with(sk_prefix))
-                .filter(|(k, _)| start_after.is_none_or(|a| k.sk.as_str() > a))
-                .map(|(_, v)| v.clone())
-                .take(limit + 1)
-                .collect();
-            let next = if items.len() > limit {
-                items.truncate(limit);
-                items.last().map(|i| i.key.sk.clone())
-            } else {
-                None
-            };
-            Ok(QueryPage { items, next })
-        }
-        async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-            for op in ops {
-                self.write(op).await?;
-            }
-            Ok(())
-        }
-        async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-            let mut map = self.0.lock().unwrap();
-            match op {
-                WriteOp::Put { item, condition: Condition::None } => {
-                    map.insert(item.key.clone(), item);
-                }
-                WriteOp::Delete { key, .. } => {
-                    map.remove(&key);
-                }
-                _ => {}
-            }
-            Ok(())
-        }
-        async fn add(
-            &self,
-            _: &ItemKey,
-            _: &[(String, i64)],
-            _: serde_json::Map<String, Value>,
-            _: Option<i64>,
-        ) -> Result<(), PortError> {
-            Err(PortError::Invalid("the read tests never add".into()))
-        }
-    }
+    use crate::testing::MemoryTable as MemTable;
 
     const ROOT: &str = "prof_root";
     const LOSER: &str = "prof_loser";

@@ -1,0 +1,193 @@
+//! An in-memory [`TableStore`] that keeps the port's promises (conditions, all-or-nothing transactions, expiry,
+//! paging, atomic adds) — it passes [`super::table_store_contract`] — for handler and read-path tests that need a
+//! table but not SQLite or DynamoDB. Clones share the data, so a test keeps a handle on the table it gave a handler.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde_json::{Map, Value};
+
+use crate::ports::{
+    add_number, check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore,
+    TransactError, WriteOp,
+};
+
+#[derive(Default)]
+struct State {
+    items: BTreeMap<ItemKey, Item>,
+    /// Returned by every call while set.
+    fail: Option<PortError>,
+    queries: usize,
+    adds: usize,
+}
+
+#[derive(Clone, Default)]
+pub struct MemoryTable(Arc<Mutex<State>>);
+
+fn now_s() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn live(item: &Item, now: i64) -> bool {
+    item.expires_at.is_none_or(|t| t > now)
+}
+
+impl MemoryTable {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock leaves plain data behind; keep using it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn guard(&self) -> Result<MutexGuard<'_, State>, PortError> {
+        let state = self.state();
+        match &state.fail {
+            Some(e) => Err(e.clone()),
+            None => Ok(state),
+        }
+    }
+
+    /// Stores an item with version 1 and no expiry, without conditions: for seeding a test.
+    pub fn put(&self, key: ItemKey, attrs: Map<String, Value>) {
+        let item = Item { key: key.clone(), attrs, version: 1, expires_at: None };
+        self.state().items.insert(key, item);
+    }
+
+    /// While `Some`, every call fails with this error.
+    pub fn fail_with(&self, error: Option<PortError>) {
+        self.state().fail = error;
+    }
+
+    /// Every stored item, expired ones included, in key order.
+    pub fn items(&self) -> Vec<Item> {
+        self.state().items.values().cloned().collect()
+    }
+
+    /// `query` calls so far (each is one page).
+    pub fn queries(&self) -> usize {
+        self.state().queries
+    }
+
+    /// `add` calls so far, failed ones included.
+    pub fn adds(&self) -> usize {
+        self.state().adds
+    }
+}
+
+fn holds(items: &BTreeMap<ItemKey, Item>, key: &ItemKey, condition: &Condition, now: i64) -> bool {
+    let current = items.get(key).filter(|i| live(i, now));
+    match condition {
+        Condition::None => true,
+        Condition::NotExists => current.is_none(),
+        Condition::Exists => current.is_some(),
+        Condition::VersionIs(v) => current.is_some_and(|i| i.version == *v),
+    }
+}
+
+fn apply(items: &mut BTreeMap<ItemKey, Item>, op: WriteOp) {
+    match op {
+        WriteOp::Put { item, .. } => {
+            items.insert(item.key.clone(), item);
+        }
+        WriteOp::Delete { key, .. } => {
+            items.remove(&key);
+        }
+        WriteOp::Check { .. } => {}
+    }
+}
+
+impl TableStore for MemoryTable {
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        let now = now_s();
+        Ok(self.guard()?.items.get(key).filter(|i| live(i, now)).cloned())
+    }
+
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<QueryPage, PortError> {
+        let now = now_s();
+        let mut state = self.guard()?;
+        state.queries += 1;
+        let mut items: Vec<Item> = state
+            .items
+            .range(ItemKey::new(pk, sk_prefix)..)
+            .take_while(|(k, _)| k.pk == pk && k.sk.starts_with(sk_prefix))
+            .filter(|(k, i)| start_after.is_none_or(|a| k.sk.as_str() > a) && live(i, now))
+            .map(|(_, i)| i.clone())
+            .take(limit.saturating_add(1))
+            .collect();
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| i.key.sk.clone())
+        } else {
+            None
+        };
+        Ok(QueryPage { items, next })
+    }
+
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
+        check_transaction(&ops)?;
+        let now = now_s();
+        let mut state = self.guard()?;
+        if let Some(index) = ops.iter().position(|op| !holds(&state.items, op.key(), op.condition(), now)) {
+            return Err(TransactError::ConditionFailed { index });
+        }
+        for op in ops {
+            apply(&mut state.items, op);
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
+        let now = now_s();
+        let mut state = self.guard()?;
+        if !holds(&state.items, op.key(), op.condition(), now) {
+            return Err(PortError::ConditionFailed("the condition of the write does not hold".into()));
+        }
+        apply(&mut state.items, op);
+        Ok(())
+    }
+
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: Map<String, Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        let now = now_s();
+        let mut state = self.state();
+        state.adds += 1;
+        if let Some(e) = &state.fail {
+            return Err(e.clone());
+        }
+        check_add(deltas, &set)?;
+        // An expired item counts as absent: the add starts from an empty item with version 0.
+        let mut item = match state.items.get(key).filter(|i| live(i, now)) {
+            Some(i) => i.clone(),
+            None => Item { key: key.clone(), attrs: Map::new(), version: 0, expires_at: None },
+        };
+        for (name, delta) in deltas {
+            let sum = add_number(item.attrs.get(name), *delta)
+                .ok_or_else(|| PortError::Invalid(format!("attribute {name:?} does not hold a number to add to")))?;
+            item.attrs.insert(name.clone(), sum);
+        }
+        item.attrs.extend(set);
+        if expires_at.is_some() {
+            item.expires_at = expires_at;
+        }
+        state.items.insert(key.clone(), item);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_table_passes_the_table_store_contract() {
+        super::super::table_store_contract(&super::MemoryTable::default()).await;
+    }
+}
