@@ -83,11 +83,11 @@ pub enum Applied {
         linked: usize,
         refused: usize,
         attempts: u32,
+        /// The profile's consent per purpose as this event's transaction wrote it (what the hand-off carries).
+        consent: BTreeMap<String, bool>,
     },
     /// Applied before (dedup record found); nothing changed.
-    Duplicate {
-        profile: Option<String>,
-    },
+    Duplicate { profile: Option<String> },
     /// No usable identifier (all blocked or invalid): the event is recorded as seen and belongs to no profile.
     NoIdentity,
 }
@@ -212,33 +212,32 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 return Err(StitchError::Invalid("an envelope event is not an object".into()));
             };
             let applied = self.apply_event(source, &event).await?;
-            let profile = match &applied {
-                Applied::Stitched { profile, created, merged, linked, refused, attempts } => {
+            let (profile_id, consent) = match applied {
+                // The transaction just wrote the root and its consent: no need to read them back.
+                Applied::Stitched { profile, created, merged, linked, refused, attempts, consent } => {
                     counters.stitched += 1;
-                    counters.created += u64::from(*created);
-                    counters.merged += *merged as u64;
-                    counters.linked += *linked as u64;
-                    counters.refused += *refused as u64;
+                    counters.created += u64::from(created);
+                    counters.merged += merged as u64;
+                    counters.linked += linked as u64;
+                    counters.refused += refused as u64;
                     counters.conflicts += u64::from(attempts.saturating_sub(1));
-                    Some(profile.clone())
+                    (Some(profile), consent)
                 }
+                // Applied earlier: the profile may have been merged since, so follow it to its root now.
                 Applied::Duplicate { profile } => {
                     counters.duplicates += 1;
-                    profile.clone()
+                    match profile {
+                        Some(p) => match self.resolve_root(&p).await? {
+                            Some((root, loaded)) => (Some(root), granted(&loaded.doc)),
+                            None => (Some(p), BTreeMap::new()),
+                        },
+                        None => (None, BTreeMap::new()),
+                    }
                 }
                 Applied::NoIdentity => {
                     counters.no_identity += 1;
-                    None
+                    (None, BTreeMap::new())
                 }
-            };
-            let (profile_id, consent) = match profile {
-                Some(p) => match self.resolve_root(&p).await? {
-                    Some((root, loaded)) => {
-                        (Some(root), loaded.doc.consent.iter().map(|(k, v)| (k.clone(), v.granted)).collect())
-                    }
-                    None => (Some(p), BTreeMap::new()),
-                },
-                None => (None, BTreeMap::new()),
             };
             handoffs.push(Handoff { profile_id, class: source.class, consent, event: Value::Object(event) });
         }
@@ -285,8 +284,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 max_identities: self.workspace.profiles.max_identities,
             };
             let planned = plan::plan(&extracted.ids, &self.rules, bounds, &snapshot.graph);
-            let ops = match &planned {
-                None => vec![dedup_op(dedup, None, now, self.workspace.profiles.dedup_window_days)],
+            let (ops, consent) = match &planned {
+                None => (vec![dedup_op(dedup, None, now, self.workspace.profiles.dedup_window_days)], BTreeMap::new()),
                 Some(p) => {
                     self.build(p, &snapshot, event, &mh, &stamp, source.class, incoming_traits, &signals, now)?
                 }
@@ -308,6 +307,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                             linked: p.new_ids.len(),
                             refused: p.refused.len(),
                             attempts: attempt,
+                            consent,
                         },
                     });
                 }
@@ -399,7 +399,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         incoming_traits: Option<&Map<String, Value>>,
         signals: &BTreeMap<String, bool>,
         now: i64,
-    ) -> Result<Vec<WriteOp>, StitchError> {
+    ) -> Result<(Vec<WriteOp>, BTreeMap<String, bool>), StitchError> {
         let settings = &self.workspace.profiles;
         let (root_id, mut doc, root_condition) = match &plan.target {
             Target::Existing(id) => {
@@ -533,6 +533,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             doc.overflow.history += 1;
         }
 
+        let consent = granted(&doc);
         ops.push(WriteOp::Put {
             item: Item { key: profile_key(&root_id), attrs: doc.to_attrs(), version: root_version, expires_at: None },
             condition: root_condition,
@@ -581,7 +582,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 });
             }
         }
-        Ok(ops)
+        Ok((ops, consent))
     }
 
     /// Puts hand-offs on the delivery queue, packed into messages of at most [`MAX_HANDOFF_BYTES`].
@@ -722,6 +723,11 @@ pub fn absorb(
     root.events += loser.events;
     root.created_at = root.created_at.min(loser.created_at);
     trim_refusals(root);
+}
+
+/// Purpose → granted, as handed to delivery.
+fn granted(doc: &ProfileDoc) -> BTreeMap<String, bool> {
+    doc.consent.iter().map(|(k, v)| (k.clone(), v.granted)).collect()
 }
 
 fn trim_refusals(doc: &mut ProfileDoc) {
