@@ -102,6 +102,18 @@ management_keys:
     )
 }
 
+/// [`test_config`] plus a tracking plan for `web`, version `plan_version`, that declares `events` (any properties)
+/// and quarantines unplanned track events.
+pub fn quarantine_config(plan_version: &str, events: &[&str]) -> String {
+    let events: String = events.iter().map(|e| format!("        {e}: {{ type: object }}\n")).collect();
+    test_config().replace(
+        "    class: \"1P\"\n",
+        &format!(
+            "    class: \"1P\"\n    tracking_plan:\n      version: \"{plan_version}\"\n      events:\n{events}      unplanned: quarantine\n"
+        ),
+    )
+}
+
 /// `tributary serve` running as a child process on a loopback port chosen by the OS, with its config file and
 /// data directory in a temporary directory of its own (removed on drop). Dropping it kills the process.
 pub struct Serve {
@@ -196,6 +208,21 @@ impl Serve {
     /// `{"method","path","status","userAgent","contentType","contentEncoding","auth"}`.
     pub async fn requests(&self) -> Vec<Value> {
         self.get_array("/_local/requests", "requests").await
+    }
+
+    /// The message ids of `user_id:<user>`'s events through the profile API (newest first), or `None` while the
+    /// profile does not exist (404).
+    pub async fn profile_events(&self, user: &str) -> Option<Vec<String>> {
+        let url = format!("{}/v1/profiles/user_id:{user}/events", self.base_url());
+        let resp = self.http().get(&url).bearer_auth(TEST_MANAGEMENT_KEY).send().await.expect("GET events");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("JSON body");
+        if status == 404 {
+            return None;
+        }
+        assert_eq!(status, 200, "GET {url}: {body}");
+        let events = body["events"].as_array().unwrap_or_else(|| panic!("GET {url}: no events array: {body}"));
+        Some(events.iter().filter_map(|e| e["message_id"].as_str().map(str::to_owned)).collect())
     }
 
     /// A ready-made HTTP client (30 s timeout) for requests of the test's own.

@@ -8,35 +8,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
-use tributary_tests::support::{tributary_bin, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
+use tributary_tests::support::{quarantine_config, tributary_bin, Serve, TEST_WRITE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const PLANNED: &str = "Order Completed";
 const UNPLANNED: &str = "Wishlist Viewed";
-
-/// The test workspace with a plan for `web` that declares `events` and quarantines unplanned track events.
-fn config(plan_version: &str, events: &[&str]) -> String {
-    let write_key = tributary_core::sha256_hex(TEST_WRITE_KEY.as_bytes());
-    let management_key = tributary_core::sha256_hex(TEST_MANAGEMENT_KEY.as_bytes());
-    let events: String = events.iter().map(|e| format!("        {e}: {{ type: object }}\n")).collect();
-    format!(
-        r#"workspace: tributary-tests
-sources:
-  - id: web
-    write_key_sha256:
-      - "{write_key}"
-    class: "1P"
-    tracking_plan:
-      version: "{plan_version}"
-      events:
-{events}      unplanned: quarantine
-management_keys:
-  - id: tests
-    key_sha256: "{management_key}"
-    scopes: ["profiles:read", "dsr", "admin"]
-"#
-    )
-}
 
 /// Runs `tributary quarantine <args> --source web --config … --data-dir …`.
 fn quarantine(server: &Serve, args: &[&str]) -> Output {
@@ -71,25 +47,11 @@ fn listed(server: &Serve) -> Vec<Value> {
     }
 }
 
-/// The message ids of the profile's events (newest first), or `None` while no profile has this user id.
-async fn profile_events(server: &Serve, user: &str) -> Option<Vec<String>> {
-    let url = format!("{}/v1/profiles/user_id:{user}/events", server.base_url());
-    let resp = server.http().get(&url).bearer_auth(TEST_MANAGEMENT_KEY).send().await.expect("GET events");
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.expect("JSON body");
-    if status == 404 {
-        return None;
-    }
-    assert_eq!(status, 200, "GET {url}: {body}");
-    let events = body["events"].as_array().unwrap_or_else(|| panic!("GET {url}: no events array: {body}"));
-    Some(events.iter().filter_map(|e| e["message_id"].as_str().map(str::to_owned)).collect())
-}
-
 /// Polls the profile's events until `done` holds; panics with the last answer after [`TIMEOUT`].
 async fn wait_events(server: &Serve, user: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let ids = profile_events(server, user).await.unwrap_or_default();
+        let ids = server.profile_events(user).await.unwrap_or_default();
         if done(&ids) {
             return ids;
         }
@@ -104,7 +66,7 @@ fn count(ids: &[String], id: &str) -> usize {
 
 #[tokio::test]
 async fn unplanned_track_is_held_then_redriven_once_after_the_plan_declares_it() {
-    let server = Serve::start_with_config(&config("1", &[PLANNED]));
+    let server = Serve::start_with_config(&quarantine_config("1", &[PLANNED]));
     let (user, identify_id, track_id) = ("qr-user", "qr-identify", "qr-track");
 
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{TEST_WRITE_KEY}:"));
@@ -147,7 +109,7 @@ async fn unplanned_track_is_held_then_redriven_once_after_the_plan_declares_it()
     assert_eq!(shown["event"]["messageId"], track_id, "{shown}");
 
     // Not in the profile: it has the identify only.
-    let ids = profile_events(&server, user).await.expect("the identify made a profile");
+    let ids = server.profile_events(user).await.expect("the identify made a profile");
     assert_eq!(ids, [identify_id], "the held track is not in the profile");
 
     // Under the same plan, redrive keeps it.
@@ -156,7 +118,7 @@ async fn unplanned_track_is_held_then_redriven_once_after_the_plan_declares_it()
     assert_eq!(listed(&server).len(), 1);
 
     // The plan now declares the event: redrive queues it, and it reaches the profile exactly once.
-    write(server.config_path(), &config("2", &[PLANNED, UNPLANNED]));
+    write(server.config_path(), &quarantine_config("2", &[PLANNED, UNPLANNED]));
     let out = stdout_of(&quarantine(&server, &["redrive"]), "redrive under plan 2");
     assert!(out.contains("1 redriven, 0 still held, 0 dropped"), "{out}");
     let ids = wait_events(&server, user, |ids| ids.iter().any(|m| m == track_id)).await;
@@ -167,7 +129,7 @@ async fn unplanned_track_is_held_then_redriven_once_after_the_plan_declares_it()
     let out = stdout_of(&quarantine(&server, &["redrive"]), "second redrive");
     assert!(out.contains("0 redriven, 0 still held, 0 dropped"), "{out}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let ids = profile_events(&server, user).await.expect("profile");
+    let ids = server.profile_events(user).await.expect("profile");
     assert_eq!((count(&ids, track_id), ids.len()), (1, 2), "{ids:?}");
     assert_eq!(server.consumed().await.len(), 2, "two events delivered in all");
 }
@@ -176,7 +138,7 @@ async fn unplanned_track_is_held_then_redriven_once_after_the_plan_declares_it()
 fn unknown_source_and_missing_data_dir_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("workspace.yaml");
-    write(&config_path, &config("1", &[PLANNED]));
+    write(&config_path, &quarantine_config("1", &[PLANNED]));
     let run = |source: &str, data_dir: &Path| {
         let out = Command::new(tributary_bin())
             .args(["quarantine", "redrive", "--source", source, "--config"])

@@ -425,29 +425,6 @@ mod quarantine_redrive {
 
     const UNPLANNED: &str = "Wishlist Viewed";
 
-    fn config(plan_version: &str, events: &[&str]) -> String {
-        let write_key = tributary_core::sha256_hex(TEST_WRITE_KEY.as_bytes());
-        let management_key = tributary_core::sha256_hex(TEST_MANAGEMENT_KEY.as_bytes());
-        let events: String = events.iter().map(|e| format!("        {e}: {{ type: object }}\n")).collect();
-        format!(
-            r#"workspace: tributary-tests
-sources:
-  - id: web
-    write_key_sha256:
-      - "{write_key}"
-    class: "1P"
-    tracking_plan:
-      version: "{plan_version}"
-      events:
-{events}      unplanned: quarantine
-management_keys:
-  - id: tests
-    key_sha256: "{management_key}"
-    scopes: ["profiles:read", "dsr", "admin"]
-"#
-        )
-    }
-
     fn quarantine(server: &Serve, args: &[&str]) -> Output {
         let out = Command::new(tributary_tests::support::tributary_bin())
             .arg("quarantine")
@@ -472,19 +449,6 @@ management_keys:
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    async fn profile_events(server: &Serve, user: &str) -> Option<Vec<String>> {
-        let url = format!("{}/v1/profiles/user_id:{user}/events", server.base_url());
-        let resp = server.http().get(&url).bearer_auth(TEST_MANAGEMENT_KEY).send().await.expect("GET events");
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.expect("JSON body");
-        if status == 404 {
-            return None;
-        }
-        assert_eq!(status, 200, "GET {url}: {body}");
-        let events = body["events"].as_array().unwrap_or_else(|| panic!("GET {url}: no events array: {body}"));
-        Some(events.iter().filter_map(|e| e["message_id"].as_str().map(str::to_owned)).collect())
-    }
-
     fn count(ids: &[String], id: &str) -> usize {
         ids.iter().filter(|m| *m == id).count()
     }
@@ -495,7 +459,7 @@ management_keys:
 
     #[tokio::test]
     async fn segment_python_unplanned_track_is_held_then_redriven_once() {
-        let server = Serve::start_with_config(&config("1", &["Order Completed"]));
+        let server = Serve::start_with_config(&tributary_tests::support::quarantine_config("1", &["Order Completed"]));
         let v = Variant {
             prefix: "unplanned",
             runtime: Runtime::Python,
@@ -521,19 +485,19 @@ management_keys:
         assert_eq!(held[0]["violations"][0]["kind"], "unplanned_event", "{held:?}");
         let text = stdout(&quarantine(&server, &["list"]));
         assert!(text.contains(&hash[..16]) && !text.contains(&user) && !text.contains(UNPLANNED), "{text}");
-        let ids = profile_events(&server, &user).await.expect("the identify made a profile");
+        let ids = server.profile_events(&user).await.expect("the identify made a profile");
         assert_eq!(ids, [identify_id], "the held track is not in the profile");
         for r in server.requests().await {
             assert_eq!(r["status"], 200, "a quarantined event is a success for the client: {r}");
         }
 
         // The plan now declares it: redriven, and in the profile exactly once.
-        write(server.config_path(), &config("2", &["Order Completed", UNPLANNED]));
+        write(server.config_path(), &tributary_tests::support::quarantine_config("2", &["Order Completed", UNPLANNED]));
         let out = stdout(&quarantine(&server, &["redrive"]));
         assert!(out.contains("1 redriven, 0 still held, 0 dropped"), "{out}");
         let deadline = Instant::now() + CONSUME_TIMEOUT;
         let ids = loop {
-            let ids = profile_events(&server, &user).await.unwrap_or_default();
+            let ids = server.profile_events(&user).await.unwrap_or_default();
             if ids.iter().any(|m| m == track_id) {
                 break ids;
             }
@@ -546,7 +510,7 @@ management_keys:
         let out = stdout(&quarantine(&server, &["redrive"]));
         assert!(out.contains("0 redriven, 0 still held, 0 dropped"), "{out}");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let ids = profile_events(&server, &user).await.expect("profile");
+        let ids = server.profile_events(&user).await.expect("profile");
         assert_eq!((count(&ids, track_id), ids.len()), (1, 2), "{ids:?}");
         assert_eq!(server.consumed().await.len(), 2, "two events delivered in all");
     }
