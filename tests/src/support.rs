@@ -82,7 +82,8 @@ fn build_tributary(profile_dir: &Path) {
 }
 
 /// A workspace config (YAML) with one first-party source `web` whose write key is [`TEST_WRITE_KEY`], no rate limit,
-/// and one management key [`TEST_MANAGEMENT_KEY`] with every scope.
+/// one management key [`TEST_MANAGEMENT_KEY`] with every scope, and one essential webhook destination: the
+/// server's own sink.
 pub fn test_config() -> String {
     let write_key = tributary_core::sha256_hex(TEST_WRITE_KEY.as_bytes());
     let management_key = tributary_core::sha256_hex(TEST_MANAGEMENT_KEY.as_bytes());
@@ -98,6 +99,15 @@ management_keys:
   - id: tests
     key_sha256: "{management_key}"
     scopes: ["profiles:read", "dsr", "admin"]
+destinations:
+  # Every event to the server's own webhook receiver (listed at /_local/events).
+  - id: local-sink
+    kind: webhook
+    essential: true
+    transport:
+      url: "${{TRIBUTARY_LOCAL_URL}}/_local/sink"
+delivery:
+  allow_private_hosts: ["127.0.0.1"]
 "#
     )
 }

@@ -20,6 +20,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 400)]
         round_ms: u64,
     },
+    /// The deliver handler to a local webhook vs a plain `reqwest` loop with the same concurrency.
+    Deliver {
+        /// Events per round.
+        #[arg(long, default_value_t = 2_000)]
+        events: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Requests in flight (both sides).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Ingest core with governance (a 20-event tracking plan + every PII detector, hashing) vs the same without.
     Governance {
         /// Events per batch.
@@ -39,6 +50,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Governance { events, rounds, round_ms } => {
             governance_bench(events, rounds, Duration::from_millis(round_ms))
+        }
+        BenchCommand::Deliver { events, rounds, concurrency } => {
+            crate::bench_deliver::deliver_bench(events, rounds.max(1), concurrency.clamp(1, 512))
         }
     }
 }

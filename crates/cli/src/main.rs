@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_deliver;
 mod quarantine;
+mod redrive;
 mod sources;
 
 #[derive(Parser)]
@@ -53,6 +55,8 @@ enum Command {
         #[command(subcommand)]
         command: sources::SourcesCommand,
     },
+    /// Deliveries given up on (the delivery DLQ): list them, or move them back to the delivery queue.
+    Redrive(redrive::RedriveArgs),
 }
 
 #[derive(Subcommand)]
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Bench { command } => bench::run(command).map(|_| ExitCode::SUCCESS),
         Command::Quarantine { command } => quarantine::run(command),
         Command::Sources { command } => sources::run(command),
+        Command::Redrive(args) => redrive::run(args),
     };
     match result {
         Ok(code) => code,

@@ -43,6 +43,13 @@ pub struct WorkspaceConfig {
     /// Consent purposes and how consent signals map onto them.
     #[serde(default)]
     pub consent: crate::profile::ConsentSettings,
+    /// Where stitched events are sent: webhooks, Meta CAPI, Google Ads, S3 exports. Each declares the consent
+    /// purposes it needs; nothing is sent without them.
+    #[serde(default)]
+    pub destinations: Vec<crate::delivery::DestinationConfig>,
+    /// Retries, the SSRF allow-list and sensitive-data scrubbing for all destinations.
+    #[serde(default)]
+    pub delivery: crate::delivery::DeliverySettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -281,6 +288,32 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
     }
     if let Err(m) = cfg.consent.check() {
         err(line("consent:"), format!("consent: {m}"));
+    }
+    let mut dids = BTreeSet::new();
+    for (i, d) in cfg.destinations.iter().enumerate() {
+        let at = line(&format!("id: {}", d.id)).or_else(|| line(&d.id));
+        if !dids.insert(d.id.as_str()) {
+            err(at, format!("destinations[{i}].id: duplicate destination id {:?}", d.id));
+        }
+        if let Err(e) = d.check() {
+            err(at, format!("destinations[{i}]: {e}"));
+        }
+        // A purpose nobody can grant would silently send nothing.
+        for (p, purpose) in d.purposes.iter().enumerate() {
+            if !cfg.consent.purposes.iter().any(|c| &c.id == purpose) {
+                err(at, format!("destinations[{i}].purposes[{p}]: {purpose:?} is not a purpose in consent.purposes"));
+            }
+        }
+        if let Some(sources) = &d.sources {
+            for (k, s) in sources.iter().enumerate() {
+                if !cfg.sources.iter().any(|c| c.id.as_str() == s) {
+                    err(at, format!("destinations[{i}].sources[{k}]: no source {s:?} in this workspace"));
+                }
+            }
+        }
+    }
+    if let Err(m) = cfg.delivery.check() {
+        err(line("delivery:"), format!("delivery: {m}"));
     }
     let mut mids = BTreeSet::new();
     for (i, m) in cfg.management_keys.iter().enumerate() {

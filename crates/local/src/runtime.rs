@@ -4,7 +4,10 @@
 //! - HTTP requests become `ApiGatewayV2httpRequest`s (payload format 2.0, body base64-encoded when binary) and go to
 //!   the same handlers that run on Lambda: `/v1/profiles/…` and `/v1/sources/…` to the profile API, the rest to
 //!   ingest.
-//! - The events queue feeds the stitch function, which hands events to the delivery queue.
+//! - The events queue feeds the stitch function, which hands events to the delivery queue; the deliver function
+//!   consumes that and sends to the workspace's destinations. `POST /_local/sink` is a webhook receiver of our own
+//!   (what it got is listed at `GET /_local/events`); a workspace points a destination at it with
+//!   `url: "${TRIBUTARY_LOCAL_URL}/_local/sink"` and allow-lists `127.0.0.1`, as the demo workspace does.
 //! - Each registered SQS trigger polls a durable SQLite queue and delivers `SqsEvent` batches exactly as Lambda does:
 //!   records carry receive counts, `batchItemFailures` keeps the failed ones for redelivery after the visibility
 //!   timeout, a handler error returns the whole batch, and the queue's redrive policy moves poison messages to its
@@ -32,11 +35,15 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tributary_core::config::{Sha256Hex, SourceConfig, SourceId, WorkspaceConfig};
+use tributary_core::delivery::{DeliverySettings, DestinationConfig, DestinationKind, Transport};
 use tributary_core::ingest::CEILING;
 use tributary_core::ports::{Condition, Item, ItemKey, PortError, Queue, ReceivedMessage, TableStore, WriteOp};
+use tributary_deliver::export::ExportSender;
+use tributary_deliver::http::HttpSender;
+use tributary_deliver::{resolve_destinations, Deliver, DeliverSettings, Senders};
 use tributary_ingest::{AuthMode, Ingest, IngestSettings, MetricsSink};
 use tributary_profile_api::ProfileApi;
-use tributary_stitch::{DeliveryEnvelope, Stitch, StitchSettings};
+use tributary_stitch::{Stitch, StitchSettings};
 
 use crate::dir_store::DirStore;
 use crate::sqlite_queue::{QueueOptions, SqliteQueue};
@@ -51,6 +58,11 @@ pub const DELIVERY_DLQ: &str = "delivery-dlq";
 pub const PROFILES_TABLE: &str = "profiles";
 /// Receives before a message moves to the DLQ (the template's `maxReceiveCount`).
 pub const MAX_RECEIVE_COUNT: u32 = 5;
+/// The delivery queue's `maxReceiveCount`: high, because each receive may be one backoff step and the deliver
+/// function dead-letters with a reason after `delivery.max_attempts` itself.
+pub const DELIVERY_MAX_RECEIVE_COUNT: u32 = 100;
+/// The variable a destination URL uses to reach this process (`http://127.0.0.1:<port>`).
+pub const LOCAL_URL_VAR: &str = "TRIBUTARY_LOCAL_URL";
 /// Most entries kept in the request log of `/_local/requests`.
 const REQUEST_LOG_CAP: usize = 10_000;
 
@@ -121,8 +133,29 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
         identity: Default::default(),
         profiles: Default::default(),
         consent: Default::default(),
+        // Our own sink, reached over HTTP through the same guard as any destination: loopback is refused unless
+        // allow-listed, and the demo allow-lists exactly the address it listens on.
+        destinations: vec![local_sink_destination()],
+        delivery: DeliverySettings { allow_private_hosts: vec!["127.0.0.1".into()], ..Default::default() },
     };
     Ok((cfg, keys))
+}
+
+/// The demo's destination: every event to `POST /_local/sink`, without consent (it never leaves the machine).
+pub fn local_sink_destination() -> DestinationConfig {
+    DestinationConfig {
+        id: "local-sink".into(),
+        kind: DestinationKind::Webhook,
+        purposes: Vec::new(),
+        essential: true,
+        event_types: None,
+        event_names: None,
+        sources: None,
+        allowed_classes: None,
+        drop_fields: Vec::new(),
+        hashing: None,
+        transport: Transport { url: Some(format!("${{{LOCAL_URL_VAR}}}/_local/sink")), ..Default::default() },
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -240,38 +273,41 @@ fn failed_ids(messages: &[ReceivedMessage], resp: &SqsBatchResponse) -> Vec<Stri
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Placeholder consumer of the delivery queue (until the deliver function exists): stores each event once.
+// The local sink: a webhook receiver
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Stores every consumed event in a table, once per (source, messageId), so tests can read what reached the
-/// consumer. Items: pk `sink`, sk `<sourceId>/<messageId>`, attrs `{sourceId, event, seq}`.
-pub async fn sink_handler<T: TableStore>(table: &T, event: SqsEvent) -> SqsBatchResponse {
-    let mut failures = Vec::new();
-    for record in event.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        if let Err(e) = sink_record(table, record.body.as_deref().unwrap_or("")).await {
-            tracing::warn!(error = %e, "Sink could not store a record.");
-            failures.push(id);
+/// Stores what a webhook delivery carried, once per (source, messageId) as an idempotent receiver would. Items: pk
+/// `sink`, sk `<sourceId>/<messageId>`, attrs `{sourceId, profileId, event, seq}`; the source comes from the
+/// `X-Tributary-Source` header, the profile from `context.profile.id` (removed from the stored event).
+pub async fn sink_store<T: TableStore>(table: &T, source_id: &str, body: &[u8]) -> anyhow::Result<usize> {
+    let body: Value = serde_json::from_slice(body).context("body is not JSON")?;
+    let events = match body {
+        Value::Object(mut m) if m.contains_key("batch") => match m.remove("batch") {
+            Some(Value::Array(events)) => events,
+            _ => anyhow::bail!("batch is not an array"),
+        },
+        one @ Value::Object(_) => vec![one],
+        _ => anyhow::bail!("body is not an object"),
+    };
+    let n = events.len();
+    for mut event in events {
+        let profile = event.get_mut("context").and_then(Value::as_object_mut).and_then(|c| c.remove("profile"));
+        let profile_id = profile.as_ref().and_then(|p| p.get("id").cloned()).unwrap_or(Value::Null);
+        // The sender made `context` to hold the profile: take it away again.
+        if profile.is_some() && event.get("context").and_then(Value::as_object).is_some_and(|c| c.is_empty()) {
+            if let Some(m) = event.as_object_mut() {
+                m.remove("context");
+            }
         }
-    }
-    let mut resp = SqsBatchResponse::default();
-    resp.batch_item_failures =
-        failures.into_iter().filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok()).collect();
-    resp
-}
-
-async fn sink_record<T: TableStore>(table: &T, body: &str) -> anyhow::Result<()> {
-    let envelope: DeliveryEnvelope = serde_json::from_str(body).context("record body is not a delivery envelope")?;
-    for item in envelope.items {
-        let message_id = item.event.get("messageId").and_then(Value::as_str).unwrap_or_default().to_string();
+        let message_id = event.get("messageId").and_then(Value::as_str).unwrap_or_default().to_string();
         let seq = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
         let mut attrs = serde_json::Map::new();
-        attrs.insert("sourceId".into(), Value::String(envelope.source_id.clone()));
-        attrs.insert("profileId".into(), item.profile_id.map(Value::String).unwrap_or(Value::Null));
-        attrs.insert("event".into(), item.event);
+        attrs.insert("sourceId".into(), Value::String(source_id.to_string()));
+        attrs.insert("profileId".into(), profile_id);
+        attrs.insert("event".into(), event);
         attrs.insert("seq".into(), json!(seq));
         let item = Item {
-            key: ItemKey::new("sink", format!("{}/{}", envelope.source_id, message_id)),
+            key: ItemKey::new("sink", format!("{source_id}/{message_id}")),
             attrs,
             version: 1,
             expires_at: None,
@@ -281,7 +317,7 @@ async fn sink_record<T: TableStore>(table: &T, body: &str) -> anyhow::Result<()>
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Everything the sink holds, in consumption order.
@@ -440,7 +476,8 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
     };
     let events_options = || QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
-    let delivery_options = || QueueOptions { dead_letter: Some((DELIVERY_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
+    let delivery_options =
+        || QueueOptions { dead_letter: Some((DELIVERY_DLQ.to_string(), DELIVERY_MAX_RECEIVE_COUNT)) };
     let events = open_queue(EVENTS_QUEUE, events_options())?;
     let sink = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
     let profiles =
@@ -487,12 +524,35 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         shutdown_rx.clone(),
     )));
 
-    // The delivery queue's consumer: the sink for now (the deliver function replaces it).
-    let sink_table = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
-    let sink_table = Arc::new(sink_table);
+    // delivery → destinations. The listener is bound already, so `${TRIBUTARY_LOCAL_URL}` names its real port.
+    let listener = tokio::net::TcpListener::bind(opts.addr).await.with_context(|| format!("binding {}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    let local_url = format!("http://127.0.0.1:{}", addr.port());
+    let lookup =
+        move |name: &str| if name == LOCAL_URL_VAR { Some(local_url.clone()) } else { std::env::var(name).ok() };
+    let destinations = resolve_destinations(&workspace, &lookup).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Export buckets are directories under `objects/exports/`.
+    let mut exports = std::collections::BTreeMap::new();
+    for bucket in destinations.iter().filter_map(|d| d.transport.bucket.clone()) {
+        let store = DirStore::open(&data.objects().join("exports").join(&bucket))
+            .map_err(|e| anyhow::anyhow!("export bucket {bucket}: {e}"))?;
+        exports.insert(bucket, store);
+    }
+    let http = HttpSender::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?;
+    let deliver = Deliver::new(
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        open_queue(DELIVERY_QUEUE, delivery_options())?,
+        open_queue(DELIVERY_DLQ, QueueOptions::default())?,
+        Senders { http, exports: ExportSender::new(exports) },
+        metrics.clone(),
+        workspace.clone(),
+        destinations,
+        DeliverSettings { max_receive_count: DELIVERY_MAX_RECEIVE_COUNT },
+    );
+    let deliver = Arc::new(deliver);
     let handler: SqsHandler = Arc::new(move |event| {
-        let t = sink_table.clone();
-        Box::pin(async move { Ok(sink_handler(&*t, event).await) })
+        let d = deliver.clone();
+        Box::pin(async move { Ok(d.handle(event).await) })
     });
     tasks.push(tokio::spawn(run_trigger(
         open_queue(DELIVERY_QUEUE, delivery_options())?,
@@ -503,11 +563,10 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
 
     let app = Router::new()
         .route("/_local/events", get(local_events::<M>))
+        .route("/_local/sink", axum::routing::post(local_sink::<M>))
         .route("/_local/requests", get(local_requests::<M>))
         .fallback(front::<M>)
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(opts.addr).await.with_context(|| format!("binding {}", opts.addr))?;
-    let addr = listener.local_addr()?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -591,6 +650,21 @@ async fn local_events<M: MetricsSink + 'static>(State(state): State<Arc<AppState
             axum::Json(json!({"code": "store_unavailable", "message": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+async fn local_sink<M: MetricsSink + 'static>(
+    State(state): State<Arc<AppState<M>>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let source = headers.get("x-tributary-source").and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+    match sink_store(&state.sink, source, &body).await {
+        Ok(n) => axum::Json(json!({ "received": n })).into_response(),
+        Err(e) => {
+            (http::StatusCode::BAD_REQUEST, axum::Json(json!({"code": "invalid_delivery", "message": e.to_string()})))
+                .into_response()
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //!
 //! - `GET /v1/profiles/{type}:{value}`: the profile ([`ProfileView`]).
 //! - `GET /v1/profiles/{type}:{value}/events?limit=N&cursor=C`: its history, newest first (`{"events","next"}`).
+//! - `GET /v1/profiles/{type}:{value}/deliveries?limit=N&cursor=C`: what was delivered where — one receipt per
+//!   (destination, event) with status, attempts and last error (`{"deliveries","next"}`).
 //! - `GET /v1/sources/{id}/stats?since=T&until=T`: what governance did to the source's events over a window (RFC 3339
 //!   bounds, default the last 24 hours), per event name and in total ([`Report`]).
 //!
@@ -30,6 +32,7 @@ pub use tributary_core::profile::read::{EventsPage, ProfileView};
 /// The path prefix of the profile routes; anything before it (an API Gateway stage) is ignored.
 const PREFIX: &str = "/v1/profiles/";
 const EVENTS_SUFFIX: &str = "/events";
+const DELIVERIES_SUFFIX: &str = "/deliveries";
 /// The path prefix of the source routes.
 const SOURCES_PREFIX: &str = "/v1/sources/";
 const STATS_SUFFIX: &str = "/stats";
@@ -52,6 +55,7 @@ impl ApiError {
 enum Route {
     Profile,
     Events,
+    Deliveries,
     SourceStats,
 }
 
@@ -60,6 +64,7 @@ impl Route {
         match self {
             Route::Profile => "profile",
             Route::Events => "profile_events",
+            Route::Deliveries => "profile_deliveries",
             Route::SourceStats => "source_stats",
         }
     }
@@ -99,7 +104,7 @@ impl<T: TableStore> ProfileApi<T> {
         let mut audit = Audit { key_id: None, lookup_sha256: None, source_id: None };
         let outcome = match route {
             Route::SourceStats => self.source_stats(raw_lookup, &req, &mut audit).await,
-            Route::Profile | Route::Events => self.serve(route, raw_lookup, &req, &mut audit).await,
+            Route::Profile | Route::Events | Route::Deliveries => self.serve(route, raw_lookup, &req, &mut audit).await,
         };
         let status = outcome.as_ref().map_or_else(|e| e.status, |_| 200);
         let code = outcome.as_ref().err().map_or("ok", |e| e.code);
@@ -156,17 +161,21 @@ impl<T: TableStore> ProfileApi<T> {
         let page = match route {
             // `SourceStats` is served by `source_stats`, never here.
             Route::Profile | Route::SourceStats => None,
-            Route::Events => Some(events_params(req)?),
+            Route::Events => Some(events_params(req, read::valid_cursor)?),
+            Route::Deliveries => Some(events_params(req, read::valid_deliveries_cursor)?),
         };
         let resolved = read::resolve(&self.table, &lookup).await.map_err(|e| store_error(e, &lookup))?;
         let Some(resolved) = resolved else {
             return Err(ApiError::new(404, "profile_not_found", "no profile matches this lookup"));
         };
-        let body = match page {
-            None => read::view(&self.table, &resolved).await.map(serde_json::to_value),
-            Some((limit, cursor)) => {
+        let body = match (route, page) {
+            (Route::Deliveries, Some((limit, cursor))) => {
+                read::deliveries(&self.table, &resolved, limit, cursor.as_deref()).await.map(serde_json::to_value)
+            }
+            (_, Some((limit, cursor))) => {
                 read::events(&self.table, &resolved, limit, cursor.as_deref()).await.map(serde_json::to_value)
             }
+            (_, None) => read::view(&self.table, &resolved).await.map(serde_json::to_value),
         };
         body.map_err(|e| store_error(e, &lookup))?
             .map_err(|_| ApiError::new(500, "internal", "the profile could not be encoded"))
@@ -245,15 +254,19 @@ fn split_route(path: &str) -> Option<(Route, &str)> {
     }
     let (_, rest) = path.split_once(PREFIX)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let (route, lookup) = match rest.strip_suffix(EVENTS_SUFFIX) {
-        Some(lookup) => (Route::Events, lookup),
-        None => (Route::Profile, rest),
+    let (route, lookup) = match (rest.strip_suffix(EVENTS_SUFFIX), rest.strip_suffix(DELIVERIES_SUFFIX)) {
+        (Some(lookup), _) => (Route::Events, lookup),
+        (_, Some(lookup)) => (Route::Deliveries, lookup),
+        _ => (Route::Profile, rest),
     };
     (!lookup.is_empty()).then_some((route, lookup))
 }
 
-/// `limit` and `cursor` of the events route.
-fn events_params(req: &ApiGatewayV2httpRequest) -> Result<(usize, Option<String>), ApiError> {
+/// `limit` and `cursor` of the events and deliveries routes.
+fn events_params(
+    req: &ApiGatewayV2httpRequest,
+    valid_cursor: fn(&str) -> bool,
+) -> Result<(usize, Option<String>), ApiError> {
     let limit = match query_param(req, "limit") {
         None => DEFAULT_EVENTS_LIMIT,
         Some(s) => s
@@ -262,7 +275,7 @@ fn events_params(req: &ApiGatewayV2httpRequest) -> Result<(usize, Option<String>
             .map_err(|_| ApiError::new(400, "invalid_limit", "limit must be a whole number from 1 to 100"))?,
     };
     let cursor = query_param(req, "cursor").filter(|c| !c.is_empty());
-    if cursor.as_deref().is_some_and(|c| !read::valid_cursor(c)) {
+    if cursor.as_deref().is_some_and(|c| !valid_cursor(c)) {
         return Err(invalid_cursor());
     }
     Ok((limit, cursor))
@@ -350,6 +363,7 @@ mod tests {
     fn splits_routes() {
         assert_eq!(split_route("/v1/profiles/email:a%40b.co"), Some((Route::Profile, "email:a%40b.co")));
         assert_eq!(split_route("/prod/v1/profiles/user_id:42/events"), Some((Route::Events, "user_id:42")));
+        assert_eq!(split_route("/v1/profiles/user_id:42/deliveries"), Some((Route::Deliveries, "user_id:42")));
         assert_eq!(split_route("/v1/profiles/user_id:42/"), Some((Route::Profile, "user_id:42")));
         assert_eq!(split_route("/v1/profiles/ext:x:a/b"), Some((Route::Profile, "ext:x:a/b")));
         assert_eq!(split_route("/v1/profiles/"), None);

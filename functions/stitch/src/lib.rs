@@ -85,6 +85,8 @@ pub enum Applied {
         attempts: u32,
         /// The profile's consent per purpose as this event's transaction wrote it (what the hand-off carries).
         consent: BTreeMap<String, bool>,
+        /// Whether this event changed that consent.
+        consent_changed: bool,
     },
     /// Applied before (dedup record found); nothing changed.
     Duplicate { profile: Option<String> },
@@ -92,26 +94,7 @@ pub enum Applied {
     NoIdentity,
 }
 
-/// One event handed to delivery: the event and the profile context routing needs.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Handoff {
-    pub profile_id: Option<String>,
-    /// Data-party class of the event's source.
-    pub class: DataPartyClass,
-    /// The profile's consent per purpose after this event (empty when unknown: delivery treats that as "no").
-    pub consent: BTreeMap<String, bool>,
-    pub event: Value,
-}
-
-/// A delivery-queue message: the hand-offs of one events-queue record (or part of it when large).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryEnvelope {
-    pub v: u32,
-    pub source_id: String,
-    pub items: Vec<Handoff>,
-}
+pub use tributary_core::delivery::{DeliveryEnvelope, Handoff};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
@@ -212,34 +195,41 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 return Err(StitchError::Invalid("an envelope event is not an object".into()));
             };
             let applied = self.apply_event(source, &event).await?;
-            let (profile_id, consent) = match applied {
+            let (profile_id, consent, consent_changed) = match applied {
                 // The transaction just wrote the root and its consent: no need to read them back.
-                Applied::Stitched { profile, created, merged, linked, refused, attempts, consent } => {
+                Applied::Stitched { profile, created, merged, linked, refused, attempts, consent, consent_changed } => {
                     counters.stitched += 1;
                     counters.created += u64::from(created);
                     counters.merged += merged as u64;
                     counters.linked += linked as u64;
                     counters.refused += refused as u64;
                     counters.conflicts += u64::from(attempts.saturating_sub(1));
-                    (Some(profile), consent)
+                    (Some(profile), consent, consent_changed)
                 }
                 // Applied earlier: the profile may have been merged since, so follow it to its root now.
                 Applied::Duplicate { profile } => {
                     counters.duplicates += 1;
                     match profile {
+                        // The change (if any) was handed off when the event was applied.
                         Some(p) => match self.resolve_root(&p).await? {
-                            Some((root, loaded)) => (Some(root), granted(&loaded.doc)),
-                            None => (Some(p), BTreeMap::new()),
+                            Some((root, loaded)) => (Some(root), granted(&loaded.doc), false),
+                            None => (Some(p), BTreeMap::new(), false),
                         },
-                        None => (None, BTreeMap::new()),
+                        None => (None, BTreeMap::new(), false),
                     }
                 }
                 Applied::NoIdentity => {
                     counters.no_identity += 1;
-                    (None, BTreeMap::new())
+                    (None, BTreeMap::new(), false)
                 }
             };
-            handoffs.push(Handoff { profile_id, class: source.class, consent, event: Value::Object(event) });
+            handoffs.push(Handoff {
+                profile_id,
+                class: source.class,
+                consent,
+                consent_changed,
+                event: Value::Object(event),
+            });
         }
         self.hand_off(source.id.as_str(), handoffs).await
     }
@@ -284,8 +274,11 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 max_identities: self.workspace.profiles.max_identities,
             };
             let planned = plan::plan(&extracted.ids, &self.rules, bounds, &snapshot.graph);
-            let (ops, consent) = match &planned {
-                None => (vec![dedup_op(dedup, None, now, self.workspace.profiles.dedup_window_days)], BTreeMap::new()),
+            let (ops, (consent, consent_changed)) = match &planned {
+                None => (
+                    vec![dedup_op(dedup, None, now, self.workspace.profiles.dedup_window_days)],
+                    (BTreeMap::new(), false),
+                ),
                 Some(p) => {
                     self.build(p, &snapshot, event, &mh, &stamp, source.class, incoming_traits, &signals, now)?
                 }
@@ -308,6 +301,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                             refused: p.refused.len(),
                             attempts: attempt,
                             consent,
+                            consent_changed,
                         },
                     });
                 }
@@ -399,7 +393,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         incoming_traits: Option<&Map<String, Value>>,
         signals: &BTreeMap<String, bool>,
         now: i64,
-    ) -> Result<(Vec<WriteOp>, BTreeMap<String, bool>), StitchError> {
+    ) -> Result<(Vec<WriteOp>, HandedConsent), StitchError> {
         let settings = &self.workspace.profiles;
         let (root_id, mut doc, root_condition) = match &plan.target {
             Target::Existing(id) => {
@@ -517,6 +511,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             let applied = traits::apply(&mut doc.traits, incoming, stamp, class, settings);
             doc.overflow.traits += applied.overflow;
         }
+        let consent_before = granted(&doc);
         consent::apply(&mut doc.consent, signals, stamp);
         doc.events += 1;
         doc.first_seen = if doc.events == 1 { stamp.ts } else { doc.first_seen.min(stamp.ts) };
@@ -534,6 +529,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         }
 
         let consent = granted(&doc);
+        let consent_changed = consent != consent_before;
         ops.push(WriteOp::Put {
             item: Item { key: profile_key(&root_id), attrs: doc.to_attrs(), version: root_version, expires_at: None },
             condition: root_condition,
@@ -582,7 +578,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 });
             }
         }
-        Ok((ops, consent))
+        Ok((ops, (consent, consent_changed)))
     }
 
     /// Puts hand-offs on the delivery queue, packed into messages of at most [`MAX_HANDOFF_BYTES`].
@@ -639,7 +635,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
     }
 
     fn message(&self, source_id: &str, items: Vec<Handoff>, n: usize) -> OutgoingMessage {
-        let envelope = DeliveryEnvelope { v: 1, source_id: source_id.to_string(), items };
+        let envelope = DeliveryEnvelope { v: 1, source_id: source_id.to_string(), items, only: None };
         OutgoingMessage { id: format!("m{n}"), body: serde_json::to_string(&envelope).unwrap_or_default() }
     }
 
@@ -660,6 +656,9 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         }
     }
 }
+
+/// The profile's consent per purpose after an event, and whether the event changed it.
+type HandedConsent = (BTreeMap<String, bool>, bool);
 
 /// What one event read from the table.
 #[derive(Debug, Default)]

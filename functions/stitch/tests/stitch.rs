@@ -184,6 +184,9 @@ async fn an_anonymous_visitor_who_logs_in_on_a_second_device_is_one_profile() {
     assert_eq!(items.len(), 5);
     assert_eq!(items[4].profile_id.as_deref(), Some(root.as_str()));
     assert_eq!(items[4].consent.get("advertising"), Some(&true));
+    // Only m2 changed consent (it granted advertising); destinations that ask are told of that one.
+    let changed: Vec<bool> = items.iter().map(|i| i.consent_changed).collect();
+    assert_eq!(changed, vec![false, true, false, false, false]);
     assert!(f.metrics.0.lock().expect("metrics").iter().any(|l| l.contains("\"Merges\":1")));
 }
 

@@ -13,15 +13,21 @@
 //! - [`prepare`] applies a destination's policy to one event, in the order that keeps anything removed from
 //!   reaching the hashed identifiers too.
 
+pub mod envelope;
 pub mod hashing;
 pub mod routing;
 pub mod sensitive;
+pub mod settings;
 
 use serde_json::{Map, Value};
 
+pub use envelope::{
+    backoff_ms, receipt_key, DeadLetter, DeliveryEnvelope, DlqMessage, Handoff, Receipt, ReceiptStatus,
+};
 pub use hashing::{google_user_identifiers, hash_identifiers, meta_user_data, UserFields};
-pub use routing::{route, DestinationConfig, DestinationError, DestinationKind, Route, SkipReason};
+pub use routing::{route, DestinationConfig, DestinationError, DestinationKind, Route, SkipReason, Transport};
 pub use sensitive::{scrub, RestrictedIndustry, Scrubber, SensitiveError, SensitivePolicy};
+pub use settings::{interpolate, DeliverySettings};
 
 /// What [`prepare`] did to one event for one destination. Counts only, no values.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -84,6 +90,7 @@ mod tests {
             allowed_classes: None,
             drop_fields: vec!["/context/ip".into(), "/context/traits/phone".into()],
             hashing: None,
+            transport: routing::Transport::minimal(kind),
         }
     }
 

@@ -115,6 +115,162 @@ pub struct DestinationConfig {
     /// for webhooks and S3 exports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashing: Option<bool>,
+    /// Where and how events are sent.
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// How a destination is reached. Strings may hold `${NAME}`, read from the deliver function's environment when it
+/// starts (so secrets stay out of the workspace file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Transport {
+    /// `webhook`: the URL events are POSTed to (required). `meta_capi` / `google_ads`: the API's base URL
+    /// (default `https://graph.facebook.com/v21.0` / `https://googleads.googleapis.com/v17`), so tests can use a
+    /// local server. `http` is allowed only for hosts in `delivery.allow_private_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `webhook`: the HMAC-SHA256 signing secret (header `X-Tributary-Signature: t=<unix>,v1=<hex>` over
+    /// `<t>.<body>`). `meta_capi` / `google_ads`: the access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// `meta_capi`: the pixel (dataset) id; `google_ads`: the customer id (digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `google_ads`: the conversion action resource name (`customers/<id>/conversionActions/<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_action: Option<String>,
+    /// `google_ads`: the developer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub developer_token: Option<String>,
+    /// `meta_capi`: a test event code (events show in Events Manager's test tab only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_event_code: Option<String>,
+    /// `s3_export`: the bucket, and the key prefix objects are written under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Events per request (or per exported object). Defaults: webhook 1 (the event is the body; more makes the
+    /// body `{"batch":[…]}`), meta_capi 100 (max 1000), google_ads 100 (max 2000), s3_export 500 (max 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Request timeout in milliseconds (default 10000, 100..=60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Also send a `Consent Updated` track event whenever a profile's consent changes — whatever it now grants,
+    /// so the destination learns of a withdrawal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consent_updates: bool,
+    /// Add the profile (`context.profile = {id, traits}`) to every event; traits are limited to the data-party
+    /// classes the destination allows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub profile_traits: bool,
+}
+
+impl Transport {
+    /// The batch size in force (see [`Transport::batch_size`]).
+    pub fn batch_size(&self, kind: DestinationKind) -> usize {
+        let (default, _) = batch_bounds(kind);
+        self.batch_size.map_or(default, |b| b as usize)
+    }
+
+    /// The request timeout in force.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.timeout_ms.unwrap_or(10_000)))
+    }
+
+    fn check(&self, kind: DestinationKind) -> Result<(), DestinationError> {
+        let need = |field: &'static str, v: &Option<String>| match v {
+            Some(s) if !s.trim().is_empty() => Ok(()),
+            _ => Err(DestinationError::Missing(field, kind)),
+        };
+        let refuse = |field: &'static str, v: bool| if v { Err(DestinationError::NotFor(field, kind)) } else { Ok(()) };
+        match kind {
+            DestinationKind::Webhook => {
+                need("transport.url", &self.url)?;
+                refuse("transport.account", self.account.is_some())?;
+                refuse("transport.bucket", self.bucket.is_some())?;
+            }
+            DestinationKind::MetaCapi => {
+                need("transport.account", &self.account)?;
+                need("transport.secret", &self.secret)?;
+                refuse("transport.bucket", self.bucket.is_some())?;
+            }
+            DestinationKind::GoogleAds => {
+                need("transport.account", &self.account)?;
+                need("transport.secret", &self.secret)?;
+                need("transport.conversion_action", &self.conversion_action)?;
+                need("transport.developer_token", &self.developer_token)?;
+                refuse("transport.bucket", self.bucket.is_some())?;
+            }
+            DestinationKind::S3Export => {
+                need("transport.bucket", &self.bucket)?;
+                refuse("transport.url", self.url.is_some())?;
+                refuse("transport.secret", self.secret.is_some())?;
+            }
+        }
+        if let Some(url) = &self.url {
+            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("${")) || url.len() > 2048
+            {
+                return Err(DestinationError::InvalidUrl);
+            }
+        }
+        if kind != DestinationKind::GoogleAds && (self.conversion_action.is_some() || self.developer_token.is_some()) {
+            return Err(DestinationError::NotFor("transport.conversion_action/developer_token", kind));
+        }
+        if kind != DestinationKind::MetaCapi && self.test_event_code.is_some() {
+            return Err(DestinationError::NotFor("transport.test_event_code", kind));
+        }
+        if let Some(p) = &self.prefix {
+            if p.len() > 512 || p.starts_with('/') || p.split('/').any(|s| s == "..") {
+                return Err(DestinationError::InvalidPrefix);
+            }
+        }
+        let (_, max) = batch_bounds(kind);
+        if let Some(b) = self.batch_size {
+            if b == 0 || b as usize > max {
+                return Err(DestinationError::BatchSize(max));
+            }
+        }
+        if let Some(t) = self.timeout_ms {
+            if !(100..=60_000).contains(&t) {
+                return Err(DestinationError::Timeout);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Transport {
+    /// The least a `kind` destination needs (placeholder values; for tests and examples).
+    pub fn minimal(kind: DestinationKind) -> Transport {
+        let s = |v: &str| Some(v.to_string());
+        match kind {
+            DestinationKind::Webhook => Transport { url: s("https://hooks.example.com/t"), ..Default::default() },
+            DestinationKind::MetaCapi => {
+                Transport { account: s("1234567890"), secret: s("${META_TOKEN}"), ..Default::default() }
+            }
+            DestinationKind::GoogleAds => Transport {
+                account: s("1234567890"),
+                secret: s("${GOOGLE_TOKEN}"),
+                conversion_action: s("customers/1234567890/conversionActions/1"),
+                developer_token: s("${GOOGLE_DEV_TOKEN}"),
+                ..Default::default()
+            },
+            DestinationKind::S3Export => Transport { bucket: s("exports"), ..Default::default() },
+        }
+    }
+}
+
+/// (default, maximum) events per request for a kind.
+fn batch_bounds(kind: DestinationKind) -> (usize, usize) {
+    match kind {
+        DestinationKind::Webhook => (1, 100),
+        DestinationKind::MetaCapi => (100, 1_000),
+        DestinationKind::GoogleAds => (100, 2_000),
+        DestinationKind::S3Export => (500, 10_000),
+    }
 }
 
 /// A problem in a destination's config. Names the field and index, never the value.
@@ -148,6 +304,18 @@ pub enum DestinationError {
     InvalidPointer(usize),
     #[error("hashing cannot be turned off for an ad platform")]
     HashingRequired,
+    #[error("{0} is required for a {1} destination")]
+    Missing(&'static str, DestinationKind),
+    #[error("{0} does not apply to a {1} destination")]
+    NotFor(&'static str, DestinationKind),
+    #[error("transport.url must be an http:// or https:// URL of at most 2048 bytes")]
+    InvalidUrl,
+    #[error("transport.prefix must be a relative key prefix of at most 512 bytes without '..'")]
+    InvalidPrefix,
+    #[error("transport.batch_size must be 1..={0}")]
+    BatchSize(usize),
+    #[error("transport.timeout_ms must be 100..=60000")]
+    Timeout,
 }
 
 impl DestinationConfig {
@@ -199,7 +367,7 @@ impl DestinationConfig {
         if self.kind.is_ad_platform() && self.hashing == Some(false) {
             return Err(DestinationError::HashingRequired);
         }
-        Ok(())
+        self.transport.check(self.kind)
     }
 
     /// Whether identifiers are hashed before sending (always for ad platforms, whatever the config says).
@@ -459,7 +627,33 @@ mod tests {
             allowed_classes: None,
             drop_fields: Vec::new(),
             hashing: None,
+            transport: Transport::minimal(kind),
         }
+    }
+
+    #[test]
+    fn transports_need_their_own_fields_and_refuse_others() {
+        for kind in DestinationKind::ALL {
+            assert_eq!(Transport::minimal(kind).check(kind), Ok(()), "{kind}");
+            assert!(matches!(Transport::default().check(kind), Err(DestinationError::Missing(..))), "{kind}");
+        }
+        let mut t = Transport::minimal(DestinationKind::Webhook);
+        t.bucket = Some("b".into());
+        assert_eq!(
+            t.check(DestinationKind::Webhook),
+            Err(DestinationError::NotFor("transport.bucket", DestinationKind::Webhook))
+        );
+        let mut t = Transport::minimal(DestinationKind::Webhook);
+        t.url = Some("ftp://x".into());
+        assert_eq!(t.check(DestinationKind::Webhook), Err(DestinationError::InvalidUrl));
+        t.url = Some("${HOOK_URL}".into());
+        assert_eq!(t.check(DestinationKind::Webhook), Ok(()));
+        t.batch_size = Some(101);
+        assert_eq!(t.check(DestinationKind::Webhook), Err(DestinationError::BatchSize(100)));
+        let mut t = Transport::minimal(DestinationKind::S3Export);
+        t.prefix = Some("a/../b".into());
+        assert_eq!(t.check(DestinationKind::S3Export), Err(DestinationError::InvalidPrefix));
+        assert_eq!(Transport::default().batch_size(DestinationKind::MetaCapi), 100);
     }
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -742,7 +936,8 @@ mod tests {
     #[test]
     fn config_round_trips_and_refuses_unknown_fields() {
         let yaml = "id: meta-main\nkind: meta_capi\npurposes: [advertising]\n\
-                    allowed_classes: [0P]\ndrop_fields: [/context/ip]\n";
+                    allowed_classes: [0P]\ndrop_fields: [/context/ip]\n\
+                    transport: {account: \"123\", secret: \"${META_TOKEN}\"}\n";
         let d: Result<DestinationConfig, _> = serde_yaml_ng::from_str(yaml);
         let d = d.map_err(|e| e.to_string());
         assert!(matches!(&d, Ok(d) if d.kind == DestinationKind::MetaCapi && d.check().is_ok()), "{d:?}");

@@ -391,11 +391,57 @@ pub async fn events<T: TableStore>(
     if cursor.is_some_and(|c| !valid_cursor(c)) {
         return Err(ReadError::InvalidCursor);
     }
+    let (rows, next) = tree_page(table, r, EVENT_PREFIX, limit, cursor).await?;
+    // A row that does not decode is left out rather than failing the page; the cursor still moves past it.
+    let events = rows.iter().filter_map(|i| EventRow::from_attrs(&i.attrs).ok()).collect();
+    Ok(EventsPage { events, next })
+}
+
+/// One page of the delivery receipts of a profile and the profiles merged into it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveriesPage {
+    /// Per (destination, event): status, attempts, last error, times (see [`crate::delivery::Receipt::view`]).
+    pub deliveries: Vec<Value>,
+    pub next: Option<String>,
+}
+
+/// Whether `cursor` could be a deliveries cursor (a receipt sort key).
+pub fn valid_deliveries_cursor(cursor: &str) -> bool {
+    cursor.len() <= MAX_CURSOR_BYTES
+        && cursor.starts_with(crate::delivery::envelope::RECEIPT_PREFIX)
+        && cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'#' || b == b'-' || b == b'_')
+}
+
+/// The delivery receipts of the tree, by destination, `limit` (clamped like events) at a time.
+pub async fn deliveries<T: TableStore>(
+    table: &T,
+    r: &Resolved,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<DeliveriesPage, ReadError> {
+    if cursor.is_some_and(|c| !valid_deliveries_cursor(c)) {
+        return Err(ReadError::InvalidCursor);
+    }
+    let (rows, next) = tree_page(table, r, crate::delivery::envelope::RECEIPT_PREFIX, limit, cursor).await?;
+    let deliveries =
+        rows.iter().filter_map(|i| crate::delivery::Receipt::from_attrs(&i.attrs).ok()).map(|r| r.view()).collect();
+    Ok(DeliveriesPage { deliveries, next })
+}
+
+/// The first `limit` rows under `prefix` after `cursor` over every partition of the tree, in sort-key order, and
+/// the cursor of the next page.
+async fn tree_page<T: TableStore>(
+    table: &T,
+    r: &Resolved,
+    prefix: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<Item>, Option<String>), ReadError> {
     let limit = limit.clamp(1, MAX_EVENTS_LIMIT);
     let partitions = tree(r);
     let reads = partitions.iter().map(|p| async move {
         let pk = layout::profile_pk(p);
-        first_rows(table, &pk, EVENT_PREFIX, cursor, limit).await
+        first_rows(table, &pk, prefix, cursor, limit).await
     });
     let mut rows: Vec<Item> = Vec::new();
     let mut more = false;
@@ -412,9 +458,7 @@ pub async fn events<T: TableStore>(
         more = true;
     }
     let next = if more { rows.last().map(|i| i.key.sk.clone()) } else { None };
-    // A row that does not decode is left out rather than failing the page; the cursor still moves past it.
-    let events = rows.iter().filter_map(|i| EventRow::from_attrs(&i.attrs).ok()).collect();
-    Ok(EventsPage { events, next })
+    Ok((rows, next))
 }
 
 /// The root followed by its members, each once.
@@ -495,7 +539,7 @@ async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
 }
 
 /// Epoch milliseconds as RFC 3339 (UTC); `None` outside the representable range.
-fn rfc3339(ms: i64) -> Option<String> {
+pub fn rfc3339(ms: i64) -> Option<String> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok().and_then(|t| t.format(&Rfc3339).ok())
 }
 

@@ -1,0 +1,193 @@
+//! `tributary bench deliver`: deliveries per second through the deliver handler (routing, consent, preparation,
+//! receipts, batching, the guarded HTTP client) to a local webhook, next to a plain `reqwest` loop posting the
+//! same events to the same server with the same concurrency. Rounds alternate so machine noise hits both alike.
+//!
+//! Receipts go to the in-memory table: the store is DynamoDB on AWS, whose latency this machine cannot stand in
+//! for; what is compared is the work of the delivery path itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use tributary_core::config::{DataPartyClass, WorkspaceConfig};
+use tributary_core::delivery::{DeliveryEnvelope, DeliverySettings, Handoff};
+use tributary_core::metrics::MemoryMetrics;
+use tributary_core::testing::MemoryTable;
+use tributary_deliver::export::ExportSender;
+use tributary_deliver::http::HttpSender;
+use tributary_deliver::{resolve_destinations, Deliver, DeliverSettings, Senders};
+use tributary_local::dir_store::DirStore;
+use tributary_local::runtime::{local_sink_destination, sqs_event, LOCAL_URL_VAR};
+use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
+
+pub fn deliver_bench(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(events, rounds, concurrency))
+}
+
+async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<()> {
+    // The receiver: accepts every POST, counts it.
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let c = counter.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                let _ = body.len();
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let url = format!("http://127.0.0.1:{}/hook", addr.port());
+
+    let mut dest = local_sink_destination();
+    dest.id = "bench-hook".into();
+    dest.transport.url = Some(format!("${{{LOCAL_URL_VAR}}}/hook"));
+    let workspace = WorkspaceConfig {
+        workspace: "bench".into(),
+        sources: Vec::new(),
+        management_keys: Vec::new(),
+        identity: Default::default(),
+        profiles: Default::default(),
+        consent: Default::default(),
+        destinations: vec![dest],
+        delivery: DeliverySettings {
+            allow_private_hosts: vec!["127.0.0.1".into()],
+            max_in_flight: concurrency,
+            ..Default::default()
+        },
+    };
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    let destinations = resolve_destinations(&workspace, &|n| (n == LOCAL_URL_VAR).then(|| base.clone()))?;
+    let dir = tempfile::tempdir()?;
+    let queues = dir.path().join("queues.sqlite");
+    let open = |name: &str| SqliteQueue::open(&queues, name, QueueOptions::default()).map_err(anyhow::Error::from);
+    let workspace = Arc::new(workspace);
+
+    let sample = sample_event();
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..rounds {
+        // Baseline: the same bodies, posted with the same concurrency, nothing else.
+        let bodies: Vec<Vec<u8>> = (0..events)
+            .map(|i| serde_json::to_vec(&with_id(&sample, &format!("plain-{round}-{i}"))).unwrap_or_default())
+            .collect();
+        let before = received.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let ok: usize = stream::iter(bodies)
+            .map(|body| {
+                let c = plain.clone();
+                let url = url.clone();
+                async move {
+                    let r = c.post(&url).header("content-type", "application/json").body(body).send().await;
+                    usize::from(r.is_ok_and(|r| r.status().is_success()))
+                }
+            })
+            .buffer_unordered(concurrency)
+            .fold(0, |a, b| async move { a + b })
+            .await;
+        theirs.push(events as f64 / start.elapsed().as_secs_f64());
+        anyhow::ensure!(ok == events, "baseline: {ok} of {events} accepted");
+        anyhow::ensure!(received.load(Ordering::Relaxed) - before == events as u64, "baseline lost requests");
+
+        // Ours: the same events as delivery-queue records (10 per envelope, one SqsEvent of all records, as a
+        // large Lambda batch would be), fresh receipts each round.
+        let deliver = Deliver::new(
+            MemoryTable::default(),
+            open("delivery")?,
+            open("delivery-dlq")?,
+            Senders {
+                http: HttpSender::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?,
+                exports: ExportSender::<DirStore>::new(BTreeMap::new()),
+            },
+            MemoryMetrics::default(),
+            workspace.clone(),
+            destinations.clone(),
+            DeliverSettings::default(),
+        );
+        let messages: Vec<tributary_core::ports::ReceivedMessage> = (0..events)
+            .collect::<Vec<_>>()
+            .chunks(10)
+            .enumerate()
+            .map(|(n, ids)| {
+                let items = ids
+                    .iter()
+                    .map(|i| Handoff {
+                        profile_id: Some(format!("p{}", i % 97)),
+                        class: DataPartyClass::FirstParty,
+                        consent: Default::default(),
+                        consent_changed: false,
+                        event: with_id(&sample, &format!("ours-{round}-{i}")),
+                    })
+                    .collect();
+                let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None };
+                tributary_core::ports::ReceivedMessage {
+                    message_id: format!("m{n}"),
+                    receipt_handle: format!("h{n}"),
+                    body: serde_json::to_string(&env).unwrap_or_default(),
+                    receive_count: 1,
+                    sent_timestamp_ms: 0,
+                }
+            })
+            .collect();
+        let before = received.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let event = sqs_event(&messages, "arn:aws:sqs:local:000000000000:delivery")?;
+        let resp = deliver.handle(event).await;
+        ours.push(events as f64 / start.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            resp.batch_item_failures.is_empty(),
+            "tributary: {} records failed",
+            resp.batch_item_failures.len()
+        );
+        anyhow::ensure!(received.load(Ordering::Relaxed) - before == events as u64, "tributary lost deliveries");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (t, b) = (median(&mut ours), median(&mut theirs));
+    println!("bench deliver: {events} events per round, {rounds} rounds per side, {concurrency} in flight, webhook on loopback");
+    println!("  baseline (reqwest loop, same bodies)   {b:>10.0} deliveries/s");
+    println!("  tributary deliver handler              {t:>10.0} deliveries/s");
+    println!("  ratio                                  {:>10.2}  (target >= 0.7)", t / b);
+    Ok(())
+}
+
+fn sample_event() -> Value {
+    json!({
+        "type": "track",
+        "event": "Order Completed",
+        "userId": "user-1",
+        "anonymousId": "anon-1",
+        "timestamp": "2026-11-30T10:00:00.000Z",
+        "receivedAt": "2026-11-30T10:00:00.100Z",
+        "properties": {
+            "order_id": "o-1", "revenue": 42.5, "currency": "EUR",
+            "products": [{"product_id": "p1", "sku": "S-1", "price": 21.25, "quantity": 2}]
+        },
+        "context": {
+            "ip": "203.0.113.9",
+            "userAgent": "Mozilla/5.0",
+            "library": {"name": "analytics-python", "version": "2.4.0"},
+            "page": {"url": "https://shop.example/checkout", "path": "/checkout"}
+        }
+    })
+}
+
+fn with_id(sample: &Value, id: &str) -> Value {
+    let mut e = sample.clone();
+    e["messageId"] = Value::from(id);
+    e
+}
