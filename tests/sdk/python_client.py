@@ -19,23 +19,13 @@ import json
 import logging
 import sys
 from datetime import datetime, timedelta, timezone
+from errorlog import ErrorLog
 
 # --sdk → (client name, package, logger the client logs its errors to)
 SDKS = {
     "segment": ("segment-analytics-python", "segment.analytics", "segment"),
     "rudder": ("rudder-sdk-python", "rudderstack.analytics", "rudderstack"),
 }
-
-
-class ErrorLog(logging.Handler):
-    """Keeps every ERROR the client logs: some failures are only logged, never passed to on_error."""
-
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
 
 
 def fixed_timestamp():

@@ -17,15 +17,7 @@ import logging
 import sys
 
 from segment.analytics.client import Client
-
-
-class ErrorLog(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
+from errorlog import ErrorLog
 
 
 def main():

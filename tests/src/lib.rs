@@ -3,5 +3,6 @@
 pub mod aws_env;
 pub mod people;
 pub mod reference;
+pub mod sdk;
 pub mod stitching;
 pub mod support;

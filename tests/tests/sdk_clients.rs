@@ -6,14 +6,14 @@
 //! @rudderstack/rudder-sdk-node). Built only with the `sdk-clients` feature; without those variables the tests
 //! fail, they never skip. The client scripts live in `tests/sdk/`.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tributary_tests::sdk::{pretty, python_command, required_env, run_client};
 use tributary_tests::support::{Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 /// How long one client script may run: default clients retry for minutes, so a hang means a server bug.
@@ -331,15 +331,7 @@ fn parse_time(s: &str, what: &str) -> OffsetDateTime {
 fn run_script(v: &Variant, host: &str) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk").join(v.script);
     let mut cmd = match v.runtime {
-        Runtime::Python => {
-            let python = required_env(
-                "TRIBUTARY_PYTHON",
-                "a python with segment-analytics-python and rudder-sdk-python (.test-tools/venv/bin/python)",
-            );
-            let mut cmd = Command::new(python);
-            cmd.env("PYTHONDONTWRITEBYTECODE", "1").env("PYTHONUNBUFFERED", "1");
-            cmd
-        }
+        Runtime::Python => python_command(),
         Runtime::Node => {
             let modules = PathBuf::from(required_env(
                 "TRIBUTARY_NODE_MODULES",
@@ -358,60 +350,7 @@ fn run_script(v: &Variant, host: &str) -> Value {
     if v.gzip_flag {
         cmd.arg("--gzip");
     }
-    let (status, stdout, stderr) = run_with_timeout(cmd, SCRIPT_TIMEOUT);
-    let shown = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
-    let Some(status) = status else {
-        panic!("{} did not finish within {SCRIPT_TIMEOUT:?} (killed); a client retrying?\n{shown}", v.script);
-    };
-    assert!(status.success(), "{} failed ({status}): the client reported errors\n{shown}", v.script);
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let summary: Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{}: last stdout line is not the JSON summary ({e})\n{shown}", v.script));
-    let errors = summary["errors"].as_array().map(Vec::len).unwrap_or(0);
-    assert_eq!(errors, 0, "{}: the client reported errors\n{shown}", v.script);
-    summary
-}
-
-fn required_env(name: &str, what: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: it must name {what}. Run ./scripts/test.sh, which installs the SDK clients and \
-             exports it (these tests never skip)."
-        ),
-    }
-}
-
-/// Runs `cmd` with piped output; `None` as status if it had to be killed after `timeout`.
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (Option<std::process::ExitStatus>, String, String) {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    (status, out.join().unwrap_or_default(), err.join().unwrap_or_default())
-}
-
-fn pretty(values: &[Value]) -> String {
-    serde_json::to_string_pretty(values).unwrap_or_else(|_| format!("{values:?}"))
+    run_client(cmd, v.script, SCRIPT_TIMEOUT)
 }
 
 /// segment-analytics-python against a source whose tracking plan quarantines unplanned events: the unplanned track

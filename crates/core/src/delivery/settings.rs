@@ -8,8 +8,9 @@ use super::sensitive::SensitivePolicy;
 
 /// Most hosts in `allow_private_hosts`.
 pub const MAX_ALLOWED_HOSTS: usize = 64;
-/// SQS's longest visibility timeout, the longest one backoff can be.
-pub const MAX_BACKOFF_MS: u64 = 12 * 3600 * 1000;
+/// The longest backoff: SQS's longest visibility timeout (12 h, counted from the receive) less the minutes an
+/// invocation may already have used.
+pub const MAX_BACKOFF_MS: u64 = (12 * 3600 - 600) * 1000;
 
 /// How the deliver function sends, retries and guards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -24,7 +25,7 @@ pub struct DeliverySettings {
     pub max_attempts: u32,
     /// First backoff, doubled per failed attempt (with jitter), in milliseconds.
     pub backoff_base_ms: u64,
-    /// Longest backoff, in milliseconds (at most 12 hours, SQS's longest visibility timeout).
+    /// Longest backoff, in milliseconds (at most 11 h 50 min: SQS's longest visibility timeout is 12 hours).
     pub backoff_max_ms: u64,
     /// Requests in flight per invocation, over all destinations.
     pub max_in_flight: usize,
@@ -62,7 +63,7 @@ impl DeliverySettings {
             || self.backoff_base_ms > self.backoff_max_ms
             || self.backoff_max_ms > MAX_BACKOFF_MS
         {
-            return Err("backoff_base_ms must be ≥ 1 and ≤ backoff_max_ms ≤ 43200000 (12 h)".into());
+            return Err("backoff_base_ms must be ≥ 1 and ≤ backoff_max_ms ≤ 42600000 (11 h 50 min)".into());
         }
         if !(1..=512).contains(&self.max_in_flight) {
             return Err("max_in_flight must be 1..=512".into());
