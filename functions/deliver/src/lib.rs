@@ -107,6 +107,8 @@ struct Job {
     attempts: u32,
     round: u32,
     first: Option<i64>,
+    /// Sent by a redrive (an envelope aimed at some destinations): a dead-lettered event may go again.
+    redrive: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -246,6 +248,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     /// Routes every item of a record to every destination.
     fn plan(&self, record: usize, envelope: DeliveryEnvelope, jobs: &mut Vec<Job>, c: &mut Counters) {
         let source_id: Arc<str> = Arc::from(envelope.source_id.as_str());
+        let redrive = envelope.only.is_some();
         for item in envelope.items {
             let item = Arc::new(item);
             let Value::Object(event) = &item.event else {
@@ -270,6 +273,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                             attempts: 0,
                             round: 0,
                             first: None,
+                            redrive,
                         });
                     }
                 }
@@ -291,6 +295,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         attempts: 0,
                         round: 0,
                         first: None,
+                        redrive,
                     }),
                     Route::Skip(reason) => *c.skipped.entry(reason.as_str()).or_default() += 1,
                 }
@@ -309,6 +314,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         attempts: 0,
                         round: 0,
                         first: None,
+                        redrive,
                     });
                 }
             }
@@ -353,6 +359,11 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                     }
                 }
                 Ok(Some(r)) if r.s == ReceiptStatus::Delivered => c.already_delivered += 1,
+                // Already in the DLQ with its reason: only a redrive sends it again (its record may come back for
+                // another event's retry).
+                Ok(Some(r)) if r.s == ReceiptStatus::Failed && !job.redrive => {
+                    *c.skipped.entry("dead_lettered").or_default() += 1
+                }
                 Ok(Some(r)) => {
                     job.attempts = r.n;
                     job.round = if r.s == ReceiptStatus::Failed { 0 } else { r.r };
