@@ -102,13 +102,24 @@ struct Job {
     source_id: Arc<str>,
     /// The messageId receipts and idempotency use (`<id>:consent` for a consent update).
     message_id: String,
-    event: Map<String, Value>,
+    /// The consent update made for this job; `None`: the item's own event (not copied until it is prepared).
+    made: Option<Map<String, Value>>,
     /// From the receipt: attempts in all and in this round.
     attempts: u32,
     round: u32,
     first: Option<i64>,
     /// Sent by a redrive (an envelope aimed at some destinations): a dead-lettered event may go again.
     redrive: bool,
+}
+
+impl Job {
+    fn event(&self) -> &Map<String, Value> {
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+        match &self.made {
+            Some(m) => m,
+            None => self.item.event.as_object().unwrap_or_else(|| EMPTY.get_or_init(Map::new)),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -269,7 +280,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                             item: item.clone(),
                             source_id: source_id.clone(),
                             message_id: item.message_id().to_string(),
-                            event: event.clone(),
+                            made: None,
                             attempts: 0,
                             round: 0,
                             first: None,
@@ -291,7 +302,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         item: item.clone(),
                         source_id: source_id.clone(),
                         message_id: item.message_id().to_string(),
-                        event: event.clone(),
+                        made: None,
                         attempts: 0,
                         round: 0,
                         first: None,
@@ -310,7 +321,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         item: item.clone(),
                         source_id: source_id.clone(),
                         message_id: format!("{}:consent", item.message_id()),
-                        event: consent_update_event(event, &item.consent),
+                        made: Some(consent_update_event(event, &item.consent)),
                         attempts: 0,
                         round: 0,
                         first: None,
@@ -454,7 +465,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     /// The event as `dest` receives it.
     fn outbound(&self, job: &Job, profiles: &HashMap<String, Option<ProfileDoc>>) -> Outbound {
         let dest = &self.destinations[job.dest];
-        let mut event = job.event.clone();
+        let mut event = job.event().clone();
         let cc = self.workspace.profiles.default_country_code.as_deref();
         let prepared = prepare(dest, &self.scrubber, &mut event, cc);
         let profile = job.item.profile_id.as_ref().map(|id| {
@@ -552,7 +563,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         && !job.item.event.as_object().is_some_and(is_consent_update)
                     {
                         // The consent update itself, so a redrive sends what failed.
-                        item.event = Value::Object(job.event.clone());
+                        item.event = Value::Object(job.event().clone());
                     }
                     letters.push((
                         receipts.len(),
@@ -573,8 +584,8 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 d: dest.id.clone(),
                 m: job.message_id.clone(),
                 src: job.source_id.to_string(),
-                t: job.event.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
-                name: event_name(&job.event),
+                t: job.event().get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                name: event_name(job.event()),
                 s: status,
                 n: attempts,
                 r: round,
