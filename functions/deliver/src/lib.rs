@@ -15,7 +15,7 @@ pub mod redrive;
 pub mod ssrf;
 pub mod types;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,17 +24,22 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
+use tributary_core::delivery::settings::MAX_BACKOFF_MS;
 use tributary_core::delivery::{
     backoff_ms, interpolate, prepare, receipt_key, route, DeadLetter, DeliveryEnvelope, DestinationConfig,
     DestinationKind, Handoff, Receipt, ReceiptStatus, Route, Scrubber,
 };
 use tributary_core::metrics::{Emf, MetricsSink};
-use tributary_core::ports::{ObjectStore, OutgoingMessage, PortError, Queue, TableStore, WriteOp};
+use tributary_core::ports::{
+    Condition, ItemKey, ObjectStore, OutgoingMessage, PortError, Queue, TableStore, WriteOp, MAX_SEND_BATCH,
+};
 use tributary_core::profile::layout::profile_key;
 use tributary_core::profile::{consent, ProfileDoc};
 
 pub use types::{Outbound, SendResult};
 
+/// Receipt and profile reads or writes in flight within one batch.
+const RECEIPT_READS_IN_FLIGHT: usize = 16;
 /// Largest dead letter written (SQS's message limit).
 pub const MAX_DEAD_LETTER_BYTES: usize = 256 * 1024;
 /// Name of the event sent to destinations with `consent_updates` when a profile's consent changes.
@@ -122,6 +127,31 @@ impl Job {
     }
 }
 
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq)]
+enum Fate {
+    Delivered,
+    AlreadyDelivered,
+    AlreadyDeadLettered,
+    /// Comes back after this many milliseconds.
+    Retry(u64),
+    DeadLettered,
+    /// A receipt or dead letter could not be read or written: the whole record comes back.
+    StoreFailed(String),
+}
+
+struct Done {
+    record: usize,
+    dest: usize,
+    fate: Fate,
+}
+
+impl Done {
+    fn of(job: &Job, fate: Fate) -> Done {
+        Done { record: job.record, dest: job.dest, fate }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Counters {
     sent: u64,
@@ -133,6 +163,32 @@ struct Counters {
     failed_records: u64,
     skipped: BTreeMap<&'static str, u64>,
     per_destination: BTreeMap<String, (u64, u64, u64)>,
+}
+
+impl Counters {
+    fn count(&mut self, done: &Done, dest: &str) {
+        let per = self.per_destination.entry(dest.to_string()).or_default();
+        match done.fate {
+            Fate::Delivered => {
+                self.sent += 1;
+                self.delivered += 1;
+                per.0 += 1;
+            }
+            Fate::Retry(_) => {
+                self.sent += 1;
+                self.retried += 1;
+                per.1 += 1;
+            }
+            Fate::DeadLettered => {
+                self.sent += 1;
+                self.dead_lettered += 1;
+                per.2 += 1;
+            }
+            Fate::AlreadyDelivered => self.already_delivered += 1,
+            Fate::AlreadyDeadLettered => *self.skipped.entry("dead_lettered").or_default() += 1,
+            Fate::StoreFailed(_) => {}
+        }
+    }
 }
 
 /// What the deliver function needs beyond the workspace file.
@@ -210,23 +266,31 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
         let records = event.records;
         // Per record: Ok(backoff to wait, if any job must be retried) or Err (failed outright).
         let mut outcome: Vec<Result<Option<u64>, String>> = vec![Ok(None); records.len()];
+        let receive_counts: Vec<u32> = records
+            .iter()
+            .map(|r| r.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1))
+            .collect();
         let mut jobs = Vec::new();
         for (r, record) in records.iter().enumerate() {
-            let receive_count =
-                record.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
             match serde_json::from_str::<DeliveryEnvelope>(record.body.as_deref().unwrap_or("")) {
                 Ok(envelope) => self.plan(r, envelope, &mut jobs, &mut counters),
-                Err(_) if receive_count >= self.settings.max_receive_count => {
-                    // Nothing to dead-letter by destination; the queue's redrive policy moves it as it is.
-                    outcome[r] = Err("record body is not a delivery envelope".into());
-                }
+                // Nothing to dead-letter by destination: it fails until the queue's redrive policy moves it.
                 Err(_) => outcome[r] = Err("record body is not a delivery envelope".into()),
             }
         }
 
-        let jobs = self.with_receipts(jobs, &mut outcome, &mut counters).await;
-        let results = self.send_all(&jobs).await;
-        self.settle(jobs, results, &records, &mut outcome, &mut counters).await;
+        // A record that failed outright sends nothing now; it all comes back.
+        jobs.retain(|j| outcome[j.record].is_ok());
+        for done in self.run_jobs(jobs, &receive_counts).await {
+            counters.count(&done, &self.destinations[done.dest].id);
+            let record = &mut outcome[done.record];
+            // The longest wait of a record's retries; a store failure fails the record outright.
+            match (done.fate, &*record) {
+                (Fate::Retry(wait), Ok(prev)) => *record = Ok(Some(prev.unwrap_or(0).max(wait))),
+                (Fate::StoreFailed(e), Ok(_)) => *record = Err(e),
+                _ => {}
+            }
+        }
 
         let mut failures = Vec::new();
         for (r, record) in records.iter().enumerate() {
@@ -338,132 +402,210 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
         dest.sources.as_ref().is_none_or(|s| s.iter().any(|x| x == source_id)) && dest.allows_class(class)
     }
 
-    /// Reads the receipts of every job: delivered ones are dropped (idempotency), the others carry their attempt
-    /// counts. A record whose receipts cannot be read fails as a whole (nothing sent twice by guesswork).
-    async fn with_receipts(
-        &self,
-        jobs: Vec<Job>,
-        outcome: &mut [Result<Option<u64>, String>],
-        c: &mut Counters,
-    ) -> Vec<Job> {
-        let limit = self.workspace.delivery.max_in_flight;
-        let read: Vec<(Job, Result<Option<Receipt>, PortError>)> = stream::iter(jobs)
-            .map(|job| async move {
-                let dest = &self.destinations[job.dest].id;
-                let key = receipt_key(job.item.profile_id.as_deref(), dest, &job.message_id);
-                let receipt = match self.table.get(&key).await {
-                    Ok(Some(item)) => Ok(Receipt::from_attrs(&item.attrs).ok()),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(e),
-                };
-                (job, receipt)
-            })
-            .buffered(limit)
-            .collect()
-            .await;
-        let mut out = Vec::with_capacity(read.len());
-        for (mut job, receipt) in read {
-            match receipt {
-                Err(e) => {
-                    if outcome[job.record].is_ok() {
-                        outcome[job.record] = Err(format!("receipts unavailable: {e}"));
-                    }
-                }
-                Ok(Some(r)) if r.s == ReceiptStatus::Delivered => c.already_delivered += 1,
-                // Already in the DLQ with its reason: only a redrive sends it again (its record may come back for
-                // another event's retry).
-                Ok(Some(r)) if r.s == ReceiptStatus::Failed && !job.redrive => {
-                    *c.skipped.entry("dead_lettered").or_default() += 1
-                }
-                Ok(Some(r)) => {
-                    job.attempts = r.n;
-                    job.round = if r.s == ReceiptStatus::Failed { 0 } else { r.r };
-                    job.first = Some(r.first);
-                    out.push(job);
-                }
-                Ok(None) => out.push(job),
-            }
-        }
-        // A record that failed outright sends nothing now; it all comes back.
-        out.retain(|j| outcome[j.record].is_ok());
-        out
-    }
-
-    /// Prepares and sends every job, grouped per destination into batches, many requests in flight.
-    async fn send_all(&self, jobs: &[Job]) -> Vec<SendResult> {
-        let mut profiles: HashMap<String, Option<ProfileDoc>> = HashMap::new();
+    /// Runs every job: per destination in batches of its `batch_size`, up to `delivery.max_in_flight` batches at
+    /// once, each batch going through its own steps (receipts, preparation, sending, dead letters, receipts) so
+    /// that one batch's store round trips overlap another's request.
+    async fn run_jobs(&self, jobs: Vec<Job>, receive_counts: &[u32]) -> Vec<Done> {
+        let mut by_dest: BTreeMap<usize, Vec<Job>> = BTreeMap::new();
         for job in jobs {
-            if self.destinations[job.dest].transport.profile_traits {
-                if let Some(p) = &job.item.profile_id {
-                    if !profiles.contains_key(p) {
-                        profiles.insert(p.clone(), None);
-                    }
-                }
-            }
+            by_dest.entry(job.dest).or_default().push(job);
         }
-        let limit = self.workspace.delivery.max_in_flight;
-        let ids: Vec<String> = profiles.keys().cloned().collect();
-        let loaded: Vec<(String, Option<ProfileDoc>)> = stream::iter(ids)
-            .map(|p| async move {
-                let doc = match self.table.get(&profile_key(&p)).await {
-                    Ok(Some(item)) => ProfileDoc::from_attrs(&item.attrs).ok(),
-                    _ => None,
-                };
-                (p, doc)
-            })
-            .buffer_unordered(limit)
-            .collect()
-            .await;
-        profiles.extend(loaded);
-
-        // Batches: per destination, in job order, `batch_size` at a time.
-        let mut by_dest: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, job) in jobs.iter().enumerate() {
-            by_dest.entry(job.dest).or_default().push(i);
-        }
-        let mut batches: Vec<(usize, Vec<usize>)> = Vec::new();
-        for (d, idx) in by_dest {
+        let mut batches: Vec<Vec<Job>> = Vec::new();
+        for (d, mut jobs) in by_dest {
             let size = self.destinations[d].transport.batch_size(self.destinations[d].kind).max(1);
-            for chunk in idx.chunks(size) {
-                batches.push((d, chunk.to_vec()));
+            while !jobs.is_empty() {
+                let rest = jobs.split_off(size.min(jobs.len()));
+                batches.push(std::mem::replace(&mut jobs, rest));
             }
         }
-        let prepared: Vec<(usize, Vec<usize>, Vec<Outbound>)> = batches
-            .into_iter()
-            .map(|(d, idx)| {
-                let out = idx.iter().map(|&i| self.outbound(&jobs[i], &profiles)).collect();
-                (d, idx, out)
-            })
-            .collect();
-        let sent: Vec<(Vec<usize>, SendResult)> = stream::iter(prepared)
-            .map(|(d, idx, out)| async move {
-                let dest = &self.destinations[d];
-                let result = self.sender.send(dest, &out).await;
-                // A refused batch of several may hold one poison event: send them one by one so only it fails.
-                if out.len() > 1 && matches!(result, SendResult::Rejected { .. }) {
-                    let mut each = Vec::with_capacity(out.len());
-                    for o in out.chunks(1) {
-                        each.push(self.sender.send(dest, o).await);
-                    }
-                    return idx.into_iter().zip(each).map(|(i, r)| (vec![i], r)).collect::<Vec<_>>();
-                }
-                vec![(idx, result)]
-            })
-            .buffer_unordered(limit)
+        stream::iter(batches)
+            .map(|batch| self.run_batch(batch, receive_counts))
+            .buffer_unordered(self.workspace.delivery.max_in_flight)
             .flat_map(stream::iter)
             .collect()
+            .await
+    }
+
+    /// One batch to one destination, start to end.
+    async fn run_batch(&self, jobs: Vec<Job>, receive_counts: &[u32]) -> Vec<Done> {
+        let Some(first) = jobs.first() else { return Vec::new() };
+        let dest = &self.destinations[first.dest];
+        let mut done = Vec::with_capacity(jobs.len());
+
+        // 1. Receipts: what was delivered is never sent again; what was dead-lettered waits for a redrive.
+        // Owned keys: a stream of borrowed jobs would not be `Send` for every lifetime the runtime may pick.
+        let keys: Vec<ItemKey> =
+            jobs.iter().map(|job| receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id)).collect();
+        let reads: Vec<Result<Option<Receipt>, PortError>> = stream::iter(keys)
+            .map(|key| async move {
+                self.table.get(&key).await.map(|item| item.and_then(|i| Receipt::from_attrs(&i.attrs).ok()))
+            })
+            .buffered(RECEIPT_READS_IN_FLIGHT)
+            .collect()
             .await;
-        let mut results = vec![SendResult::Retry { reason: "not_sent".into(), after: None }; jobs.len()];
-        for (idx, r) in sent {
-            for i in idx {
-                results[i] = r.clone();
+        let mut pending = Vec::with_capacity(jobs.len());
+        for (mut job, read) in jobs.into_iter().zip(reads) {
+            match read {
+                Err(e) => done.push(Done::of(&job, Fate::StoreFailed(format!("receipts unavailable: {e}")))),
+                Ok(Some(r)) if r.s == ReceiptStatus::Delivered => done.push(Done::of(&job, Fate::AlreadyDelivered)),
+                Ok(Some(r)) if r.s == ReceiptStatus::Failed && !job.redrive => {
+                    done.push(Done::of(&job, Fate::AlreadyDeadLettered))
+                }
+                Ok(r) => {
+                    if let Some(r) = r {
+                        job.attempts = r.n;
+                        job.round = if r.s == ReceiptStatus::Failed { 0 } else { r.r };
+                        job.first = Some(r.first);
+                    }
+                    pending.push(job);
+                }
             }
         }
-        results
+        if pending.is_empty() {
+            return done;
+        }
+
+        // 2. Prepare and send; a refused batch of several may hold one poison event, so it is sent one by one.
+        let profiles = self.profiles_for(dest, &pending).await;
+        let out: Vec<Outbound> = pending.iter().map(|job| self.outbound(job, &profiles)).collect();
+        let results: Vec<SendResult> = match self.sender.send(dest, &out).await {
+            SendResult::Rejected { .. } if out.len() > 1 => {
+                let mut each = Vec::with_capacity(out.len());
+                for o in out.chunks(1) {
+                    each.push(self.sender.send(dest, o).await);
+                }
+                each
+            }
+            r => vec![r; out.len()],
+        };
+
+        // 3. Decide each job's fate; dead letters are written before any receipt says "failed".
+        let now = (self.clock)();
+        let d = &self.workspace.delivery;
+        let mut settled = Vec::with_capacity(pending.len());
+        let mut letters = Vec::new();
+        for (job, result) in pending.into_iter().zip(results) {
+            let round = job.round + 1;
+            let fate = match &result {
+                SendResult::Delivered => Fate::Delivered,
+                SendResult::Retry { reason, after }
+                    if round < d.max_attempts && receive_counts[job.record] < self.settings.max_receive_count =>
+                {
+                    let wait = backoff_ms(
+                        round,
+                        d.backoff_base_ms,
+                        d.backoff_max_ms,
+                        (self.jitter)(),
+                        after.map(|a| a.as_millis() as u64),
+                    )
+                    .min(MAX_BACKOFF_MS);
+                    tracing::info!(destination = %dest.id, reason = %reason, attempt = round, wait_ms = wait, "Delivery will be retried.");
+                    Fate::Retry(wait)
+                }
+                SendResult::Retry { reason, .. } | SendResult::Rejected { reason } => {
+                    let reason = match result {
+                        SendResult::Retry { .. } => format!("retries_exhausted:{reason}"),
+                        _ => reason.clone(),
+                    };
+                    tracing::warn!(destination = %dest.id, reason = %reason, attempts = job.attempts + 1, "Delivery dead-lettered.");
+                    let mut item = (*job.item).clone();
+                    if job.made.is_some() {
+                        // The consent update itself, so a redrive sends what failed.
+                        item.event = Value::Object(job.event().clone());
+                    }
+                    letters.push((
+                        settled.len(),
+                        DeadLetter {
+                            dead_letter: 1,
+                            destination_id: dest.id.clone(),
+                            source_id: job.source_id.to_string(),
+                            reason,
+                            attempts: job.attempts + 1,
+                            failed_at: now,
+                            item,
+                        },
+                    ));
+                    Fate::DeadLettered
+                }
+            };
+            settled.push((job, result, fate));
+        }
+        let mut lost = vec![false; settled.len()];
+        for chunk in letters.chunks(MAX_SEND_BATCH) {
+            let messages: Vec<OutgoingMessage> = chunk
+                .iter()
+                .map(|(i, l)| OutgoingMessage {
+                    id: format!("l{i}"),
+                    body: serde_json::to_string(l).unwrap_or_default(),
+                })
+                .collect();
+            let failed: Vec<usize> = match self.dlq.send_batch(&messages).await {
+                Ok(f) => f.iter().filter_map(|f| f.id.strip_prefix('l').and_then(|n| n.parse().ok())).collect(),
+                Err(_) => chunk.iter().map(|(i, _)| *i).collect(),
+            };
+            for i in failed {
+                lost[i] = true;
+            }
+        }
+
+        // 4. Receipts.
+        let writes = settled.into_iter().zip(lost).map(|((job, result, fate), lost)| async move {
+            if lost {
+                return Done::of(&job, Fate::StoreFailed("the DLQ did not take a dead letter".into()));
+            }
+            let status = match fate {
+                Fate::Delivered => ReceiptStatus::Delivered,
+                Fate::Retry(_) => ReceiptStatus::Retrying,
+                _ => ReceiptStatus::Failed,
+            };
+            let receipt = Receipt {
+                d: dest.id.clone(),
+                m: job.message_id.clone(),
+                src: job.source_id.to_string(),
+                t: job.event().get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                name: event_name(job.event()),
+                s: status,
+                n: job.attempts + 1,
+                r: job.round + 1,
+                e: result.reason().map(str::to_string),
+                first: job.first.unwrap_or(now),
+                at: now,
+            };
+            let key = receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id);
+            let op = WriteOp::Put { item: receipt.to_item(key, 1), condition: Condition::None };
+            match self.table.write(op).await {
+                Ok(()) => Done::of(&job, fate),
+                // Sent but not recorded: the record comes back; the receipt check and the destination's
+                // idempotency key keep it from counting twice.
+                Err(e) => Done::of(&job, Fate::StoreFailed(format!("receipt not written: {e}"))),
+            }
+        });
+        done.extend(stream::iter(writes).buffer_unordered(RECEIPT_READS_IN_FLIGHT).collect::<Vec<_>>().await);
+        done
+    }
+
+    /// The profiles whose traits `dest` asked for, read once per batch.
+    async fn profiles_for(&self, dest: &DestinationConfig, jobs: &[Job]) -> HashMap<String, ProfileDoc> {
+        if !dest.transport.profile_traits {
+            return HashMap::new();
+        }
+        let ids: BTreeSet<String> = jobs.iter().filter_map(|j| j.item.profile_id.clone()).collect();
+        stream::iter(ids)
+            .map(|p| async move {
+                match self.table.get(&profile_key(&p)).await {
+                    Ok(Some(item)) => ProfileDoc::from_attrs(&item.attrs).ok().map(|d| (p, d)),
+                    // Without the profile the event still goes, with `context.profile.id` only.
+                    _ => None,
+                }
+            })
+            .buffer_unordered(RECEIPT_READS_IN_FLIGHT)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await
     }
 
     /// The event as `dest` receives it.
-    fn outbound(&self, job: &Job, profiles: &HashMap<String, Option<ProfileDoc>>) -> Outbound {
+    fn outbound(&self, job: &Job, profiles: &HashMap<String, ProfileDoc>) -> Outbound {
         let dest = &self.destinations[job.dest];
         let mut event = job.event().clone();
         let cc = self.workspace.profiles.default_country_code.as_deref();
@@ -472,7 +614,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             let mut p = Map::new();
             p.insert("id".into(), Value::from(id.as_str()));
             if dest.transport.profile_traits {
-                if let Some(Some(doc)) = profiles.get(id) {
+                if let Some(doc) = profiles.get(id) {
                     let traits: Map<String, Value> = doc
                         .traits
                         .iter()
@@ -497,151 +639,6 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             event,
             user_data: prepared.user_data,
             profile,
-        }
-    }
-
-    /// Writes dead letters, then receipts, and decides each record's fate.
-    async fn settle(
-        &self,
-        jobs: Vec<Job>,
-        results: Vec<SendResult>,
-        records: &[aws_lambda_events::sqs::SqsMessage],
-        outcome: &mut [Result<Option<u64>, String>],
-        c: &mut Counters,
-    ) {
-        let now = (self.clock)();
-        let max_attempts = self.workspace.delivery.max_attempts;
-        let receive_counts: Vec<u32> = records
-            .iter()
-            .map(|r| r.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1))
-            .collect();
-        let mut receipts = Vec::with_capacity(jobs.len());
-        let mut letters: Vec<(usize, DeadLetter)> = Vec::new();
-        for (job, result) in jobs.into_iter().zip(results) {
-            let dest = &self.destinations[job.dest];
-            let attempts = job.attempts + 1;
-            let round = job.round + 1;
-            c.sent += 1;
-            let per = c.per_destination.entry(dest.id.clone()).or_default();
-            let status = match &result {
-                SendResult::Delivered => {
-                    c.delivered += 1;
-                    per.0 += 1;
-                    ReceiptStatus::Delivered
-                }
-                SendResult::Retry { reason, after }
-                    if round < max_attempts && receive_counts[job.record] < self.settings.max_receive_count =>
-                {
-                    c.retried += 1;
-                    per.1 += 1;
-                    let d = self.workspace.delivery.clone();
-                    let wait = backoff_ms(
-                        round,
-                        d.backoff_base_ms,
-                        d.backoff_max_ms,
-                        (self.jitter)(),
-                        after.map(|a| a.as_millis() as u64),
-                    )
-                    .min(tributary_core::delivery::settings::MAX_BACKOFF_MS);
-                    tracing::info!(destination = %dest.id, reason = %reason, attempt = round, wait_ms = wait, "Delivery will be retried.");
-                    if let Ok(prev) = &outcome[job.record] {
-                        outcome[job.record] = Ok(Some(prev.unwrap_or(0).max(wait)));
-                    }
-                    ReceiptStatus::Retrying
-                }
-                SendResult::Retry { reason, .. } | SendResult::Rejected { reason } => {
-                    c.dead_lettered += 1;
-                    per.2 += 1;
-                    let reason = if matches!(result, SendResult::Retry { .. }) {
-                        format!("retries_exhausted:{reason}")
-                    } else {
-                        reason.clone()
-                    };
-                    tracing::warn!(destination = %dest.id, reason = %reason, attempts = attempts, "Delivery dead-lettered.");
-                    let mut item = (*job.item).clone();
-                    if job.message_id.ends_with(":consent")
-                        && !job.item.event.as_object().is_some_and(is_consent_update)
-                    {
-                        // The consent update itself, so a redrive sends what failed.
-                        item.event = Value::Object(job.event().clone());
-                    }
-                    letters.push((
-                        receipts.len(),
-                        DeadLetter {
-                            dead_letter: 1,
-                            destination_id: dest.id.clone(),
-                            source_id: job.source_id.to_string(),
-                            reason,
-                            attempts,
-                            failed_at: now,
-                            item,
-                        },
-                    ));
-                    ReceiptStatus::Failed
-                }
-            };
-            let receipt = Receipt {
-                d: dest.id.clone(),
-                m: job.message_id.clone(),
-                src: job.source_id.to_string(),
-                t: job.event().get("type").and_then(Value::as_str).unwrap_or("").to_string(),
-                name: event_name(job.event()),
-                s: status,
-                n: attempts,
-                r: round,
-                e: result.reason().map(str::to_string),
-                first: job.first.unwrap_or(now),
-                at: now,
-            };
-            receipts.push((
-                job.record,
-                receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id),
-                receipt,
-            ));
-        }
-
-        // Dead letters first: a receipt must never say "failed" for something the DLQ does not hold.
-        let mut lost = vec![false; receipts.len()];
-        for chunk in letters.chunks(tributary_core::ports::MAX_SEND_BATCH) {
-            let messages: Vec<OutgoingMessage> = chunk
-                .iter()
-                .map(|(i, l)| OutgoingMessage {
-                    id: format!("l{i}"),
-                    body: serde_json::to_string(l).unwrap_or_default(),
-                })
-                .collect();
-            let failed: Vec<usize> = match self.dlq.send_batch(&messages).await {
-                Ok(f) => f.iter().filter_map(|f| f.id.strip_prefix('l').and_then(|n| n.parse().ok())).collect(),
-                Err(_) => chunk.iter().map(|(i, _)| *i).collect(),
-            };
-            for i in failed {
-                lost[i] = true;
-            }
-        }
-        let limit = self.workspace.delivery.max_in_flight;
-        let written: Vec<(usize, bool)> = stream::iter(receipts.into_iter().enumerate())
-            .map(|(i, (record, key, receipt))| {
-                let skip = lost[i];
-                async move {
-                    if skip {
-                        return (record, false);
-                    }
-                    let op = WriteOp::Put {
-                        item: receipt.to_item(key, 1),
-                        condition: tributary_core::ports::Condition::None,
-                    };
-                    (record, self.table.write(op).await.is_ok())
-                }
-            })
-            .buffer_unordered(limit)
-            .collect()
-            .await;
-        for (record, ok) in written {
-            if !ok && outcome[record].is_ok() {
-                // Sent but not recorded (or not dead-lettered): the record comes back; idempotency keys and the
-                // receipt check keep destinations from counting it twice.
-                outcome[record] = Err("a receipt or dead letter could not be written".into());
-            }
         }
     }
 
