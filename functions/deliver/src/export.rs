@@ -50,7 +50,7 @@ impl<E: ObjectStore> ExportSender<E> {
     pub fn body(batch: &[Outbound]) -> Vec<u8> {
         let mut out = Vec::new();
         for o in batch {
-            let mut event = o.event.clone();
+            let mut event = (*o.event).clone();
             if let Some(p) = &o.profile {
                 if let Value::Object(ctx) =
                     event.entry("context").or_insert_with(|| Value::Object(serde_json::Map::new()))

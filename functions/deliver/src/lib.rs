@@ -107,8 +107,9 @@ struct Job {
     source_id: Arc<str>,
     /// The messageId receipts and idempotency use (`<id>:consent` for a consent update).
     message_id: String,
-    /// The consent update made for this job; `None`: the item's own event (not copied until it is prepared).
-    made: Option<Map<String, Value>>,
+    /// The event: the item's own (shared by its jobs, copied only by a destination that changes it) or the
+    /// consent update made for this job.
+    event: Arc<Map<String, Value>>,
     /// From the receipt: attempts in all and in this round.
     attempts: u32,
     round: u32,
@@ -119,11 +120,7 @@ struct Job {
 
 impl Job {
     fn event(&self) -> &Map<String, Value> {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        match &self.made {
-            Some(m) => m,
-            None => self.item.event.as_object().unwrap_or_else(|| EMPTY.get_or_init(Map::new)),
-        }
+        &self.event
     }
 }
 
@@ -324,13 +321,16 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     fn plan(&self, record: usize, envelope: DeliveryEnvelope, jobs: &mut Vec<Job>, c: &mut Counters) {
         let source_id: Arc<str> = Arc::from(envelope.source_id.as_str());
         let redrive = envelope.only.is_some();
-        for item in envelope.items {
-            let item = Arc::new(item);
-            let Value::Object(event) = &item.event else {
+        for mut item in envelope.items {
+            // The event moves into an `Arc` its jobs share; the hand-off keeps the rest.
+            let Value::Object(event) = std::mem::take(&mut item.event) else {
                 *c.skipped.entry("not_an_object").or_default() += 1;
                 continue;
             };
-            if is_consent_update(event) {
+            let event = Arc::new(event);
+            let item = Arc::new(item);
+            let message_id = event.get("messageId").and_then(Value::as_str).unwrap_or("");
+            if is_consent_update(&event) {
                 // A redriven consent update: it goes (again) only where consent updates go.
                 for (d, dest) in self.destinations.iter().enumerate() {
                     let wanted = envelope.only.as_ref().is_none_or(|only| only.iter().any(|o| o == &dest.id));
@@ -343,8 +343,8 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                             dest: d,
                             item: item.clone(),
                             source_id: source_id.clone(),
-                            message_id: item.message_id().to_string(),
-                            made: None,
+                            message_id: message_id.to_string(),
+                            event: event.clone(),
                             attempts: 0,
                             round: 0,
                             first: None,
@@ -354,19 +354,19 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 }
                 continue;
             }
-            let event_consent = consent::extract(event, &self.workspace.consent);
+            let event_consent = consent::extract(&event, &self.workspace.consent);
             for (d, dest) in self.destinations.iter().enumerate() {
                 if envelope.only.as_ref().is_some_and(|only| !only.iter().any(|o| o == &dest.id)) {
                     continue;
                 }
-                match route(dest, &source_id, item.class, event, &item.consent, &event_consent) {
+                match route(dest, &source_id, item.class, &event, &item.consent, &event_consent) {
                     Route::Send => jobs.push(Job {
                         record,
                         dest: d,
                         item: item.clone(),
                         source_id: source_id.clone(),
-                        message_id: item.message_id().to_string(),
-                        made: None,
+                        message_id: message_id.to_string(),
+                        event: event.clone(),
                         attempts: 0,
                         round: 0,
                         first: None,
@@ -384,8 +384,8 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         dest: d,
                         item: item.clone(),
                         source_id: source_id.clone(),
-                        message_id: format!("{}:consent", item.message_id()),
-                        made: Some(consent_update_event(event, &item.consent)),
+                        message_id: format!("{message_id}:consent"),
+                        event: Arc::new(consent_update_event(&event, &item.consent)),
                         attempts: 0,
                         round: 0,
                         first: None,
@@ -411,11 +411,11 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             by_dest.entry(job.dest).or_default().push(job);
         }
         let mut batches: Vec<Vec<Job>> = Vec::new();
-        for (d, mut jobs) in by_dest {
+        for (d, jobs) in by_dest {
             let size = self.destinations[d].transport.batch_size(self.destinations[d].kind).max(1);
-            while !jobs.is_empty() {
-                let rest = jobs.split_off(size.min(jobs.len()));
-                batches.push(std::mem::replace(&mut jobs, rest));
+            let mut jobs = jobs.into_iter().peekable();
+            while jobs.peek().is_some() {
+                batches.push(jobs.by_ref().take(size).collect());
             }
         }
         stream::iter(batches)
@@ -508,11 +508,9 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         _ => reason.clone(),
                     };
                     tracing::warn!(destination = %dest.id, reason = %reason, attempts = job.attempts + 1, "Delivery dead-lettered.");
+                    // The event as it came (or the consent update itself), so a redrive sends what failed.
                     let mut item = (*job.item).clone();
-                    if job.made.is_some() {
-                        // The consent update itself, so a redrive sends what failed.
-                        item.event = Value::Object(job.event().clone());
-                    }
+                    item.event = Value::Object((*job.event).clone());
                     letters.push((
                         settled.len(),
                         DeadLetter {
@@ -607,9 +605,16 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     /// The event as `dest` receives it.
     fn outbound(&self, job: &Job, profiles: &HashMap<String, ProfileDoc>) -> Outbound {
         let dest = &self.destinations[job.dest];
-        let mut event = job.event().clone();
         let cc = self.workspace.profiles.default_country_code.as_deref();
-        let prepared = prepare(dest, &self.scrubber, &mut event, cc);
+        // A destination that drops, scrubs or hashes nothing shares the event; the others change a copy.
+        let changes = !dest.drop_fields.is_empty() || dest.kind.is_ad_platform() || dest.hashes();
+        let (event, user_data) = if changes {
+            let mut event = (*job.event).clone();
+            let prepared = prepare(dest, &self.scrubber, &mut event, cc);
+            (Arc::new(event), prepared.user_data)
+        } else {
+            (job.event.clone(), None)
+        };
         let profile = job.item.profile_id.as_ref().map(|id| {
             let mut p = Map::new();
             p.insert("id".into(), Value::from(id.as_str()));
@@ -633,13 +638,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             }
             Value::Object(p)
         });
-        Outbound {
-            message_id: job.message_id.clone(),
-            source_id: job.source_id.to_string(),
-            event,
-            user_data: prepared.user_data,
-            profile,
-        }
+        Outbound { message_id: job.message_id.clone(), source_id: job.source_id.to_string(), event, user_data, profile }
     }
 
     fn emit(&self, c: &Counters) {

@@ -48,7 +48,7 @@ struct WithProfile<'a>(&'a Outbound);
 
 impl Serialize for WithProfile<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let event = &self.0.event;
+        let event = &*self.0.event;
         let Some(profile) = &self.0.profile else { return event.serialize(s) };
         let has_context = event.contains_key("context");
         let mut m = s.serialize_map(Some(event.len() + usize::from(!has_context)))?;
@@ -367,7 +367,7 @@ mod tests {
 
     fn out(id: &str, event: Value) -> Outbound {
         let Value::Object(event) = event else { panic!("not an object") };
-        Outbound { message_id: id.into(), source_id: "web".into(), event, user_data: None, profile: None }
+        Outbound { message_id: id.into(), source_id: "web".into(), event: event.into(), user_data: None, profile: None }
     }
 
     fn parsed(body: &[u8]) -> Value {

@@ -1,5 +1,6 @@
 //! What the handler hands a sender and what a sender answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -10,8 +11,8 @@ pub struct Outbound {
     /// The event's messageId (the webhook's `Idempotency-Key`, Meta's `event_id`, the export's dedup key).
     pub message_id: String,
     pub source_id: String,
-    /// The prepared event (a normalized Segment-spec event).
-    pub event: Map<String, Value>,
+    /// The prepared event (a normalized Segment-spec event); shared with other destinations when unchanged.
+    pub event: Arc<Map<String, Value>>,
     /// Meta CAPI: the `user_data` object; Google Ads: the `user_identifiers` array (hashed); `None` otherwise.
     pub user_data: Option<Value>,
     /// `{"id": …}` plus `"traits": {…}` when the destination asks for them; `None` for events without a profile.
