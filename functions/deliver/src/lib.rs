@@ -116,6 +116,8 @@ struct Job {
     first: Option<i64>,
     /// Sent by a redrive (an envelope aimed at some destinations): a dead-lettered event may go again.
     redrive: bool,
+    /// The receipt's key, once computed.
+    key: Option<ItemKey>,
 }
 
 impl Job {
@@ -164,7 +166,10 @@ struct Counters {
 
 impl Counters {
     fn count(&mut self, done: &Done, dest: &str) {
-        let per = self.per_destination.entry(dest.to_string()).or_default();
+        if !self.per_destination.contains_key(dest) {
+            self.per_destination.insert(dest.to_string(), (0, 0, 0));
+        }
+        let Some(per) = self.per_destination.get_mut(dest) else { return };
         match done.fate {
             Fate::Delivered => {
                 self.sent += 1;
@@ -349,6 +354,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                             round: 0,
                             first: None,
                             redrive,
+                            key: None,
                         });
                     }
                 }
@@ -371,6 +377,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         round: 0,
                         first: None,
                         redrive,
+                        key: None,
                     }),
                     Route::Skip(reason) => *c.skipped.entry(reason.as_str()).or_default() += 1,
                 }
@@ -390,6 +397,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         round: 0,
                         first: None,
                         redrive,
+                        key: None,
                     });
                 }
             }
@@ -436,15 +444,19 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
         // Owned keys: a stream of borrowed jobs would not be `Send` for every lifetime the runtime may pick.
         let keys: Vec<ItemKey> =
             jobs.iter().map(|job| receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id)).collect();
-        let reads: Vec<Result<Option<Receipt>, PortError>> = stream::iter(keys)
-            .map(|key| async move {
-                self.table.get(&key).await.map(|item| item.and_then(|i| Receipt::from_attrs(&i.attrs).ok()))
-            })
-            .buffered(RECEIPT_READS_IN_FLIGHT)
-            .collect()
-            .await;
+        let read = |key: ItemKey| async move {
+            let item = self.table.get(&key).await;
+            (key, item.map(|item| item.and_then(|i| Receipt::from_attrs(&i.attrs).ok())))
+        };
+        // Most batches are small (a webhook's is one event): joining them costs less than a bounded stream.
+        let reads: Vec<(ItemKey, Result<Option<Receipt>, PortError>)> = if keys.len() <= RECEIPT_READS_IN_FLIGHT {
+            futures::future::join_all(keys.into_iter().map(read)).await
+        } else {
+            stream::iter(keys).map(read).buffered(RECEIPT_READS_IN_FLIGHT).collect().await
+        };
         let mut pending = Vec::with_capacity(jobs.len());
-        for (mut job, read) in jobs.into_iter().zip(reads) {
+        for (mut job, (key, read)) in jobs.into_iter().zip(reads) {
+            job.key = Some(key);
             match read {
                 Err(e) => done.push(Done::of(&job, Fate::StoreFailed(format!("receipts unavailable: {e}")))),
                 Ok(Some(r)) if r.s == ReceiptStatus::Delivered => done.push(Done::of(&job, Fate::AlreadyDelivered)),
@@ -569,7 +581,10 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 first: job.first.unwrap_or(now),
                 at: now,
             };
-            let key = receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id);
+            let key = match job.key.clone() {
+                Some(k) => k,
+                None => receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id),
+            };
             let op = WriteOp::Put { item: receipt.to_item(key, 1), condition: Condition::None };
             match self.table.write(op).await {
                 Ok(()) => Done::of(&job, fate),
