@@ -21,6 +21,10 @@ use tributary_deliver::export::ExportSender;
 use tributary_deliver::http::HttpSender;
 use tributary_deliver::{resolve_destinations, Deliver, DeliverSettings, Senders};
 
+// Many small JSON allocations across threads: mimalloc handles them with less contention than glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     tracing_subscriber::fmt()
