@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
+use tributary_core::delivery::{receipt_key, Receipt, ReceiptStatus};
 use tributary_core::governance::stats;
 use tributary_core::identity::{IdType, Identifier};
 use tributary_core::ports::{ItemKey, PortError};
@@ -575,4 +576,68 @@ async fn source_stats_store_failures_map_to_503_and_500() {
     table.fail_with(Some(PortError::Invalid("bad".into())));
     let resp = api.handle(stats_get("/v1/sources/web/stats", "")).await;
     assert_error(&resp, 500, "internal", &[]);
+}
+
+fn receipt(table: &MemTable, profile: &str, dest: &str, message_id: &str, status: ReceiptStatus, error: Option<&str>) {
+    let r = Receipt {
+        d: dest.into(),
+        m: message_id.into(),
+        src: "web".into(),
+        t: "track".into(),
+        name: Some("Song Played".into()),
+        s: status,
+        n: if error.is_some() { 3 } else { 1 },
+        r: 1,
+        e: error.map(str::to_string),
+        first: T0,
+        at: T0 + 1_000,
+    };
+    table.put(receipt_key(Some(profile), dest, message_id), r.to_attrs());
+}
+
+#[tokio::test]
+async fn deliveries_list_receipts_of_the_root_and_merged_profiles_page_by_page() {
+    let table = seeded();
+    receipt(&table, ROOT, "hook", "e1", ReceiptStatus::Delivered, None);
+    receipt(&table, LOSER, "hook", "e2", ReceiptStatus::Delivered, None);
+    receipt(&table, ROOT, "meta", "e1", ReceiptStatus::Failed, Some("http_400"));
+    let api = api(table);
+    let auth = format!("Bearer {READER_KEY}");
+    let mut seen = Vec::new();
+    let mut query = "limit=2".to_string();
+    for _ in 0..5 {
+        let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42/deliveries", &query, Some(&auth))).await;
+        assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+        let page = body_json(&resp);
+        seen.extend(page["deliveries"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => query = format!("limit=2&cursor={}", next.replace('#', "%23")),
+            None => break,
+        }
+    }
+    let mut got: Vec<(String, String, String)> = seen
+        .iter()
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+            (s("destination"), s("messageId"), s("status"))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("hook".to_string(), "e1".to_string(), "delivered".to_string()),
+            ("hook".to_string(), "e2".to_string(), "delivered".to_string()),
+            ("meta".to_string(), "e1".to_string(), "failed".to_string()),
+        ]
+    );
+    let failed = seen.iter().find(|d| d["destination"] == "meta").unwrap();
+    assert_eq!(failed["lastError"], "http_400");
+    assert_eq!(failed["attempts"], 3);
+    assert_eq!(failed["event"], "Song Played");
+
+    let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42/deliveries", "", None)).await;
+    assert_error(&resp, 401, "unauthorized", &["u-42"]);
+    let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42/deliveries", "cursor=e%230", Some(&auth))).await;
+    assert_error(&resp, 400, "invalid_cursor", &["u-42"]);
 }
