@@ -593,7 +593,12 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 Err(e) => Done::of(&job, Fate::StoreFailed(format!("receipt not written: {e}"))),
             }
         });
-        done.extend(stream::iter(writes).buffer_unordered(RECEIPT_READS_IN_FLIGHT).collect::<Vec<_>>().await);
+        let writes: Vec<_> = writes.collect();
+        if writes.len() <= RECEIPT_READS_IN_FLIGHT {
+            done.extend(futures::future::join_all(writes).await);
+        } else {
+            done.extend(stream::iter(writes).buffer_unordered(RECEIPT_READS_IN_FLIGHT).collect::<Vec<_>>().await);
+        }
         done
     }
 
