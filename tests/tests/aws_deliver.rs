@@ -127,6 +127,7 @@ fn handoff(message_id: &str) -> Handoff {
         class: DataPartyClass::FirstParty,
         consent: BTreeMap::new(),
         consent_changed: false,
+        applied_to: None,
         event: json!({
             "type": "track",
             "event": "Order Completed",

@@ -125,6 +125,7 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
                         class: DataPartyClass::FirstParty,
                         consent: Default::default(),
                         consent_changed: false,
+                        applied_to: None,
                         event: with_id(&sample, &format!("ours-{round}-{i}")),
                     })
                     .collect();

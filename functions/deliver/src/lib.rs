@@ -443,7 +443,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
         // 1. Receipts: what was delivered is never sent again; what was dead-lettered waits for a redrive.
         // Owned keys: a stream of borrowed jobs would not be `Send` for every lifetime the runtime may pick.
         let keys: Vec<ItemKey> =
-            jobs.iter().map(|job| receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id)).collect();
+            jobs.iter().map(|job| receipt_key(job.item.receipt_profile(), &dest.id, &job.message_id)).collect();
         let read = |key: ItemKey| async move {
             let item = self.table.get(&key).await;
             (key, item.map(|item| item.and_then(|i| Receipt::from_attrs(&i.attrs).ok())))
@@ -583,7 +583,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             };
             let key = match job.key.clone() {
                 Some(k) => k,
-                None => receipt_key(job.item.profile_id.as_deref(), &dest.id, &job.message_id),
+                None => receipt_key(job.item.receipt_profile(), &dest.id, &job.message_id),
             };
             let op = WriteOp::Put { item: receipt.to_item(key, 1), condition: Condition::None };
             match self.table.write(op).await {

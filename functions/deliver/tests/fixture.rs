@@ -86,4 +86,24 @@ async fn a_recorded_batch_goes_where_consent_allows_and_a_broken_record_fails_al
     let again: SqsEvent = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("SqsEvent");
     deliver.handle(again).await;
     assert_eq!(sender.0.lock().expect("log").len(), sent.len());
+
+    // Replayed by stitch after ann's profile was merged into another: routed as the root, receipts found where
+    // they were written (`appliedTo`) — still nothing twice. Without `appliedTo` the receipts would be missed.
+    let replay = |applied_to: bool| {
+        let mut event: SqsEvent =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("SqsEvent");
+        let record = &mut event.records[0];
+        let mut body: Value = serde_json::from_str(record.body.as_deref().expect("body")).expect("envelope");
+        body["items"][0]["profileId"] = Value::from("prof_merged_root");
+        if applied_to {
+            body["items"][0]["appliedTo"] = Value::from("prof_ann");
+        }
+        record.body = Some(body.to_string());
+        event.records.truncate(1);
+        event
+    };
+    deliver.handle(replay(true)).await;
+    assert_eq!(sender.0.lock().expect("log").len(), sent.len(), "a replay with appliedTo finds its receipts");
+    deliver.handle(replay(false)).await;
+    assert_eq!(sender.0.lock().expect("log").len(), sent.len() + 2, "without it, ann's event would go again");
 }

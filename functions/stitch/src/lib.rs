@@ -195,7 +195,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 return Err(StitchError::Invalid("an envelope event is not an object".into()));
             };
             let applied = self.apply_event(source, &event).await?;
-            let (profile_id, consent, consent_changed) = match applied {
+            let (profile_id, consent, consent_changed, applied_to) = match applied {
                 // The transaction just wrote the root and its consent: no need to read them back.
                 Applied::Stitched { profile, created, merged, linked, refused, attempts, consent, consent_changed } => {
                     counters.stitched += 1;
@@ -204,23 +204,27 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                     counters.linked += linked as u64;
                     counters.refused += refused as u64;
                     counters.conflicts += u64::from(attempts.saturating_sub(1));
-                    (Some(profile), consent, consent_changed)
+                    (Some(profile), consent, consent_changed, None)
                 }
                 // Applied earlier: the profile may have been merged since, so follow it to its root now.
                 Applied::Duplicate { profile } => {
                     counters.duplicates += 1;
                     match profile {
                         // The change (if any) was handed off when the event was applied.
+                        // Receipts stay with the profile the event was applied to.
                         Some(p) => match self.resolve_root(&p).await? {
-                            Some((root, loaded)) => (Some(root), granted(&loaded.doc), false),
-                            None => (Some(p), BTreeMap::new(), false),
+                            Some((root, loaded)) => {
+                                let applied_to = (root != p).then_some(p);
+                                (Some(root), granted(&loaded.doc), false, applied_to)
+                            }
+                            None => (Some(p), BTreeMap::new(), false, None),
                         },
-                        None => (None, BTreeMap::new(), false),
+                        None => (None, BTreeMap::new(), false, None),
                     }
                 }
                 Applied::NoIdentity => {
                     counters.no_identity += 1;
-                    (None, BTreeMap::new(), false)
+                    (None, BTreeMap::new(), false, None)
                 }
             };
             handoffs.push(Handoff {
@@ -228,6 +232,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 class: source.class,
                 consent,
                 consent_changed,
+                applied_to,
                 event: Value::Object(event),
             });
         }

@@ -198,6 +198,29 @@ async fn replaying_a_processed_batch_changes_nothing() {
     let before = dump(&f.table).await;
     assert!(f.stitch.handle(batch).await.batch_item_failures.is_empty());
     assert_eq!(dump(&f.table).await, before);
+    // The replay is handed off again (delivery checks its receipts); events applied to a profile merged since
+    // name it, so their receipts are found.
+    let handed: Vec<DeliveryEnvelope> = f
+        .delivery
+        .peek_all()
+        .await
+        .expect("peek")
+        .iter()
+        .map(|m| serde_json::from_str(&m.body).expect("envelope"))
+        .collect();
+    let replayed: Vec<_> = handed.iter().skip(1).flat_map(|e| e.items.iter()).collect();
+    assert_eq!(replayed.len(), 5);
+    let root = replayed[4].profile_id.clone().expect("root");
+    assert!(replayed.iter().all(|i| i.profile_id.as_deref() == Some(root.as_str())), "routing uses the root");
+    let first = &handed[0].items;
+    for (before, again) in first.iter().zip(&replayed) {
+        assert_eq!(again.receipt_profile(), before.profile_id.as_deref(), "{:?}", again.event["messageId"]);
+    }
+    // Exactly the events applied to the profile that was merged away name it.
+    let applied: Vec<bool> = replayed.iter().map(|i| i.applied_to.is_some()).collect();
+    let merged_away: Vec<bool> = first.iter().map(|i| i.profile_id.as_deref() != Some(root.as_str())).collect();
+    assert_eq!(applied, merged_away);
+    assert!(merged_away.contains(&true), "the story merges one profile into the other");
     // The same events re-sent one by one (another envelope) are duplicates too.
     for e in login_story() {
         let applied = f

@@ -31,10 +31,19 @@ pub struct Handoff {
     /// Whether this event changed the profile's consent (destinations with `consent_updates` are told).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub consent_changed: bool,
+    /// The profile the event was applied to, when that profile has since been merged into `profile_id` (a
+    /// replayed event): its receipts live there, so the replay finds what was already delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_to: Option<String>,
     pub event: Value,
 }
 
 impl Handoff {
+    /// The profile whose partition holds this event's receipts.
+    pub fn receipt_profile(&self) -> Option<&str> {
+        self.applied_to.as_deref().or(self.profile_id.as_deref())
+    }
+
     /// The event's messageId (ingest guarantees one).
     pub fn message_id(&self) -> &str {
         self.event.get("messageId").and_then(Value::as_str).unwrap_or("")
@@ -223,6 +232,7 @@ mod tests {
             class: DataPartyClass::FirstParty,
             consent: BTreeMap::new(),
             consent_changed: false,
+            applied_to: None,
             event: json!({"type": "track", "messageId": "m1"}),
         };
         let dl = DeadLetter {

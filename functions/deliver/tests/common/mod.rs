@@ -389,6 +389,7 @@ pub fn handoff(profile: Option<&str>, profile_consent: &[(&str, bool)], event: V
         class: DataPartyClass::FirstParty,
         consent: consent(profile_consent),
         consent_changed: false,
+        applied_to: None,
         event,
     }
 }
