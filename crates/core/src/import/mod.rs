@@ -10,12 +10,14 @@
 //! position) and a reason, because import files are full of personal data.
 
 mod mapping;
+pub mod object;
 mod rows;
 
 pub use mapping::{
     row_to_event, CheckedMapping, ColumnMapping, EventSpec, ImportMapping, MappingError, TraitMapping, TraitType,
     LIBRARY_NAME,
 };
+pub use object::{import_object, state_key, ImportObject, ImportState, ImportStatus, ObjectError};
 pub use rows::{Cell, Format, Header, ParseOptions, Row, Rows, MAX_COLUMNS, MAX_RECORD_BYTES};
 
 use serde::{Deserialize, Serialize};
