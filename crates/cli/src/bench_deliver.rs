@@ -81,6 +81,7 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
     let mut json_loop = Vec::new();
     let mut bytes_loop = Vec::new();
     let mut handler_alone = Vec::new();
+    let mut naive = Vec::new();
     for round in 0..rounds {
         // Baseline: a plain reqwest loop over the same events (`.json(&event)`), the same concurrency.
         let events_plain: Vec<Value> = (0..events).map(|i| with_id(&sample, &format!("plain-{round}-{i}"))).collect();
@@ -97,6 +98,20 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
         })
         .await?;
         bytes_loop.push(rate);
+        // The naive consumer: the same queue records, each envelope parsed and every event posted as it is —
+        // the same input and output as the handler, without routing, consent, receipts, guard or retries.
+        let bodies = envelope_bodies(&sample, &format!("naive-{round}"), events);
+        let start = Instant::now();
+        let parsed: Vec<Value> = bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str::<DeliveryEnvelope>(b).ok())
+            .flat_map(|e| e.items.into_iter().map(|i| i.event))
+            .collect();
+        let parse = start.elapsed().as_secs_f64();
+        anyhow::ensure!(parsed.len() == events, "naive consumer: {} of {events} events parsed", parsed.len());
+        let rate =
+            plain_loop(&plain, &url, parsed, concurrency, &received, |c, url, e: Value| c.post(url).json(&e)).await?;
+        naive.push(events as f64 / (parse + events as f64 / rate));
 
         // Ours: the same events as delivery-queue records (10 per envelope, one SqsEvent of all records, as a
         // large Lambda batch would be), fresh receipts each round.
@@ -113,32 +128,18 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
             destinations.clone(),
             DeliverSettings::default(),
         );
-        let messages: Vec<tributary_core::ports::ReceivedMessage> = (0..events)
-            .collect::<Vec<_>>()
-            .chunks(10)
-            .enumerate()
-            .map(|(n, ids)| {
-                let items = ids
-                    .iter()
-                    .map(|i| Handoff {
-                        profile_id: Some(format!("p{}", i % 97)),
-                        class: DataPartyClass::FirstParty,
-                        consent: Default::default(),
-                        consent_changed: false,
-                        applied_to: None,
-                        event: with_id(&sample, &format!("ours-{round}-{i}")),
-                    })
-                    .collect();
-                let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None };
-                tributary_core::ports::ReceivedMessage {
+        let messages: Vec<tributary_core::ports::ReceivedMessage> =
+            envelope_bodies(&sample, &format!("ours-{round}"), events)
+                .into_iter()
+                .enumerate()
+                .map(|(n, body)| tributary_core::ports::ReceivedMessage {
                     message_id: format!("m{n}"),
                     receipt_handle: format!("h{n}"),
-                    body: serde_json::to_string(&env).unwrap_or_default(),
+                    body,
                     receive_count: 1,
                     sent_timestamp_ms: 0,
-                }
-            })
-            .collect();
+                })
+                .collect();
         // Lambda hands the handler a parsed `SqsEvent`: build it before the clock starts.
         let event = sqs_event(&messages, "arn:aws:sqs:local:000000000000:delivery")?;
         // The handler's own work (routing, receipts, preparation, bodies) with a sender that only serializes.
@@ -173,11 +174,14 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
     };
     let (t, j, b) = (median(&mut ours), median(&mut json_loop), median(&mut bytes_loop));
     println!("bench deliver: {events} events per round, {rounds} rounds per side (medians), {concurrency} in flight, webhook on loopback");
+    let n = median(&mut naive);
     println!("  baseline: reqwest loop, .json(&event)          {j:>10.0} deliveries/s");
+    println!("  naive consumer: parse queue records + loop     {n:>10.0} deliveries/s");
     println!("  reference: reqwest loop, pre-serialized bodies {b:>10.0} deliveries/s");
     println!("  tributary deliver handler                      {t:>10.0} deliveries/s");
     println!("  tributary handler, no network (body only)      {:>10.0} deliveries/s", median(&mut handler_alone));
     println!("  ratio vs baseline                              {:>10.2}  (target >= 0.7)", t / j);
+    println!("  ratio vs naive consumer (same input)           {:>10.2}", t / n);
     println!("  ratio vs pre-serialized reference              {:>10.2}", t / b);
     Ok(())
 }
@@ -217,6 +221,30 @@ async fn plain_loop<T: Send + 'static>(
     anyhow::ensure!(ok == n, "baseline: {ok} of {n} accepted");
     anyhow::ensure!(received.load(Ordering::Relaxed) - before == n as u64, "baseline lost requests");
     Ok(rate)
+}
+
+/// Delivery-queue bodies holding `events` copies of `sample` (10 per envelope, ids `<tag>-<n>`), as stitch
+/// writes them.
+fn envelope_bodies(sample: &Value, tag: &str, events: usize) -> Vec<String> {
+    (0..events)
+        .collect::<Vec<_>>()
+        .chunks(10)
+        .map(|ids| {
+            let items = ids
+                .iter()
+                .map(|i| Handoff {
+                    profile_id: Some(format!("p{}", i % 97)),
+                    class: DataPartyClass::FirstParty,
+                    consent: Default::default(),
+                    consent_changed: false,
+                    applied_to: None,
+                    event: with_id(sample, &format!("{tag}-{i}")),
+                })
+                .collect();
+            let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None };
+            serde_json::to_string(&env).unwrap_or_default()
+        })
+        .collect()
 }
 
 fn sample_event() -> Value {
