@@ -14,7 +14,7 @@ mod table_store;
 pub use memory_table::MemoryTable;
 pub use object_store::object_store_contract;
 pub use queue::{queue_contract, queue_dlq_contract};
-pub use table_store::table_store_contract;
+pub use table_store::{table_store_contract, table_store_contract_with, ContractOptions};
 
 /// Deterministic pseudo-random bytes (xorshift), so large payloads are not trivially compressible or periodic
 /// and a failure is reproducible.

