@@ -121,6 +121,31 @@ struct Job {
 }
 
 impl Job {
+    /// A job not attempted yet (its receipt, if any, is read before sending).
+    fn new(
+        record: usize,
+        dest: usize,
+        item: &Arc<Handoff>,
+        source_id: &Arc<str>,
+        message_id: String,
+        event: Arc<Map<String, Value>>,
+        redrive: bool,
+    ) -> Job {
+        Job {
+            record,
+            dest,
+            item: item.clone(),
+            source_id: source_id.clone(),
+            message_id,
+            event,
+            attempts: 0,
+            round: 0,
+            first: None,
+            redrive,
+            key: None,
+        }
+    }
+
     fn event(&self) -> &Map<String, Value> {
         &self.event
     }
@@ -326,6 +351,9 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     fn plan(&self, record: usize, envelope: DeliveryEnvelope, jobs: &mut Vec<Job>, c: &mut Counters) {
         let source_id: Arc<str> = Arc::from(envelope.source_id.as_str());
         let redrive = envelope.only.is_some();
+        // A redrive names the destinations it is for; otherwise every destination may take the event.
+        let only = &envelope.only;
+        let wanted = |dest: &DestinationConfig| only.as_ref().is_none_or(|o| o.iter().any(|id| id == &dest.id));
         for mut item in envelope.items {
             // The event moves into an `Arc` its jobs share; the hand-off keeps the rest.
             let Value::Object(event) = std::mem::take(&mut item.event) else {
@@ -338,47 +366,38 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             if is_consent_update(&event) {
                 // A redriven consent update: it goes (again) only where consent updates go.
                 for (d, dest) in self.destinations.iter().enumerate() {
-                    let wanted = envelope.only.as_ref().is_none_or(|only| only.iter().any(|o| o == &dest.id));
-                    if wanted
+                    if wanted(dest)
                         && dest.transport.consent_updates
                         && self.takes_consent_update(dest, &source_id, item.class)
                     {
-                        jobs.push(Job {
+                        jobs.push(Job::new(
                             record,
-                            dest: d,
-                            item: item.clone(),
-                            source_id: source_id.clone(),
-                            message_id: message_id.to_string(),
-                            event: event.clone(),
-                            attempts: 0,
-                            round: 0,
-                            first: None,
+                            d,
+                            &item,
+                            &source_id,
+                            message_id.to_string(),
+                            event.clone(),
                             redrive,
-                            key: None,
-                        });
+                        ));
                     }
                 }
                 continue;
             }
             let event_consent = consent::extract(&event, &self.workspace.consent);
             for (d, dest) in self.destinations.iter().enumerate() {
-                if envelope.only.as_ref().is_some_and(|only| !only.iter().any(|o| o == &dest.id)) {
+                if !wanted(dest) {
                     continue;
                 }
                 match route(dest, &source_id, item.class, &event, &item.consent, &event_consent) {
-                    Route::Send => jobs.push(Job {
+                    Route::Send => jobs.push(Job::new(
                         record,
-                        dest: d,
-                        item: item.clone(),
-                        source_id: source_id.clone(),
-                        message_id: message_id.to_string(),
-                        event: event.clone(),
-                        attempts: 0,
-                        round: 0,
-                        first: None,
+                        d,
+                        &item,
+                        &source_id,
+                        message_id.to_string(),
+                        event.clone(),
                         redrive,
-                        key: None,
-                    }),
+                    )),
                     Route::Skip(reason) => *c.skipped.entry(reason.as_str()).or_default() += 1,
                 }
                 if item.consent_changed
@@ -386,19 +405,15 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                     && self.takes_consent_update(dest, &source_id, item.class)
                 {
                     c.consent_updates += 1;
-                    jobs.push(Job {
+                    jobs.push(Job::new(
                         record,
-                        dest: d,
-                        item: item.clone(),
-                        source_id: source_id.clone(),
-                        message_id: format!("{message_id}:consent"),
-                        event: Arc::new(consent_update_event(&event, &item.consent)),
-                        attempts: 0,
-                        round: 0,
-                        first: None,
+                        d,
+                        &item,
+                        &source_id,
+                        format!("{message_id}:consent"),
+                        Arc::new(consent_update_event(&event, &item.consent)),
                         redrive,
-                        key: None,
-                    });
+                    ));
                 }
             }
         }
