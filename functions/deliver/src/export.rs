@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tributary_core::delivery::DestinationConfig;
 use tributary_core::ports::ObjectStore;
@@ -50,16 +49,10 @@ impl<E: ObjectStore> ExportSender<E> {
     pub fn body(batch: &[Outbound]) -> Vec<u8> {
         let mut out = Vec::new();
         for o in batch {
-            let mut event = (*o.event).clone();
-            if let Some(p) = &o.profile {
-                if let Value::Object(ctx) =
-                    event.entry("context").or_insert_with(|| Value::Object(serde_json::Map::new()))
-                {
-                    ctx.insert("profile".into(), p.clone());
-                }
-            }
-            if serde_json::to_writer(&mut out, &Value::Object(event)).is_ok() {
-                out.push(b'\n');
+            let start = out.len();
+            match o.event.write_with_profile(o.profile.as_ref(), &mut out) {
+                Ok(()) => out.push(b'\n'),
+                Err(_) => out.truncate(start),
             }
         }
         out

@@ -354,7 +354,13 @@ mod tests {
         }) else {
             unreachable!()
         };
-        Outbound { message_id: id.into(), source_id: "web".into(), event: event.into(), user_data: None, profile: None }
+        Outbound {
+            message_id: id.into(),
+            source_id: "web".into(),
+            event: std::sync::Arc::new(event.into()),
+            user_data: None,
+            profile: None,
+        }
     }
 
     fn local() -> HttpSender {

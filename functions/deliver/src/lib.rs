@@ -8,6 +8,7 @@
 //! honoured); refusals and exhausted retries go to the DLQ at once with their reason, one dead letter per
 //! (destination, event), which `tributary redrive` moves back.
 
+pub mod event;
 pub mod export;
 pub mod http;
 pub mod payload;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use futures::stream::{self, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
 use tributary_core::delivery::settings::MAX_BACKOFF_MS;
@@ -36,6 +38,7 @@ use tributary_core::ports::{
 use tributary_core::profile::layout::profile_key;
 use tributary_core::profile::{consent, ProfileDoc};
 
+pub use event::Event;
 pub use types::{Outbound, SendResult};
 
 /// Receipt and profile reads or writes in flight within one batch.
@@ -103,13 +106,13 @@ pub fn resolve_destinations(
 struct Job {
     record: usize,
     dest: usize,
-    item: Arc<Handoff>,
+    item: Arc<Handoff<()>>,
     source_id: Arc<str>,
     /// The messageId receipts and idempotency use (`<id>:consent` for a consent update).
     message_id: String,
     /// The event: the item's own (shared by its jobs, copied only by a destination that changes it) or the
     /// consent update made for this job.
-    event: Arc<Map<String, Value>>,
+    event: Arc<Event>,
     /// From the receipt: attempts in all and in this round.
     attempts: u32,
     round: u32,
@@ -125,10 +128,10 @@ impl Job {
     fn new(
         record: usize,
         dest: usize,
-        item: &Arc<Handoff>,
+        item: &Arc<Handoff<()>>,
         source_id: &Arc<str>,
         message_id: String,
-        event: Arc<Map<String, Value>>,
+        event: Arc<Event>,
         redrive: bool,
     ) -> Job {
         Job {
@@ -146,8 +149,9 @@ impl Job {
         }
     }
 
-    fn event(&self) -> &Map<String, Value> {
-        &self.event
+    /// The fields of the event routing and receipts read.
+    fn fields(&self) -> &Map<String, Value> {
+        self.event.fields()
     }
 }
 
@@ -297,18 +301,57 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             .iter()
             .map(|r| r.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1))
             .collect();
-        let mut jobs = Vec::new();
-        for (r, record) in records.iter().enumerate() {
-            match serde_json::from_str::<DeliveryEnvelope>(record.body.as_deref().unwrap_or("")) {
-                Ok(envelope) => self.plan(r, envelope, &mut jobs, &mut counters),
-                // Nothing to dead-letter by destination: it fails until the queue's redrive policy moves it.
-                Err(_) => outcome[r] = Err("record body is not a delivery envelope".into()),
-            }
+        // Records are parsed and routed as the batches they fill are taken: the first requests leave while later
+        // records are still being read, instead of after the whole invocation's input.
+        let mut done = Vec::new();
+        {
+            let sizes: Vec<usize> = self.destinations.iter().map(|d| d.transport.batch_size(d.kind).max(1)).collect();
+            let mut open: Vec<Vec<Job>> = sizes.iter().map(|_| Vec::new()).collect();
+            let mut full: std::collections::VecDeque<Vec<Job>> = Default::default();
+            let mut planned = Vec::new();
+            let (mut next, mut flushed) = (0, 0);
+            let batches = std::iter::from_fn(|| loop {
+                if let Some(batch) = full.pop_front() {
+                    return Some(batch);
+                }
+                if let Some(record) = records.get(next) {
+                    let r = next;
+                    next += 1;
+                    match serde_json::from_str::<DeliveryEnvelope<Box<RawValue>>>(record.body.as_deref().unwrap_or(""))
+                    {
+                        Ok(envelope) => self.plan(r, envelope, &mut planned, &mut counters),
+                        // Nothing to dead-letter by destination: it fails until the queue's redrive policy moves it.
+                        Err(_) => outcome[r] = Err("record body is not a delivery envelope".into()),
+                    }
+                    for job in planned.drain(..) {
+                        let d = job.dest;
+                        open[d].push(job);
+                        if open[d].len() >= sizes[d] {
+                            full.push_back(std::mem::take(&mut open[d]));
+                        }
+                    }
+                    continue;
+                }
+                // Every record read: what is left of each destination's last batch.
+                while let Some(batch) = open.get_mut(flushed) {
+                    flushed += 1;
+                    if !batch.is_empty() {
+                        return Some(std::mem::take(batch));
+                    }
+                }
+                return None;
+            });
+            let receive_counts = &receive_counts;
+            done.extend(
+                stream::iter(batches)
+                    .map(|batch| self.run_batch(batch, receive_counts))
+                    .buffer_unordered(self.workspace.delivery.max_in_flight)
+                    .flat_map(stream::iter)
+                    .collect::<Vec<Done>>()
+                    .await,
+            );
         }
-
-        // A record that failed outright sends nothing now; it all comes back.
-        jobs.retain(|j| outcome[j.record].is_ok());
-        for done in self.run_jobs(jobs, &receive_counts).await {
+        for done in done {
             counters.count(&done, &self.destinations[done.dest].id);
             let record = &mut outcome[done.record];
             // The longest wait of a record's retries; a store failure fails the record outright.
@@ -348,22 +391,24 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     }
 
     /// Routes every item of a record to every destination.
-    fn plan(&self, record: usize, envelope: DeliveryEnvelope, jobs: &mut Vec<Job>, c: &mut Counters) {
+    fn plan(&self, record: usize, envelope: DeliveryEnvelope<Box<RawValue>>, jobs: &mut Vec<Job>, c: &mut Counters) {
         let source_id: Arc<str> = Arc::from(envelope.source_id.as_str());
         let redrive = envelope.only.is_some();
         // A redrive names the destinations it is for; otherwise every destination may take the event.
         let only = &envelope.only;
         let wanted = |dest: &DestinationConfig| only.as_ref().is_none_or(|o| o.iter().any(|id| id == &dest.id));
-        for mut item in envelope.items {
-            // The event moves into an `Arc` its jobs share; the hand-off keeps the rest.
-            let Value::Object(event) = std::mem::take(&mut item.event) else {
+        for item in envelope.items {
+            // The event's text goes into an `Event` its jobs share; the hand-off keeps the rest.
+            let (item, text) = item.split();
+            let Some(event) = Event::from_raw(text) else {
                 *c.skipped.entry("not_an_object").or_default() += 1;
                 continue;
             };
             let event = Arc::new(event);
             let item = Arc::new(item);
-            let message_id = event.get("messageId").and_then(Value::as_str).unwrap_or("");
-            if is_consent_update(&event) {
+            let fields = event.fields();
+            let message_id = fields.get("messageId").and_then(Value::as_str).unwrap_or("");
+            if is_consent_update(fields) {
                 // A redriven consent update: it goes (again) only where consent updates go.
                 for (d, dest) in self.destinations.iter().enumerate() {
                     if wanted(dest)
@@ -383,12 +428,12 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 }
                 continue;
             }
-            let event_consent = consent::extract(&event, &self.workspace.consent);
+            let event_consent = consent::extract(fields, &self.workspace.consent);
             for (d, dest) in self.destinations.iter().enumerate() {
                 if !wanted(dest) {
                     continue;
                 }
-                match route(dest, &source_id, item.class, &event, &item.consent, &event_consent) {
+                match route(dest, &source_id, item.class, fields, &item.consent, &event_consent) {
                     Route::Send => jobs.push(Job::new(
                         record,
                         d,
@@ -411,7 +456,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                         &item,
                         &source_id,
                         format!("{message_id}:consent"),
-                        Arc::new(consent_update_event(&event, &item.consent)),
+                        Arc::new(Event::from_map(consent_update_event(fields, &item.consent))),
                         redrive,
                     ));
                 }
@@ -423,30 +468,6 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     /// exactly what it must hear), but still only from the sources and classes it takes.
     fn takes_consent_update(&self, dest: &DestinationConfig, source_id: &str, class: DataPartyClass) -> bool {
         dest.sources.as_ref().is_none_or(|s| s.iter().any(|x| x == source_id)) && dest.allows_class(class)
-    }
-
-    /// Runs every job: per destination in batches of its `batch_size`, up to `delivery.max_in_flight` batches at
-    /// once, each batch going through its own steps (receipts, preparation, sending, dead letters, receipts) so
-    /// that one batch's store round trips overlap another's request.
-    async fn run_jobs(&self, jobs: Vec<Job>, receive_counts: &[u32]) -> Vec<Done> {
-        let mut by_dest: BTreeMap<usize, Vec<Job>> = BTreeMap::new();
-        for job in jobs {
-            by_dest.entry(job.dest).or_default().push(job);
-        }
-        let mut batches: Vec<Vec<Job>> = Vec::new();
-        for (d, jobs) in by_dest {
-            let size = self.destinations[d].transport.batch_size(self.destinations[d].kind).max(1);
-            let mut jobs = jobs.into_iter().peekable();
-            while jobs.peek().is_some() {
-                batches.push(jobs.by_ref().take(size).collect());
-            }
-        }
-        stream::iter(batches)
-            .map(|batch| self.run_batch(batch, receive_counts))
-            .buffer_unordered(self.workspace.delivery.max_in_flight)
-            .flat_map(stream::iter)
-            .collect()
-            .await
     }
 
     /// One batch to one destination, start to end.
@@ -536,8 +557,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                     };
                     tracing::warn!(destination = %dest.id, reason = %reason, attempts = job.attempts + 1, "Delivery dead-lettered.");
                     // The event as it came (or the consent update itself), so a redrive sends what failed.
-                    let mut item = (*job.item).clone();
-                    item.event = Value::Object((*job.event).clone());
+                    let item = (*job.item).clone().with_event(Value::Object(job.event.to_map()));
                     letters.push((
                         settled.len(),
                         DeadLetter {
@@ -587,8 +607,8 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 d: dest.id.clone(),
                 m: job.message_id.clone(),
                 src: job.source_id.to_string(),
-                t: job.event().get("type").and_then(Value::as_str).unwrap_or("").to_string(),
-                name: event_name(job.event()),
+                t: job.fields().get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                name: event_name(job.fields()),
                 s: status,
                 n: job.attempts + 1,
                 r: job.round + 1,
@@ -644,9 +664,9 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
         // A destination that drops, scrubs or hashes nothing shares the event; the others change a copy.
         let changes = !dest.drop_fields.is_empty() || dest.kind.is_ad_platform() || dest.hashes();
         let (event, user_data) = if changes {
-            let mut event = (*job.event).clone();
+            let mut event = job.event.to_map();
             let prepared = prepare(dest, &self.scrubber, &mut event, cc);
-            (Arc::new(event), prepared.user_data)
+            (Arc::new(Event::from_map(event)), prepared.user_data)
         } else {
             (job.event.clone(), None)
         };

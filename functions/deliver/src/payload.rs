@@ -6,7 +6,6 @@
 //! whether identifies go at all is the destination's `event_types` filter.
 
 use hmac::{Hmac, Mac};
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
@@ -17,68 +16,26 @@ use crate::types::Outbound;
 /// The webhook body: the event itself (with `context.profile` when the event has one), or `{"batch":[…]}` for
 /// several.
 pub fn webhook_body(batch: &[Outbound]) -> Vec<u8> {
-    let result = match batch {
-        [one] => serde_json::to_vec(&WithProfile(one)),
-        many => serde_json::to_vec(&json_batch(many)),
-    };
-    // Serializing `Value`s cannot fail (string keys only); never panic regardless.
-    result.unwrap_or_else(|_| b"{}".to_vec())
-}
-
-fn json_batch(batch: &[Outbound]) -> impl Serialize + '_ {
-    struct Batch<'a>(&'a [Outbound]);
-    impl Serialize for Batch<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut m = s.serialize_map(Some(1))?;
-            m.serialize_entry("batch", &Items(self.0))?;
-            m.end()
-        }
-    }
-    struct Items<'a>(&'a [Outbound]);
-    impl Serialize for Items<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(WithProfile))
-        }
-    }
-    Batch(batch)
-}
-
-/// Serializes an event with `context.profile` set, without copying the event.
-struct WithProfile<'a>(&'a Outbound);
-
-impl Serialize for WithProfile<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let event = &*self.0.event;
-        let Some(profile) = &self.0.profile else { return event.serialize(s) };
-        let has_context = event.contains_key("context");
-        let mut m = s.serialize_map(Some(event.len() + usize::from(!has_context)))?;
-        for (k, v) in event {
-            if k == "context" {
-                m.serialize_entry(k, &ContextWith(v, profile))?;
-            } else {
-                m.serialize_entry(k, v)?;
+    let mut out = Vec::with_capacity(512 * batch.len());
+    let written = match batch {
+        [one] => one.event.write_with_profile(one.profile.as_ref(), &mut out),
+        many => {
+            out.extend_from_slice(b"{\"batch\":[");
+            let mut r = Ok(());
+            for (i, o) in many.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                r = r.and_then(|()| o.event.write_with_profile(o.profile.as_ref(), &mut out));
             }
+            out.extend_from_slice(b"]}");
+            r
         }
-        if !has_context {
-            m.serialize_entry("context", &ContextWith(&Value::Null, profile))?;
-        }
-        m.end()
-    }
-}
-
-/// A context object with `profile` replaced; a context that is not an object is replaced by `{profile}`.
-struct ContextWith<'a>(&'a Value, &'a Value);
-
-impl Serialize for ContextWith<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let empty = Map::new();
-        let context = self.0.as_object().unwrap_or(&empty);
-        let mut m = s.serialize_map(None)?;
-        for (k, v) in context.iter().filter(|(k, _)| *k != "profile") {
-            m.serialize_entry(k, v)?;
-        }
-        m.serialize_entry("profile", self.1)?;
-        m.end()
+    };
+    // Events are objects read from JSON or built here, so writing them cannot fail; never panic regardless.
+    match written {
+        Ok(()) => out,
+        Err(_) => b"{}".to_vec(),
     }
 }
 
@@ -133,7 +90,7 @@ fn meta_body_at(batch: &[Outbound], test_event_code: Option<&str>, now: OffsetDa
 }
 
 fn meta_event(o: &Outbound, now: OffsetDateTime) -> Value {
-    let e = &o.event;
+    let e = o.event.map();
     let context = e.get("context").and_then(Value::as_object);
     let kind = str_at(e, "type").unwrap_or("");
     let mut out = Map::new();
@@ -264,7 +221,7 @@ fn google_body_at(batch: &[Outbound], conversion_action: &str, now: OffsetDateTi
 }
 
 fn google_conversion(o: &Outbound, conversion_action: &str, now: OffsetDateTime) -> Value {
-    let e = &o.event;
+    let e = o.event.map();
     let empty = Map::new();
     let props = e.get("properties").and_then(Value::as_object).unwrap_or(&empty);
     let campaign = e
@@ -367,7 +324,13 @@ mod tests {
 
     fn out(id: &str, event: Value) -> Outbound {
         let Value::Object(event) = event else { panic!("not an object") };
-        Outbound { message_id: id.into(), source_id: "web".into(), event: event.into(), user_data: None, profile: None }
+        Outbound {
+            message_id: id.into(),
+            source_id: "web".into(),
+            event: std::sync::Arc::new(event.into()),
+            user_data: None,
+            profile: None,
+        }
     }
 
     fn parsed(body: &[u8]) -> Value {

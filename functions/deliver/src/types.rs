@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::event::Event;
 
 /// One event, ready for one destination: routed, dropped, scrubbed and hashed by its policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,7 +14,7 @@ pub struct Outbound {
     pub message_id: String,
     pub source_id: String,
     /// The prepared event (a normalized Segment-spec event); shared with other destinations when unchanged.
-    pub event: Arc<Map<String, Value>>,
+    pub event: Arc<Event>,
     /// Meta CAPI: the `user_data` object; Google Ads: the `user_identifiers` array (hashed); `None` otherwise.
     pub user_data: Option<Value>,
     /// `{"id": …}` plus `"traits": {…}` when the destination asks for them; `None` for events without a profile.

@@ -19,10 +19,11 @@ use crate::config::DataPartyClass;
 use crate::ports::{Item, ItemKey};
 use crate::profile::layout::profile_pk;
 
-/// One event handed to delivery: the event and the profile context routing needs.
+/// One event handed to delivery: the event and the profile context routing needs. The event is a `Value` unless a
+/// reader wants it in another form (the deliver function keeps its text).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Handoff {
+pub struct Handoff<E = Value> {
     pub profile_id: Option<String>,
     /// Data-party class of the event's source.
     pub class: DataPartyClass,
@@ -35,15 +36,29 @@ pub struct Handoff {
     /// replayed event): its receipts live there, so the replay finds what was already delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_to: Option<String>,
-    pub event: Value,
+    pub event: E,
 }
 
-impl Handoff {
+impl<E> Handoff<E> {
     /// The profile whose partition holds this event's receipts.
     pub fn receipt_profile(&self) -> Option<&str> {
         self.applied_to.as_deref().or(self.profile_id.as_deref())
     }
 
+    /// The hand-off with another event (the same event in another form).
+    pub fn with_event<F>(self, event: F) -> Handoff<F> {
+        let Handoff { profile_id, class, consent, consent_changed, applied_to, event: _ } = self;
+        Handoff { profile_id, class, consent, consent_changed, applied_to, event }
+    }
+
+    /// The event, and the rest of the hand-off.
+    pub fn split(self) -> (Handoff<()>, E) {
+        let Handoff { profile_id, class, consent, consent_changed, applied_to, event } = self;
+        (Handoff { profile_id, class, consent, consent_changed, applied_to, event: () }, event)
+    }
+}
+
+impl Handoff {
     /// The event's messageId (ingest guarantees one).
     pub fn message_id(&self) -> &str {
         self.event.get("messageId").and_then(Value::as_str).unwrap_or("")
@@ -53,10 +68,10 @@ impl Handoff {
 /// A delivery-queue message: the hand-offs of one events-queue record (or part of it when large).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeliveryEnvelope {
+pub struct DeliveryEnvelope<E = Value> {
     pub v: u32,
     pub source_id: String,
-    pub items: Vec<Handoff>,
+    pub items: Vec<Handoff<E>>,
     /// Deliver to these destinations only (a redrive); every destination when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only: Option<Vec<String>>,
