@@ -23,9 +23,9 @@ pub enum BenchCommand {
     /// The deliver handler to a local webhook vs a plain `reqwest` loop with the same concurrency.
     Deliver {
         /// Events per round.
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 5_000)]
         events: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         rounds: u32,
         /// Requests in flight (both sides).
         #[arg(long, default_value_t = 32)]

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -21,18 +22,95 @@ const HEAD_TRAITS: [&str; 2] = ["email", "phone"];
 const HEAD_PROPERTIES: [&str; 2] = ["categoryPreferences", "consentManagement"];
 
 pub struct Event {
-    /// The text as received; `None` for an event built here (a consent update, a prepared copy).
-    text: Option<Box<RawValue>>,
+    /// The text as received, with where its members are; `None` for an event built here (a consent update, a
+    /// prepared copy).
+    text: Option<Text>,
     /// With `text`: the fields listed above, parsed; without: unused (the whole object is at hand).
     head: Map<String, Value>,
     whole: OnceLock<Map<String, Value>>,
 }
 
+/// An event's text and the spans of its members, found once so writing it needs no second scan.
+struct Text {
+    raw: Box<RawValue>,
+    top: Vec<Span>,
+    /// The members of `context`, when it is an object.
+    context: Option<Vec<Span>>,
+}
+
+/// One member of an object: its key and the byte range of its value in the text.
+struct Span {
+    key: SpanKey,
+    value: Range<usize>,
+}
+
+enum SpanKey {
+    /// The key's bytes in the text (a key without escapes, so it is its own JSON string content).
+    At(Range<usize>),
+    /// A key that had escapes, unescaped.
+    Owned(Box<str>),
+}
+
+impl Span {
+    fn key<'a>(&'a self, text: &'a str) -> &'a str {
+        match &self.key {
+            SpanKey::At(r) => text.get(r.clone()).unwrap_or(""),
+            SpanKey::Owned(k) => k,
+        }
+    }
+
+    fn value<'a>(&self, text: &'a str) -> &'a str {
+        text.get(self.value.clone()).unwrap_or("null")
+    }
+
+    fn write_key(&self, text: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match &self.key {
+            SpanKey::At(r) => {
+                out.push(b'"');
+                out.extend_from_slice(text.get(r.clone()).unwrap_or("").as_bytes());
+                out.push(b'"');
+                Ok(())
+            }
+            SpanKey::Owned(k) => serde_json::to_writer(&mut *out, &**k),
+        }
+    }
+}
+
 impl Event {
     /// Reads an event from its text; `None` unless it is a JSON object.
-    pub fn from_raw(text: Box<RawValue>) -> Option<Event> {
-        let head = head_of(text.get())?;
-        Some(Event { text: Some(text), head, whole: OnceLock::new() })
+    pub fn from_raw(raw: Box<RawValue>) -> Option<Event> {
+        let text = raw.get();
+        let top = spans(text, text)?;
+        let mut head = Map::new();
+        let mut context = None;
+        for span in &top {
+            let key = span.key(text);
+            let value = span.value(text);
+            match key {
+                "context" => {
+                    context = spans(text, value);
+                    let members = context.as_deref().unwrap_or_default();
+                    let mut picked = pick(text, members, &HEAD_CONTEXT);
+                    if let Some(traits) = members.iter().find(|m| m.key(text) == "traits") {
+                        let traits = spans(text, traits.value(text)).unwrap_or_default();
+                        let traits = pick(text, &traits, &HEAD_TRAITS);
+                        if !traits.is_empty() {
+                            picked.insert("traits".into(), Value::Object(traits));
+                        }
+                    }
+                    head.insert("context".into(), Value::Object(picked));
+                }
+                "properties" => {
+                    let members = spans(text, value).unwrap_or_default();
+                    head.insert("properties".into(), Value::Object(pick(text, &members, &HEAD_PROPERTIES)));
+                }
+                key if HEAD.contains(&key) => {
+                    head.insert(key.to_string(), serde_json::from_str(value).unwrap_or(Value::Null));
+                }
+                _ => {}
+            }
+        }
+        Some(Event { text: Some(Text { raw, top, context }), head, whole: OnceLock::new() })
     }
 
     /// An event built as an object.
@@ -55,7 +133,7 @@ impl Event {
     pub fn map(&self) -> &Map<String, Value> {
         self.whole.get_or_init(|| {
             // The text was read as an object when the event was made, so it parses; stay panic-free anyway.
-            self.text.as_ref().and_then(|t| serde_json::from_str(t.get()).ok()).unwrap_or_default()
+            self.text.as_ref().and_then(|t| serde_json::from_str(t.raw.get()).ok()).unwrap_or_default()
         })
     }
 
@@ -66,23 +144,68 @@ impl Event {
 
     /// Writes the event with `context.profile` set to `profile` (unchanged when `None`).
     pub fn write_with_profile(&self, profile: Option<&Value>, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        match &self.text {
-            Some(text) => match profile {
-                None => {
-                    out.extend_from_slice(text.get().as_bytes());
-                    Ok(())
-                }
-                Some(p) => splice_profile(text.get(), p, out),
-            },
-            None => serde_json::to_writer(out, &WithProfile(self.map(), profile)),
+        match (&self.text, profile) {
+            (Some(t), None) => {
+                out.extend_from_slice(t.raw.get().as_bytes());
+                Ok(())
+            }
+            (Some(t), Some(p)) => t.write_with_profile(p, out),
+            (None, p) => serde_json::to_writer(out, &WithProfile(self.map(), p)),
         }
+    }
+}
+
+impl Text {
+    /// The members copied as text, `context` with `profile` replaced (a context that is not an object becomes
+    /// `{"profile": …}`).
+    fn write_with_profile(&self, profile: &Value, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let text = self.raw.get();
+        out.push(b'{');
+        let mut has_context = false;
+        for (i, span) in self.top.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            span.write_key(text, out)?;
+            out.push(b':');
+            if span.key(text) == "context" {
+                has_context = true;
+                self.write_context(profile, out)?;
+            } else {
+                out.extend_from_slice(span.value(text).as_bytes());
+            }
+        }
+        if !has_context {
+            if !self.top.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"context\":");
+            self.write_context(profile, out)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    fn write_context(&self, profile: &Value, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let text = self.raw.get();
+        out.push(b'{');
+        for span in self.context.iter().flatten().filter(|s| s.key(text) != "profile") {
+            span.write_key(text, out)?;
+            out.push(b':');
+            out.extend_from_slice(span.value(text).as_bytes());
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"profile\":");
+        serde_json::to_writer(&mut *out, profile)?;
+        out.push(b'}');
+        Ok(())
     }
 }
 
 impl fmt::Debug for Event {
     // The event holds personal data: its shape only.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Event").field("fields", &self.fields().len()).field("raw", &self.text.is_some()).finish()
+        f.debug_struct("Event").field("fields", &self.fields().len()).field("text", &self.text.is_some()).finish()
     }
 }
 
@@ -137,93 +260,40 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
-    serde_json::from_str::<Members>(text).ok().map(|m| m.0)
+/// The members of `object` (a slice of `text`), as spans of `text`; `None` unless it is an object.
+fn spans(text: &str, object: &str) -> Option<Vec<Span>> {
+    let base = text.as_ptr() as usize;
+    let at = |s: &str| {
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        start..start + s.len()
+    };
+    let members = serde_json::from_str::<Members>(object).ok()?.0;
+    Some(
+        members
+            .into_iter()
+            .map(|(k, v)| Span {
+                key: match k {
+                    Cow::Borrowed(k) => SpanKey::At(at(k)),
+                    Cow::Owned(k) => SpanKey::Owned(k.into()),
+                },
+                value: at(v.get()),
+            })
+            .collect(),
+    )
 }
 
-/// The routing fields of an event's text; `None` unless the text is an object.
-fn head_of(text: &str) -> Option<Map<String, Value>> {
-    let mut head = Map::new();
-    for (k, v) in members(text)? {
-        match k.as_ref() {
-            "context" => {
-                let mut context = pick(v, &HEAD_CONTEXT);
-                if let Some(traits) = members(v.get()).and_then(|m| m.into_iter().find(|(k, _)| k == "traits")) {
-                    let traits = pick(traits.1, &HEAD_TRAITS);
-                    if !traits.is_empty() {
-                        context.insert("traits".into(), Value::Object(traits));
-                    }
-                }
-                head.insert("context".into(), Value::Object(context));
-            }
-            "properties" => {
-                head.insert("properties".into(), Value::Object(pick(v, &HEAD_PROPERTIES)));
-            }
-            key if HEAD.contains(&key) => {
-                head.insert(k.into_owned(), serde_json::from_str(v.get()).unwrap_or(Value::Null));
-            }
-            _ => {}
-        }
-    }
-    Some(head)
-}
-
-/// The named members of an object's text, parsed (nothing when it is not an object).
-fn pick(object: &RawValue, names: &[&str]) -> Map<String, Value> {
+/// The named members, parsed.
+fn pick(text: &str, members: &[Span], names: &[&str]) -> Map<String, Value> {
     let mut out = Map::new();
-    for (k, v) in members(object.get()).unwrap_or_default() {
-        if names.contains(&k.as_ref()) {
-            if let Ok(v) = serde_json::from_str(v.get()) {
-                out.insert(k.into_owned(), v);
+    for m in members {
+        let key = m.key(text);
+        if names.contains(&key) {
+            if let Ok(v) = serde_json::from_str(m.value(text)) {
+                out.insert(key.to_string(), v);
             }
         }
     }
     out
-}
-
-/// `text` (an object) with `context.profile` replaced by `profile`, written member by member; values are copied
-/// as text.
-fn splice_profile(text: &str, profile: &Value, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    let top = serde_json::from_str::<Members>(text)?.0;
-    out.push(b'{');
-    let mut has_context = false;
-    for (i, (k, v)) in top.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, k.as_ref())?;
-        out.push(b':');
-        if k == "context" {
-            has_context = true;
-            write_context(v, profile, out)?;
-        } else {
-            out.extend_from_slice(v.get().as_bytes());
-        }
-    }
-    if !has_context {
-        if !top.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"context\":");
-        write_context(RawValue::NULL, profile, out)?;
-    }
-    out.push(b'}');
-    Ok(())
-}
-
-/// A context with `profile` replaced; a context that is not an object becomes `{"profile": …}`.
-fn write_context(context: &RawValue, profile: &Value, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    out.push(b'{');
-    for (k, v) in members(context.get()).unwrap_or_default().iter().filter(|(k, _)| k != "profile") {
-        serde_json::to_writer(&mut *out, k.as_ref())?;
-        out.push(b':');
-        out.extend_from_slice(v.get().as_bytes());
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"profile\":");
-    serde_json::to_writer(&mut *out, profile)?;
-    out.push(b'}');
-    Ok(())
 }
 
 /// Serializes an event with `context.profile` set, without copying the event.

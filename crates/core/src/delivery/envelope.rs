@@ -182,7 +182,7 @@ impl Receipt {
     }
 
     pub fn from_attrs(attrs: &Map<String, Value>) -> Result<Receipt, serde_json::Error> {
-        serde_json::from_value(Value::Object(attrs.clone()))
+        Receipt::deserialize(attrs)
     }
 
     pub fn to_item(&self, key: ItemKey, version: u64) -> Item {
