@@ -82,32 +82,10 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
     let mut bytes_loop = Vec::new();
     let mut handler_alone = Vec::new();
     let mut naive = Vec::new();
-    // Built once, as a Lambda builds its clients at init and keeps them warm across invocations (the baseline's
-    // client is reused across rounds too). One receipt table serves every round: each round has new ids.
-    let deliver = Deliver::new(
-        MemoryTable::default(),
-        open("delivery")?,
-        open("delivery-dlq")?,
-        Senders {
-            http: HttpSender::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?,
-            exports: ExportSender::<DirStore>::new(BTreeMap::new()),
-        },
-        MemoryMetrics::default(),
-        workspace.clone(),
-        destinations.clone(),
-        DeliverSettings::default(),
-    );
-    // The handler's own work (routing, receipts, preparation, bodies) with a sender that only serializes.
-    let alone = Deliver::new(
-        MemoryTable::default(),
-        open("delivery")?,
-        open("delivery-dlq")?,
-        SerializeOnly,
-        MemoryMetrics::default(),
-        workspace.clone(),
-        destinations.clone(),
-        DeliverSettings::default(),
-    );
+    // The HTTP client is built once, as a Lambda builds it at init and keeps its connections warm across
+    // invocations (the baseline's client is reused across rounds too). Receipt tables are new each round, as
+    // DynamoDB's latency does not grow with the table.
+    let http = HttpSender::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?;
     for round in 0..rounds {
         // Baseline: a plain reqwest loop over the same events (`.json(&event)`), the same concurrency.
         let events_plain: Vec<Value> = (0..events).map(|i| with_id(&sample, &format!("plain-{round}-{i}"))).collect();
@@ -155,6 +133,27 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
                 .collect();
         // Lambda hands the handler a parsed `SqsEvent`: build it before the clock starts.
         let event = sqs_event(&messages, "arn:aws:sqs:local:000000000000:delivery")?;
+        let deliver = Deliver::new(
+            MemoryTable::default(),
+            open("delivery")?,
+            open("delivery-dlq")?,
+            Senders { http: http.clone(), exports: ExportSender::<DirStore>::new(BTreeMap::new()) },
+            MemoryMetrics::default(),
+            workspace.clone(),
+            destinations.clone(),
+            DeliverSettings::default(),
+        );
+        // The handler's own work (routing, receipts, preparation, bodies) with a sender that only serializes.
+        let alone = Deliver::new(
+            MemoryTable::default(),
+            open("delivery")?,
+            open("delivery-dlq")?,
+            SerializeOnly,
+            MemoryMetrics::default(),
+            workspace.clone(),
+            destinations.clone(),
+            DeliverSettings::default(),
+        );
         let copy = event.clone();
         let start = Instant::now();
         let resp = alone.handle(copy).await;
