@@ -37,7 +37,7 @@ workspace: stitching
 sources:
   - {{ id: {web}, write_key_sha256: ["{k1}"], class: 1P }}
   - {{ id: {app}, write_key_sha256: ["{k2}"], class: 1P }}
-  - {{ id: {broker}, write_key_sha256: ["{k3}"], class: 3P }}
+  - {{ id: {broker}, write_key_sha256: ["{k3}"], class: 3P, consent_basis: consent, permitted_purposes: [] }}
 profiles:
   set_once: [{set_once}]
 "#,

@@ -80,6 +80,19 @@ pub struct SourceConfig {
     /// hash, redact, drop_event) and allow-list minimization, applied before anything is queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pii: Option<crate::governance::policy::PiiPolicy>,
+    /// How the rows of this source's import files (S3 objects under `imports/<source-id>/`) become events: the
+    /// file format, which column is which identifier or typed trait, and the event each row becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<crate::import::ImportMapping>,
+    /// The lawful basis (GDPR Art. 6) on which the partner or broker collected the data and shares it with us.
+    /// Required for 2P and 3P sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_basis: Option<ConsentBasis>,
+    /// The consent purposes (ids from `consent.purposes`) this source's data may be used for: delivery sends its
+    /// events only to destinations whose purposes are all in this list. An empty list allows only essential
+    /// destinations (those declaring no purposes). Required for 2P and 3P sources; unset, nothing is restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permitted_purposes: Option<Vec<String>>,
 }
 
 fn default_class() -> DataPartyClass {
@@ -99,6 +112,41 @@ pub enum DataPartyClass {
     SecondParty,
     #[serde(rename = "3P")]
     ThirdParty,
+}
+
+impl DataPartyClass {
+    /// 2P and 3P: data collected by someone else, which must come with a consent basis and permitted purposes.
+    pub fn is_external(self) -> bool {
+        matches!(self, DataPartyClass::SecondParty | DataPartyClass::ThirdParty)
+    }
+
+    /// The name used in config: `0P`, `1P`, `2P` or `3P`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPartyClass::ZeroParty => "0P",
+            DataPartyClass::FirstParty => "1P",
+            DataPartyClass::SecondParty => "2P",
+            DataPartyClass::ThirdParty => "3P",
+        }
+    }
+}
+
+/// The lawful basis for processing (GDPR Art. 6(1)) on which a partner or broker collected the data and shares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentBasis {
+    /// (a) The person consented to the processing for the stated purposes.
+    Consent,
+    /// (b) Needed to perform a contract with the person (or steps they asked for before one).
+    Contract,
+    /// (c) Needed to comply with a legal obligation.
+    LegalObligation,
+    /// (d) Needed to protect someone's vital interests.
+    VitalInterests,
+    /// (e) Needed for a task in the public interest or in the exercise of official authority.
+    PublicTask,
+    /// (f) Needed for legitimate interests not overridden by the person's interests, rights and freedoms.
+    LegitimateInterests,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -239,8 +287,12 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
         if !ids.insert(s.id.as_str()) {
             err(line(s.id.as_str()), format!("sources[{i}].id: duplicate source id {:?}", s.id.as_str()));
         }
-        if s.write_key_sha256.is_empty() {
-            err(line(s.id.as_str()), format!("sources[{i}].write_key_sha256: a source needs at least one write key"));
+        // A source that only sends files (an import mapping) needs no write key.
+        if s.write_key_sha256.is_empty() && s.import.is_none() {
+            err(
+                line(s.id.as_str()),
+                format!("sources[{i}].write_key_sha256: a source needs at least one write key, or an import mapping"),
+            );
         }
         for (k, key) in s.write_key_sha256.iter().enumerate() {
             if !keys.insert(key.as_str()) {
@@ -278,6 +330,49 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
         }
         if s.pii.as_ref().is_some_and(|p| p.detect.is_empty()) {
             err(in_source("detect:"), format!("sources[{i}].pii.detect: list at least one detector"));
+        }
+        // Someone else's data comes with the basis it was collected on and what it may be used for.
+        if s.class.is_external() {
+            let class = s.class.as_str();
+            if s.consent_basis.is_none() {
+                err(
+                    line(s.id.as_str()),
+                    format!(
+                        "sources[{i}].consent_basis: missing; 2P and 3P sources need the lawful basis on which the \
+                         data was collected and shared (this source is {class})"
+                    ),
+                );
+            }
+            if s.permitted_purposes.is_none() {
+                err(
+                    line(s.id.as_str()),
+                    format!(
+                        "sources[{i}].permitted_purposes: missing; 2P and 3P sources need the consent purposes their \
+                         data may be used for ([] for essential destinations only; this source is {class})"
+                    ),
+                );
+            }
+        }
+        if let Some(purposes) = &s.permitted_purposes {
+            let at = in_source("permitted_purposes:");
+            let mut seen = BTreeSet::new();
+            for (p, purpose) in purposes.iter().enumerate() {
+                if !cfg.consent.purposes.iter().any(|c| &c.id == purpose) {
+                    err(
+                        at,
+                        format!(
+                            "sources[{i}].permitted_purposes[{p}]: {purpose:?} is not a purpose in consent.purposes"
+                        ),
+                    );
+                } else if !seen.insert(purpose.as_str()) {
+                    err(at, format!("sources[{i}].permitted_purposes[{p}]: {purpose:?} is listed more than once"));
+                }
+            }
+        }
+        if let Some(mapping) = &s.import {
+            if let Err(e) = mapping.check() {
+                err(in_source("import:"), format!("sources[{i}].import: {}", e.0));
+            }
         }
     }
     if let Err(e) = cfg.identity.compile() {
@@ -492,6 +587,150 @@ management_keys:
         assert_eq!(errs[0].location.map(|l| l.0), Some(line), "{errs:?}");
         let errs = load(&with_plan(&PLAN.replace("action: hash", "action: shred"))).unwrap_err();
         assert!(errs[0].message.contains("shred") || errs[0].message.contains("action"), "{}", errs[0]);
+    }
+
+    /// GOOD with consent purposes and a 3P `broker` source whose settings are `extra` (indented under the source).
+    fn with_broker(extra: &str) -> String {
+        let broker = format!(
+            "  - id: broker\n    write_key_sha256:\n      - \
+             2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25e\n    class: 3P\n{extra}"
+        );
+        let consent = "consent:\n  purposes:\n    - { id: advertising }\n    - { id: analytics }\n";
+        GOOD.replace("management_keys:", &format!("{broker}{consent}management_keys:"))
+    }
+
+    const BASIS: &str = "    consent_basis: consent\n";
+    const PURPOSES: &str = "    permitted_purposes: [analytics]\n";
+    const IMPORT: &str = r#"    import:
+      format: csv
+      columns:
+        email: { identifier: email }
+        email_sha256: { identifier: email_sha256 }
+        income_usd: { type: number, trait: income }
+      event: { type: identify }
+"#;
+
+    #[test]
+    fn external_source_with_basis_purposes_and_import_is_accepted() {
+        let cfg = load(&with_broker(&format!("{BASIS}{PURPOSES}{IMPORT}"))).expect("valid");
+        let broker = &cfg.sources[1];
+        assert_eq!(broker.class, DataPartyClass::ThirdParty);
+        assert_eq!(broker.consent_basis, Some(ConsentBasis::Consent));
+        assert_eq!(broker.permitted_purposes.as_deref(), Some(&["analytics".to_string()][..]));
+        let mapping = broker.import.as_ref().expect("import mapping");
+        assert_eq!(mapping.columns.len(), 3);
+        assert!(mapping.check().is_ok());
+        // 1P sources need none of it.
+        assert!(cfg.sources[0].consent_basis.is_none() && cfg.sources[0].permitted_purposes.is_none());
+
+        // Every lawful basis is spelled in snake_case; an empty list (essential destinations only) is accepted.
+        for basis in
+            ["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
+        {
+            let text = with_broker(&format!("    consent_basis: {basis}\n    permitted_purposes: []\n"));
+            let cfg = load(&text).unwrap_or_else(|e| panic!("{basis}: {e:?}"));
+            assert_eq!(serde_json::to_value(cfg.sources[1].consent_basis).ok(), Some(serde_json::json!(basis)));
+        }
+        assert!(load(&with_broker(&format!("    consent_basis: vibes\n{PURPOSES}"))).is_err());
+
+        // The fields round-trip, and are left out of the output when unset.
+        let again = load(&serde_yaml_ng::to_string(&cfg).expect("serializes")).expect("round trip");
+        assert_eq!(again, cfg);
+        let cfg = load(&with_broker(&format!("{BASIS}{PURPOSES}"))).expect("valid");
+        let yaml = serde_yaml_ng::to_string(&cfg).expect("serializes");
+        assert!(!yaml.contains("import:") && yaml.contains("permitted_purposes:"), "{yaml}");
+        assert_eq!(yaml.matches("consent_basis:").count(), 1, "only the broker has one: {yaml}");
+        let again = load(&serde_yaml_ng::to_string(&cfg).expect("serializes")).expect("round trip");
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn a_source_that_only_sends_files_needs_no_write_key() {
+        let keyless = |extra: &str| {
+            with_broker(&format!("{BASIS}{PURPOSES}{extra}")).replace(
+                "    write_key_sha256:\n      - 2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25e\n",
+                "    write_key_sha256: []\n",
+            )
+        };
+        assert!(load(&keyless(IMPORT)).is_ok());
+        let errs = load(&keyless("")).unwrap_err();
+        assert!(errs[0].message.contains("at least one write key, or an import mapping"), "{errs:?}");
+    }
+
+    #[test]
+    fn external_source_needs_a_consent_basis() {
+        let text = with_broker(PURPOSES);
+        let errs = load(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].message.starts_with("sources[1].consent_basis: missing; 2P and 3P sources need"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].message.ends_with("(this source is 3P)"), "{}", errs[0]);
+        let line = text.lines().position(|l| l.contains("id: broker")).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line), "{errs:?}");
+        // 2P too.
+        let errs = load(&text.replace("class: 3P", "class: 2P")).unwrap_err();
+        assert!(errs[0].message.starts_with("sources[1].consent_basis: missing"), "{}", errs[0]);
+        assert!(errs[0].message.ends_with("(this source is 2P)"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn external_source_needs_permitted_purposes() {
+        let errs = load(&with_broker(BASIS)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].message.starts_with("sources[1].permitted_purposes: missing; 2P and 3P sources need"),
+            "{}",
+            errs[0]
+        );
+        // Both missing: both reported.
+        let errs = load(&with_broker("")).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.message.split(':').next().unwrap_or_default()).collect();
+        assert_eq!(fields, ["sources[1].consent_basis", "sources[1].permitted_purposes"], "{errs:?}");
+        // Not needed from 0P/1P sources, but checked when they have them.
+        assert!(load(&with_broker("").replace("class: 3P", "class: 0P")).is_ok());
+        assert!(load(&with_broker("").replace("class: 3P", "class: 1P")).is_ok());
+        let errs =
+            load(&with_broker("    permitted_purposes: [marketing]\n").replace("class: 3P", "class: 1P")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.starts_with("sources[1].permitted_purposes[0]: "), "{}", errs[0]);
+    }
+
+    #[test]
+    fn permitted_purposes_must_be_workspace_purposes_listed_once() {
+        let text = with_broker(&format!("{BASIS}    permitted_purposes: [analytics, marketing, analytics]\n"));
+        let errs = load(&text).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(
+            errs[0].message,
+            r#"sources[1].permitted_purposes[1]: "marketing" is not a purpose in consent.purposes"#
+        );
+        assert_eq!(errs[1].message, r#"sources[1].permitted_purposes[2]: "analytics" is listed more than once"#);
+        let line = text.lines().position(|l| l.contains("permitted_purposes:")).unwrap() + 1;
+        assert!(errs.iter().all(|e| e.location.map(|l| l.0) == Some(line)), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_import_mapping_is_refused_with_its_path() {
+        // No identifier column.
+        let no_id = IMPORT
+            .replace("        email: { identifier: email }\n", "")
+            .replace("        email_sha256: { identifier: email_sha256 }\n", "");
+        let text = with_broker(&format!("{BASIS}{PURPOSES}{no_id}"));
+        let errs = load(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].message, "sources[1].import: at least one column must be mapped to an identifier");
+        let line = text.lines().position(|l| l.contains("import:")).unwrap() + 1;
+        assert_eq!(errs[0].location.map(|l| l.0), Some(line), "{errs:?}");
+        // A date trait without a format; a shape error is a parse error with its line.
+        let no_format = IMPORT.replace("{ type: number, trait: income }", "{ type: date, trait: income }");
+        let errs = load(&with_broker(&format!("{BASIS}{PURPOSES}{no_format}"))).unwrap_err();
+        assert_eq!(errs[0].message, "sources[1].import: column `income_usd`: a date trait needs a `format`");
+        let unknown = IMPORT.replace("format: csv", "format: xlsx");
+        let errs = load(&with_broker(&format!("{BASIS}{PURPOSES}{unknown}"))).unwrap_err();
+        assert!(errs[0].location.is_some() && errs[0].message.contains("xlsx"), "{errs:?}");
     }
 
     #[test]

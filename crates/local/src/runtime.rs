@@ -120,6 +120,9 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
             enabled: true,
             tracking_plan: None,
             pii: None,
+            import: None,
+            consent_basis: None,
+            permitted_purposes: None,
         }],
         management_keys: vec![tributary_core::config::ManagementKey {
             id: "demo-admin".into(),

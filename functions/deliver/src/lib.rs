@@ -26,6 +26,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
+use tributary_core::delivery::routing::source_permits;
 use tributary_core::delivery::settings::MAX_BACKOFF_MS;
 use tributary_core::delivery::{
     backoff_ms, interpolate, prepare, receipt_key, route, DeadLetter, DeliveryEnvelope, DestinationConfig,
@@ -394,9 +395,17 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
     fn plan(&self, record: usize, envelope: DeliveryEnvelope<Box<RawValue>>, jobs: &mut Vec<Job>, c: &mut Counters) {
         let source_id: Arc<str> = Arc::from(envelope.source_id.as_str());
         let redrive = envelope.only.is_some();
-        // A redrive names the destinations it is for; otherwise every destination may take the event.
+        // A redrive names the destinations it is for; otherwise every destination may take the event. A partner
+        // or broker source's data goes only where its permitted purposes allow (consent comes on top of that).
         let only = &envelope.only;
+        let permitted = self
+            .workspace
+            .sources
+            .iter()
+            .find(|s| s.id.as_str() == envelope.source_id)
+            .and_then(|s| s.permitted_purposes.as_deref());
         let wanted = |dest: &DestinationConfig| only.as_ref().is_none_or(|o| o.iter().any(|id| id == &dest.id));
+        let permits = |dest: &DestinationConfig| source_permits(permitted, &dest.purposes);
         for item in envelope.items {
             // The event's text goes into an `Event` its jobs share; the hand-off keeps the rest.
             let (item, text) = item.split();
@@ -412,6 +421,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 // A redriven consent update: it goes (again) only where consent updates go.
                 for (d, dest) in self.destinations.iter().enumerate() {
                     if wanted(dest)
+                        && permits(dest)
                         && dest.transport.consent_updates
                         && self.takes_consent_update(dest, &source_id, item.class)
                     {
@@ -431,6 +441,10 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             let event_consent = consent::extract(fields, &self.workspace.consent);
             for (d, dest) in self.destinations.iter().enumerate() {
                 if !wanted(dest) {
+                    continue;
+                }
+                if !permits(dest) {
+                    *c.skipped.entry("source_purposes").or_default() += 1;
                     continue;
                 }
                 match route(dest, &source_id, item.class, fields, &item.consent, &event_consent) {

@@ -465,6 +465,35 @@ async fn the_same_envelope_twice_reaches_each_destination_once() {
     assert_eq!(ids, ["m-1", "m-2", "m-3", "m-4"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_source_reaches_only_destinations_its_permitted_purposes_cover() {
+    let server = Server::accepting().await;
+    let mut ws = workspace(
+        &[
+            webhook("analytics-hook", &server, &["analytics"]),
+            webhook("ads-hook", &server, &["advertising"]),
+            essential(webhook("ops-hook", &server, &[])),
+        ],
+        delivery_settings(),
+    );
+    ws.sources.push(
+        serde_json::from_value(json!({
+            "id": SOURCE, "write_key_sha256": [], "class": "3P",
+            "consent_basis": "consent", "permitted_purposes": ["analytics"]
+        }))
+        .expect("source"),
+    );
+    let h = Harness::new(ws);
+    // The person granted both purposes; the broker may only be used for analytics.
+    let granted = [("analytics", true), ("advertising", true)];
+    let item = handoff(Some("prof-1"), &granted, track("m-1", "u1", "Bought", json!({})));
+    let resp = h.handle(&[body(&envelope(vec![item]))]).await;
+    assert!(failed_records(&resp).is_empty(), "{:?}", resp.batch_item_failures);
+    assert_eq!(server.accepted("analytics-hook").len(), 1);
+    assert_eq!(server.accepted("ops-hook").len(), 1, "essential destinations need no purpose");
+    assert!(server.accepted("ads-hook").is_empty(), "advertising is not a permitted purpose of the broker");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 6. Bad records
 // ---------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ sources:
   - id: broker
     write_key_sha256: [81b637d8fcd2c6da6359e6963113a1170de795e4b725b84d1e0b4cfd9ec58ce9]
     class: 3P
+    consent_basis: consent
+    permitted_purposes: [advertising]
 consent:
   purposes:
     - id: advertising

@@ -577,6 +577,19 @@ pub fn route(
     }
 }
 
+/// Whether a source's `permitted_purposes` let its events go to a destination that needs `dest_purposes`.
+///
+/// `None` (the source declares no restriction, as 0P/1P sources may) permits everything. Otherwise every purpose
+/// the destination needs must be in the list. A destination that needs no purposes (an essential one) is always
+/// permitted, so an empty list means "essential destinations only". This is only the source's side: the person's
+/// consent is still checked by [`route`].
+pub fn source_permits(permitted: Option<&[String]>, dest_purposes: &[String]) -> bool {
+    match permitted {
+        None => true,
+        Some(list) => dest_purposes.iter().all(|p| list.contains(p)),
+    }
+}
+
 /// A track's `event`, a page's or screen's `name`; other types have no name.
 fn event_name<'a>(event_type: Option<&str>, event: &'a Map<String, Value>) -> Option<&'a str> {
     let key = match event_type? {
@@ -886,6 +899,33 @@ mod tests {
             assert_eq!(with(&|d| d.drop_fields = vec![bad.into()]), Err(DestinationError::InvalidPointer(0)), "{bad}");
         }
         assert_eq!(with(&|d| d.purposes = vec!["ads".into(); 257]), Err(DestinationError::TooManyEntries("purposes")));
+    }
+
+    #[test]
+    fn source_permits_only_destinations_within_its_purposes() {
+        let list = |l: &[&str]| l.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let (none, one, two) = (list(NONE), list(ONE), list(TWO));
+        let analytics = list(&["analytics"]);
+        // (source's permitted purposes, destination's purposes, permitted)
+        type Case<'a> = (Option<&'a [String]>, &'a [String], bool);
+        let table: [Case; 13] = [
+            (None, &none, true),
+            (None, &one, true),
+            (None, &two, true),
+            (Some(&none), &none, true),
+            (Some(&none), &one, false),
+            (Some(&none), &two, false),
+            (Some(&one), &none, true),
+            (Some(&one), &one, true),
+            (Some(&one), &two, false),
+            (Some(&one), &analytics, false),
+            (Some(&two), &one, true),
+            (Some(&two), &two, true),
+            (Some(&analytics), &two, false),
+        ];
+        for (permitted, dest, expected) in table {
+            assert_eq!(source_permits(permitted, dest), expected, "{permitted:?} → {dest:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub use mapping::{
     row_to_event, CheckedMapping, ColumnMapping, EventSpec, ImportMapping, MappingError, TraitMapping, TraitType,
     LIBRARY_NAME,
 };
-pub use object::{import_object, state_key, ImportObject, ImportState, ImportStatus, ObjectError};
+pub use object::{
+    encode_notification_key, file_hash, import_object, source_pk, state_key, ImportObject, ImportState, ImportStatus,
+    ObjectError, IMPORTS_PREFIX,
+};
 pub use rows::{Cell, Format, Header, ParseOptions, Row, Rows, MAX_COLUMNS, MAX_RECORD_BYTES};
 
 use serde::{Deserialize, Serialize};

@@ -143,6 +143,25 @@ pub struct ImportState {
     /// Why the import failed (a stable code and a message without values from the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The object's size in bytes (compressed for `.gz`).
+    #[serde(default)]
+    pub size: u64,
+    /// The key below `imports/<source-id>/`.
+    #[serde(default)]
+    pub name: String,
+    /// Rejected rows per reason.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reasons: std::collections::BTreeMap<String, u64>,
+    /// Rejected rows listed in the reject report so far (the report lists at most a bounded number).
+    #[serde(default)]
+    pub listed: u64,
+    /// Until when (epoch milliseconds) a running invocation holds the import; 0 when none does. A notification
+    /// or continuation that finds it held does nothing; one that finds it free resumes from the checkpoint.
+    #[serde(default)]
+    pub lease_until: i64,
+    /// When the import finished (epoch milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
 }
 
 impl ImportState {
@@ -161,6 +180,12 @@ impl ImportState {
             updated_at: now,
             header: None,
             error: None,
+            size: object.size,
+            name: object.name.clone(),
+            reasons: Default::default(),
+            listed: 0,
+            lease_until: 0,
+            finished_at: None,
         }
     }
 
@@ -170,15 +195,39 @@ impl ImportState {
     }
 }
 
-/// The key of an object version's import state: a hash of its identity, never the key itself (file names of
-/// partners can carry personal data).
-pub fn state_key(file: &FileId) -> ItemKey {
+/// The key of an object version's import state: one partition per source (so a source's imports are listed with
+/// one query), sorted by a hash of the object's identity — never the key itself in the item's key.
+pub fn state_key(source_id: &str, file: &FileId) -> ItemKey {
+    ItemKey::new(source_pk(source_id), format!("f#{}", file_hash(file)))
+}
+
+/// The partition holding a source's import states.
+pub fn source_pk(source_id: &str) -> String {
+    format!("imp#{source_id}")
+}
+
+/// A short stable name of an object version (logs and status URLs use it instead of the key).
+pub fn file_hash(file: &FileId) -> String {
     let mut h = Sha256::new();
     for part in [file.bucket.as_str(), file.key.as_str(), file.version.as_deref().unwrap_or("\u{0}none")] {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    ItemKey::new(format!("imp#{}", hex::encode(&h.finalize()[..16])), "state")
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Encodes a key as S3 event notifications carry it (form encoding: unreserved characters and `/` as they are,
+/// a space as `+`, every other byte as `%XX`), for notifications made locally.
+pub fn encode_notification_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -243,11 +292,23 @@ mod tests {
             key: "imports/crm/ann@example.com.csv".into(),
             version: v.map(str::to_string),
         };
-        let (a, b, none) = (state_key(&file(Some("1"))), state_key(&file(Some("2"))), state_key(&file(None)));
+        let key = |v| state_key("crm", &file(v));
+        let (a, b, none) = (key(Some("1")), key(Some("2")), key(None));
         assert!(a != b && a != none && b != none);
-        assert_eq!(a, state_key(&file(Some("1"))));
-        assert!(!a.pk.contains("example") && a.pk.starts_with("imp#"));
-        assert_ne!(state_key(&file(Some(""))), none, "an empty version id is not the absent one");
+        assert_eq!(a, key(Some("1")));
+        assert_eq!(a.pk, "imp#crm", "one partition per source");
+        assert!(!a.sk.contains("example") && a.sk.starts_with("f#"));
+        assert_ne!(key(Some("")), none, "an empty version id is not the absent one");
+    }
+
+    #[test]
+    fn encoded_keys_decode_to_themselves() {
+        for key in ["imports/crm/Q4 list+1.csv", "imports/crm/é ü/a%b.csv.gz", "imports/x/plain-file_1.csv"] {
+            let enc = encode_notification_key(key);
+            assert!(!enc.contains(' '));
+            assert_eq!(decode_notification_key(&enc).unwrap(), key);
+        }
+        assert_eq!(encode_notification_key("imports/a b/c+d"), "imports/a+b/c%2Bd");
     }
 
     #[test]

@@ -1,0 +1,362 @@
+//! The import handler on the embedded adapters (SQLite queues, a directory as the bucket, the memory table):
+//! whole files, forced continuations, duplicate notifications, reject reports and malformed files.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use serde_json::{json, Value};
+use tributary_core::config::WorkspaceConfig;
+use tributary_core::import::{encode_notification_key, state_key, FileId, ImportState, ImportStatus};
+use tributary_core::ingest::Envelope;
+use tributary_core::metrics::MemoryMetrics;
+use tributary_core::ports::{ObjectStore, Queue, ReceivedMessage, TableStore};
+use tributary_core::testing::MemoryTable;
+use tributary_import::{Import, ImportSettings};
+use tributary_local::dir_store::DirStore;
+use tributary_local::runtime::sqs_event;
+use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
+
+const BUCKET: &str = "drop";
+
+const WORKSPACE: &str = r#"
+workspace: import-test
+consent:
+  purposes:
+    - { id: analytics }
+    - { id: advertising }
+sources:
+  - id: partner
+    write_key_sha256: []
+    class: 2P
+    consent_basis: contract
+    permitted_purposes: [analytics]
+    import:
+      format: csv
+      delimiter: ","
+      columns:
+        email: { identifier: email }
+        plan: { type: string }
+        score: { type: number }
+        vip: { type: bool }
+        signup: { type: date, format: "%Y-%m-%d" }
+      event: { type: identify }
+  - id: feed
+    write_key_sha256: []
+    class: 3P
+    consent_basis: legitimate_interests
+    permitted_purposes: [analytics]
+    import:
+      format: jsonl
+      columns:
+        uid: { identifier: user_id }
+        amount: { type: number }
+      event: { type: track, event_name: Purchase }
+"#;
+
+type Handler = Import<MemoryTable, SqliteQueue, DirStore, MemoryMetrics>;
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    import: Handler,
+    events: SqliteQueue,
+    imports: SqliteQueue,
+    store: DirStore,
+}
+
+/// Epoch milliseconds of the fixed clock of [`stack_at`].
+const NOW: i64 = 1_795_000_000_000;
+
+fn stack(tune: impl FnOnce(&mut ImportSettings)) -> Stack {
+    stack_at(None, tune)
+}
+
+/// A stack whose import clock is `now` (or the real clock).
+fn stack_at(now: Option<i64>, tune: impl FnOnce(&mut ImportSettings)) -> Stack {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("queues.sqlite");
+    let queue = |name: &str| SqliteQueue::open(&db, name, QueueOptions::default()).expect("queue");
+    let root = dir.path().join("objects").join(BUCKET);
+    std::fs::create_dir_all(&root).expect("bucket dir");
+    let workspace: WorkspaceConfig = tributary_core::config::load(WORKSPACE).expect("workspace");
+    let mut settings = ImportSettings::new(BUCKET);
+    tune(&mut settings);
+    let import = Import::new(
+        MemoryTable::default(),
+        queue("events"),
+        queue("imports"),
+        DirStore::open(&root).expect("store"),
+        MemoryMetrics::default(),
+        Arc::new(workspace),
+        settings,
+    );
+    let import = match now {
+        Some(t) => import.with_clock(move || t),
+        None => import,
+    };
+    Stack {
+        import,
+        events: queue("events"),
+        imports: queue("imports"),
+        store: DirStore::open(&root).expect("store"),
+        _dir: dir,
+    }
+}
+
+fn notification(key: &str, size: usize, etag: &str) -> String {
+    json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": encode_notification_key(key), "size": size, "eTag": etag}}
+    }]})
+    .to_string()
+}
+
+fn records(bodies: &[String]) -> SqsEvent {
+    let messages: Vec<ReceivedMessage> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| ReceivedMessage {
+            message_id: format!("m{i}"),
+            receipt_handle: format!("h{i}"),
+            body: body.clone(),
+            receive_count: 1,
+            sent_timestamp_ms: 0,
+        })
+        .collect();
+    sqs_event(&messages, "arn:aws:sqs:local:000000000000:imports").expect("sqs event")
+}
+
+async fn drain(q: &SqliteQueue) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let got = q.receive(10, Duration::from_secs(30), Duration::ZERO).await.expect("receive");
+        if got.is_empty() {
+            return out;
+        }
+        for m in got {
+            q.delete(&m.receipt_handle).await.expect("delete");
+            out.push(m.body);
+        }
+    }
+}
+
+impl Stack {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> String {
+        let n = bytes.len();
+        self.store.put(key, bytes).await.expect("put");
+        notification(key, n, "e1")
+    }
+
+    /// Handles a notification and every continuation it leads to; how many invocations it took.
+    async fn run(&self, body: String) -> usize {
+        let mut pending = vec![body];
+        let mut invocations = 0;
+        while !pending.is_empty() {
+            for body in std::mem::take(&mut pending) {
+                invocations += 1;
+                let resp = self.import.handle(records(&[body]), None).await;
+                assert!(resp.batch_item_failures.is_empty(), "no record should fail");
+            }
+            pending = drain(&self.imports).await;
+        }
+        invocations
+    }
+
+    /// Every event sent, by messageId.
+    async fn events(&self) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for body in drain(&self.events).await {
+            let env: Envelope = serde_json::from_str(&body).expect("envelope");
+            for e in env.events {
+                let id = e["messageId"].as_str().expect("messageId").to_string();
+                assert!(out.insert(id, e).is_none(), "each row is sent once per run");
+            }
+        }
+        out
+    }
+
+    async fn state(&self, source: &str, key: &str) -> ImportState {
+        let file = FileId { bucket: BUCKET.into(), key: key.into(), version: Some("etag:e1".into()) };
+        let item = self.import.table().get(&state_key(source, &file)).await.expect("get").expect("state");
+        serde_json::from_value(Value::Object(item.attrs)).expect("state")
+    }
+
+    async fn text(&self, key: &str) -> String {
+        String::from_utf8(self.store.get(key).await.expect("get").expect("object")).expect("utf8")
+    }
+}
+
+fn gzip(text: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(text).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+fn partner_csv(rows: usize) -> Vec<u8> {
+    let mut text = String::from("email,plan,score,vip,signup\n");
+    for i in 0..rows {
+        let plan = ["free", "pro", "team"][i % 3];
+        text.push_str(&format!(
+            "user{i}@example.com,{plan},{}.5,{},2026-0{}-1{}\n",
+            i % 100,
+            i % 2 == 0,
+            1 + i % 9,
+            i % 10
+        ));
+    }
+    text.into_bytes()
+}
+
+const BIG: &str = "imports/partner/2026/full list.csv.gz";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100k_row_gzip_csv_imports_fully_and_a_duplicate_notification_changes_nothing() {
+    let s = stack(|_| {});
+    let note = s.put(BIG, gzip(&partner_csv(100_000))).await;
+    assert_eq!(s.run(note.clone()).await, 1);
+    let state = s.state("partner", BIG).await;
+    assert_eq!(state.status, ImportStatus::Done, "{:?}", state.error);
+    assert_eq!((state.rows, state.accepted, state.rejected), (100_000, 100_000, 0));
+    let events = s.events().await;
+    assert_eq!(events.len(), 100_000);
+    let e = events.values().find(|e| e["traits"]["email"] == "user7@example.com").expect("row 8");
+    assert_eq!(e["type"], "identify");
+    assert_eq!(e["traits"]["plan"], "pro");
+    assert_eq!(e["traits"]["score"], 7.5);
+    assert_eq!(e["traits"]["vip"], false);
+    assert_eq!(e["traits"]["signup"], "2026-08-17");
+    assert_eq!(e["context"]["library"]["name"], "tributary-import");
+
+    // The same notification again (S3 delivers at least once): nothing is read or sent.
+    assert_eq!(s.run(note).await, 1);
+    assert!(s.events().await.is_empty());
+    assert_eq!(s.state("partner", BIG).await, state);
+
+    let summary: Value =
+        serde_json::from_str(&s.text("import-reports/partner/2026/full list.csv.gz.summary.json").await)
+            .expect("summary");
+    assert_eq!(summary["status"], "done");
+    assert_eq!(summary["accepted"], 100_000);
+    assert_eq!(s.text("import-reports/partner/2026/full list.csv.gz.rejects.csv").await, "row,column,reason\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuing_three_times_mid_file_gives_what_one_pass_gives() {
+    let file = gzip(&partner_csv(20_000));
+    // One clock for both, as both runs of one object share the time it started (it is in its state).
+    let once = stack_at(Some(NOW), |s| s.checkpoint_rows = 3_000);
+    let note = once.put(BIG, file.clone()).await;
+    once.run(note).await;
+    let whole = once.events().await;
+
+    // 6,000 rows per invocation: the fourth invocation finishes the file; checkpoints fall mid-run too.
+    let parts = stack_at(Some(NOW), |s| {
+        s.max_rows_per_run = Some(6_000);
+        s.checkpoint_rows = 2_500;
+        s.batch_rows = 333;
+    });
+    let note = parts.put(BIG, file).await;
+    assert_eq!(parts.run(note).await, 4);
+    let state = parts.state("partner", BIG).await;
+    assert_eq!(state.status, ImportStatus::Done);
+    assert_eq!(state.continuations, 3);
+    assert_eq!((state.rows, state.accepted), (20_000, 20_000));
+    let split = parts.events().await;
+    assert_eq!(split.len(), whole.len());
+    for (id, event) in &whole {
+        assert!(split.get(id) == Some(event), "event {id} differs between one pass and four");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_give_the_exact_reject_report() {
+    let s = stack(|_| {});
+    let mut text = b"email,plan,score,vip,signup\n".to_vec();
+    text.extend_from_slice(b"good1@example.com,pro,1,true,2026-01-02\n"); // 1
+    text.extend_from_slice(b"not-an-email,pro,1,true,2026-01-02\n"); // 2 bad email
+    text.extend_from_slice(b",pro,1,true,2026-01-02\n"); // 3 no identifier
+    text.extend_from_slice(b"a@example.com,pro,lots,true,2026-01-02\n"); // 4 wrong type
+    text.extend_from_slice(b"b@example.com,\"pro,1,true,2026-01-02\n"); // 5 broken quoting (to the end of the file)
+    let s2 = stack(|_| {});
+    let mut tail = b"email,plan,score,vip,signup\n".to_vec();
+    tail.extend_from_slice(b"c@example.com,pro,1,true,2026-01-02\n"); // 1
+    tail.extend_from_slice(b"d@example.com,pr\xff,1,true,2026-01-02\n"); // 2 invalid UTF-8
+    tail.extend_from_slice(b"e@example.com,pro,1,true,2026-01-02,extra\n"); // 3 too many columns
+    tail.extend_from_slice(b"f@example.com,pro,1,yes-ish,2026-01-02\n"); // 4 wrong type (bool)
+    tail.extend_from_slice(b"g@example.com,pro,1,true,02/01/2026\n"); // 5 bad date
+    tail.extend_from_slice(b"h@example.com,team,2,false,2026-03-04\n"); // 6
+
+    let note = s.put("imports/partner/a.csv", text).await;
+    s.run(note).await;
+    assert_eq!(
+        s.text("import-reports/partner/a.csv.rejects.csv").await,
+        "row,column,reason\n2,email,bad_email\n3,,no_identifier\n4,score,wrong_type\n5,,broken_quoting\n"
+    );
+    let state = s.state("partner", "imports/partner/a.csv").await;
+    assert_eq!((state.status, state.rows, state.accepted, state.rejected), (ImportStatus::Done, 5, 1, 4));
+
+    let note = s2.put("imports/partner/b.csv", tail).await;
+    s2.run(note).await;
+    assert_eq!(
+        s2.text("import-reports/partner/b.csv.rejects.csv").await,
+        "row,column,reason\n2,,invalid_utf8\n3,,wrong_column_count\n4,vip,wrong_type\n5,signup,bad_date\n"
+    );
+    let state = s2.state("partner", "imports/partner/b.csv").await;
+    assert_eq!((state.accepted, state.rejected), (2, 4));
+    assert_eq!(state.reasons.get("wrong_type"), Some(&1));
+    let report = s2.text("import-reports/partner/b.csv.rejects.csv").await
+        + &s2.text("import-reports/partner/b.csv.summary.json").await;
+    for value in ["e@example.com", "yes-ish", "02/01/2026", "extra"] {
+        assert!(!report.contains(value), "reports carry no values: {value}");
+    }
+    assert_eq!(s2.events().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_files_fail_with_a_clear_message() {
+    let s = stack(|_| {});
+    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("imports/partner/garbage.csv", garbage.clone(), "bad_header"),
+        ("imports/partner/garbage.csv.gz", garbage, "not_gzip"),
+        (
+            "imports/partner/semicolons.csv",
+            b"email;plan;score;vip;signup\na@example.com;pro;1;true;2026-01-01\n".to_vec(),
+            "header_mismatch",
+        ),
+        ("imports/partner/header-only.csv", b"email,plan,score,vip,signup\n".to_vec(), "no_rows"),
+        ("imports/partner/empty.csv", Vec::new(), "empty_file"),
+        ("imports/partner/one-line.csv", vec![b'x'; 10 * 1024 * 1024], "bad_header"),
+        ("imports/feed/one-line.jsonl", vec![b'{'; 10 * 1024 * 1024], "all_rejected"),
+        ("imports/feed/wrong.csv", b"uid,amount\n1,2\n".to_vec(), "format_mismatch"),
+        ("imports/nobody/x.csv", b"a\n1\n".to_vec(), "unknown_source"),
+    ];
+    for (key, bytes, code) in cases {
+        let note = s.put(key, bytes).await;
+        s.run(note).await;
+        let source = key.split('/').nth(1).unwrap_or_default();
+        let state = s.state(source, key).await;
+        assert_eq!(state.status, ImportStatus::Failed, "{key}");
+        let error = state.error.clone().unwrap_or_default();
+        assert!(error.starts_with(code), "{key}: {error}");
+        assert_eq!(state.lease_until, 0, "{key}: nothing left held");
+        let name = key.strip_prefix("imports/").unwrap_or_default();
+        let summary = s.text(&format!("import-reports/{name}.summary.json")).await;
+        assert!(summary.contains("\"failed\""), "{key}: {summary}");
+    }
+    assert!(s.events().await.is_empty(), "nothing from a malformed file reached the pipeline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonl_feed_of_garbage_lines_fails_early() {
+    let s = stack(|s| s.unreadable_rows = 50);
+    let text: String = (0..10_000).map(|i| format!("not json {i}\n")).collect();
+    let note = s.put("imports/feed/bad.jsonl", text.into_bytes()).await;
+    s.run(note).await;
+    let state = s.state("feed", "imports/feed/bad.jsonl").await;
+    assert_eq!(state.status, ImportStatus::Failed);
+    assert!(state.error.as_deref().unwrap_or("").starts_with("unreadable"), "{:?}", state.error);
+    assert_eq!(state.rows, 50, "stopped after the first rows");
+}
