@@ -31,6 +31,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// The import handler (parse, map, pack, send) vs a plain `csv::Reader` read of the same file; with
+    /// `--memory-mb`, the peak resident memory while importing a file of that size (use `--rounds 0` for it alone).
+    Import {
+        /// CSV rows of the throughput file.
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Size in MiB of the file imported for the memory reading (e.g. 1024).
+        #[arg(long)]
+        memory_mb: Option<u64>,
+    },
     /// Ingest core with governance (a 20-event tracking plan + every PII detector, hashing) vs the same without.
     Governance {
         /// Events per batch.
@@ -50,6 +62,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Governance { events, rounds, round_ms } => {
             governance_bench(events, rounds, Duration::from_millis(round_ms))
+        }
+        BenchCommand::Import { rows, rounds, memory_mb } => {
+            crate::bench_import::import_bench(rows.max(1), rounds, memory_mb)
         }
         BenchCommand::Deliver { events, rounds, concurrency } => {
             crate::bench_deliver::deliver_bench(events, rounds.max(1), concurrency.clamp(1, 512))

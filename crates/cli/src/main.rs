@@ -15,6 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod bench_deliver;
+mod bench_import;
+mod import;
 mod quarantine;
 mod redrive;
 mod sources;
@@ -62,6 +64,10 @@ enum Command {
     },
     /// Deliveries given up on (the delivery DLQ): list them, or move them back to the delivery queue.
     Redrive(redrive::RedriveArgs),
+    /// Import a partner or broker file through the local stack (as S3 would hand it to the import function).
+    Import(import::ImportArgs),
+    /// List a source's file imports (status, counts) in the local data directory.
+    Imports(import::ImportsArgs),
 }
 
 #[derive(Subcommand)]
@@ -85,6 +91,8 @@ fn main() -> ExitCode {
         Command::Quarantine { command } => quarantine::run(command),
         Command::Sources { command } => sources::run(command),
         Command::Redrive(args) => redrive::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Imports(args) => import::list(args),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,8 @@
 //!   consumes that and sends to the workspace's destinations. `POST /_local/sink` is a webhook receiver of our own
 //!   (what it got is listed at `GET /_local/events`); a workspace points a destination at it with
 //!   `url: "${TRIBUTARY_LOCAL_URL}/_local/sink"` and allow-lists `127.0.0.1`, as the demo workspace does.
+//! - Files dropped under `objects/imports/<source-id>/` become S3 `ObjectCreated` notifications on the import queue
+//!   (once their size and modification time hold still for a scan), which feeds the import function.
 //! - Each registered SQS trigger polls a durable SQLite queue and delivers `SqsEvent` batches exactly as Lambda does:
 //!   records carry receive counts, `batchItemFailures` keeps the failed ones for redelivery after the visibility
 //!   timeout, a handler error returns the whole batch, and the queue's redrive policy moves poison messages to its
@@ -54,6 +56,12 @@ pub const EVENTS_QUEUE: &str = "events";
 pub const EVENTS_DLQ: &str = "events-dlq";
 pub const DELIVERY_QUEUE: &str = "delivery";
 pub const DELIVERY_DLQ: &str = "delivery-dlq";
+pub const IMPORT_QUEUE: &str = "imports";
+pub const IMPORT_DLQ: &str = "imports-dlq";
+/// The bucket name of `objects/` in import notifications (files dropped under `objects/imports/<source-id>/`).
+pub const LOCAL_IMPORT_BUCKET: &str = "local";
+/// How often the objects directory is scanned for new import files.
+const IMPORT_SCAN_EVERY: Duration = Duration::from_secs(1);
 /// The profile table (identities, profiles, ledger, events, dedup), as the SAM template names it.
 pub const PROFILES_TABLE: &str = "profiles";
 /// Receives before a message moves to the DLQ (the template's `maxReceiveCount`).
@@ -564,6 +572,40 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         shutdown_rx.clone(),
     )));
 
+    // objects/imports/… → notifications → import → events. Locally an invocation has no deadline: the lease is
+    // renewed at each checkpoint and the record stays hidden as long as the trigger's visibility timeout.
+    let import_options = || QueueOptions { dead_letter: Some((IMPORT_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
+    let import = tributary_import::Import::new(
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        open_queue(EVENTS_QUEUE, events_options())?,
+        open_queue(IMPORT_QUEUE, import_options())?,
+        DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+        metrics.clone(),
+        workspace.clone(),
+        tributary_import::ImportSettings::new(LOCAL_IMPORT_BUCKET),
+    );
+    let import = Arc::new(import);
+    let handler: SqsHandler = Arc::new(move |event| {
+        let i = import.clone();
+        Box::pin(async move { Ok(i.handle(event, None).await) })
+    });
+    let import_trigger = TriggerSettings {
+        batch_size: 1,
+        visibility_timeout: Duration::from_secs(30 * 60),
+        ..TriggerSettings::for_queue(IMPORT_QUEUE)
+    };
+    tasks.push(tokio::spawn(run_trigger(
+        open_queue(IMPORT_QUEUE, import_options())?,
+        handler,
+        import_trigger,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(watch_imports(
+        data.objects(),
+        open_queue(IMPORT_QUEUE, import_options())?,
+        shutdown_rx.clone(),
+    )));
+
     let app = Router::new()
         .route("/_local/events", get(local_events::<M>))
         .route("/_local/sink", axum::routing::post(local_sink::<M>))
@@ -581,6 +623,109 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         }
     }));
     Ok(Platform { addr, shutdown: shutdown_tx, tasks })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// S3 notifications for files dropped under objects/imports/
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The ETag a local notification carries for a file: its size and modification time, so a file rewritten under the
+/// same name is a new object version while the same file seen again is not.
+pub fn local_etag(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let digest = tributary_core::sha256_hex(format!("{}:{modified}", meta.len()).as_bytes());
+    Ok(digest[..32].to_string())
+}
+
+/// The S3 `ObjectCreated:Put` notification for an object of the local bucket, as S3 writes it to a queue.
+pub fn local_notification(key: &str, size: u64, etag: &str) -> String {
+    let now =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    json!({"Records": [{
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "local",
+        "eventTime": now,
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "local"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "imports",
+            "bucket": {"name": LOCAL_IMPORT_BUCKET, "arn": format!("arn:aws:s3:::{LOCAL_IMPORT_BUCKET}")},
+            "object": {
+                "key": tributary_core::import::encode_notification_key(key),
+                "size": size,
+                "eTag": etag,
+                "sequencer": "0",
+            },
+        },
+    }]})
+    .to_string()
+}
+
+/// Scans `objects/imports/` and queues a notification for each new or rewritten file once its size and
+/// modification time held still between two scans (a file still being copied waits).
+async fn watch_imports(objects: PathBuf, queue: SqliteQueue, mut shutdown: watch::Receiver<bool>) {
+    use std::collections::HashMap;
+    // key → (etag, notified)
+    let mut seen: HashMap<String, (String, bool)> = HashMap::new();
+    let root = objects.clone();
+    while !*shutdown.borrow() {
+        let scan = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || scan_imports(&root)).await.unwrap_or_default()
+        };
+        for (key, size, etag) in scan {
+            let entry = seen.entry(key.clone()).or_insert_with(|| (String::new(), false));
+            if entry.0 != etag {
+                // New or changed since the last scan: wait for it to hold still.
+                *entry = (etag, false);
+                continue;
+            }
+            if entry.1 {
+                continue;
+            }
+            let body = local_notification(&key, size, &etag);
+            match queue.send_batch(&[tributary_core::ports::OutgoingMessage { id: "0".into(), body }]).await {
+                Ok(failed) if failed.is_empty() => entry.1 = true,
+                _ => tracing::warn!("Import notification not queued; retrying at the next scan."),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(IMPORT_SCAN_EVERY) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Every file under `objects/imports/<source>/…`: (key, size, etag).
+fn scan_imports(objects: &Path) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![objects.join("imports")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            // Hidden files are partial copies (editors, `tributary import`): not imports.
+            if !kind.is_file() || entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(objects) else { continue };
+            let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            if let (Ok(meta), Ok(etag)) = (entry.metadata(), local_etag(&path)) {
+                out.push((key, meta.len(), etag));
+            }
+        }
+    }
+    out
 }
 
 impl Platform {

@@ -36,6 +36,9 @@ const DELIVERIES_SUFFIX: &str = "/deliveries";
 /// The path prefix of the source routes.
 const SOURCES_PREFIX: &str = "/v1/sources/";
 const STATS_SUFFIX: &str = "/stats";
+const IMPORTS_SUFFIX: &str = "/imports";
+/// Imports listed by `GET /v1/sources/{id}/imports` unless `limit` says otherwise.
+const DEFAULT_IMPORTS_LIMIT: usize = 50;
 
 /// An error answer: status and the `{"code","message"}` body. Messages never hold a lookup value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,7 @@ enum Route {
     Events,
     Deliveries,
     SourceStats,
+    SourceImports,
 }
 
 impl Route {
@@ -66,6 +70,7 @@ impl Route {
             Route::Events => "profile_events",
             Route::Deliveries => "profile_deliveries",
             Route::SourceStats => "source_stats",
+            Route::SourceImports => "source_imports",
         }
     }
 }
@@ -104,6 +109,7 @@ impl<T: TableStore> ProfileApi<T> {
         let mut audit = Audit { key_id: None, lookup_sha256: None, source_id: None };
         let outcome = match route {
             Route::SourceStats => self.source_stats(raw_lookup, &req, &mut audit).await,
+            Route::SourceImports => self.source_imports(raw_lookup, &req, &mut audit).await,
             Route::Profile | Route::Events | Route::Deliveries => self.serve(route, raw_lookup, &req, &mut audit).await,
         };
         let status = outcome.as_ref().map_or_else(|e| e.status, |_| 200);
@@ -159,8 +165,8 @@ impl<T: TableStore> ProfileApi<T> {
 
         // Query parameters before any read, so a bad one costs nothing.
         let page = match route {
-            // `SourceStats` is served by `source_stats`, never here.
-            Route::Profile | Route::SourceStats => None,
+            // The source routes are served by their own methods, never here.
+            Route::Profile | Route::SourceStats | Route::SourceImports => None,
             Route::Events => Some(events_params(req, read::valid_cursor)?),
             Route::Deliveries => Some(events_params(req, read::valid_deliveries_cursor)?),
         };
@@ -207,6 +213,36 @@ impl<T: TableStore> ProfileApi<T> {
         serde_json::to_value(report).map_err(|_| ApiError::new(500, "internal", "the report could not be encoded"))
     }
 
+    /// `GET /v1/sources/{id}/imports`: the source's file imports, newest first — status, counts, rejects per
+    /// reason, and where the reports are.
+    async fn source_imports(
+        &self,
+        raw_id: &str,
+        req: &ApiGatewayV2httpRequest,
+        audit: &mut Audit,
+    ) -> Result<serde_json::Value, ApiError> {
+        let key = self.authorize(&req.headers)?;
+        audit.key_id = Some(key.id.clone());
+        let id = percent_decode_str(raw_id).decode_utf8().ok();
+        let source = id
+            .as_deref()
+            .and_then(|id| self.workspace.sources.iter().find(|s| s.id.as_str() == id))
+            .ok_or_else(|| ApiError::new(404, "source_not_found", "no source has this id"))?;
+        audit.source_id = Some(source.id.to_string());
+        let limit =
+            match query_param(req, "limit") {
+                None => DEFAULT_IMPORTS_LIMIT,
+                Some(s) => s.trim().parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+                    ApiError::new(400, "invalid_limit", "limit must be a whole number from 1 to 1000")
+                })?,
+            };
+        let states = tributary_core::import::source_states(&self.table, source.id.as_str(), limit)
+            .await
+            .map_err(|e| stats_error(e, source.id.as_str()))?;
+        let imports: Vec<serde_json::Value> = states.iter().map(import_view).collect();
+        Ok(serde_json::json!({ "sourceId": source.id.as_str(), "imports": imports }))
+    }
+
     /// The management key named by `Authorization: Bearer <key>`, if it may read profiles.
     fn authorize(&self, headers: &HeaderMap) -> Result<&ManagementKey, ApiError> {
         let unauthorized =
@@ -233,6 +269,31 @@ impl<T: TableStore> ProfileApi<T> {
     }
 }
 
+/// One import as the API shows it.
+fn import_view(s: &tributary_core::import::ImportState) -> serde_json::Value {
+    let time = |ms: i64| tributary_core::profile::read::rfc3339(ms);
+    let name = s.file.key.splitn(3, '/').nth(2).unwrap_or_default();
+    serde_json::json!({
+        "file": s.file.key,
+        "version": s.file.version,
+        "id": tributary_core::import::file_hash(&s.file),
+        "status": s.status,
+        "rows": s.rows,
+        "accepted": s.accepted,
+        "rejected": s.rejected,
+        "reasons": s.reasons,
+        "continuations": s.continuations,
+        "bytesRead": s.offset,
+        "size": s.size,
+        "startedAt": time(s.started_at),
+        "updatedAt": time(s.updated_at),
+        "finishedAt": s.finished_at.and_then(time),
+        "error": s.error,
+        "rejectsReport": format!("import-reports/{}/{name}.rejects.csv", s.source_id),
+        "summary": format!("import-reports/{}/{name}.summary.json", s.source_id),
+    })
+}
+
 /// Who asked for what, for the request log.
 struct Audit {
     key_id: Option<String>,
@@ -249,8 +310,12 @@ fn split_route(path: &str) -> Option<(Route, &str)> {
     if let Some(at) = path.find(SOURCES_PREFIX).filter(|at| profiles.is_none_or(|p| *at < p)) {
         let rest = &path[at + SOURCES_PREFIX.len()..];
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let id = rest.strip_suffix(STATS_SUFFIX)?;
-        return (!id.is_empty() && !id.contains('/')).then_some((Route::SourceStats, id));
+        let (route, id) = match (rest.strip_suffix(STATS_SUFFIX), rest.strip_suffix(IMPORTS_SUFFIX)) {
+            (Some(id), _) => (Route::SourceStats, id),
+            (_, Some(id)) => (Route::SourceImports, id),
+            _ => return None,
+        };
+        return (!id.is_empty() && !id.contains('/')).then_some((route, id));
     }
     let (_, rest) = path.split_once(PREFIX)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -371,6 +436,8 @@ mod tests {
         assert_eq!(split_route("/v1/profiles"), None);
         assert_eq!(split_route("/v1/track"), None);
         assert_eq!(split_route("/v1/sources/web/stats"), Some((Route::SourceStats, "web")));
+        assert_eq!(split_route("/v1/sources/broker/imports"), Some((Route::SourceImports, "broker")));
+        assert_eq!(split_route("/v1/sources/broker/imports/x"), None);
         assert_eq!(split_route("/prod/v1/sources/web/stats/"), Some((Route::SourceStats, "web")));
         assert_eq!(split_route("/v1/sources/web"), None);
         assert_eq!(split_route("/v1/sources//stats"), None);

@@ -18,8 +18,8 @@ pub use mapping::{
     LIBRARY_NAME,
 };
 pub use object::{
-    encode_notification_key, file_hash, import_object, source_pk, state_key, ImportObject, ImportState, ImportStatus,
-    ObjectError, IMPORTS_PREFIX,
+    encode_notification_key, file_hash, import_object, source_pk, source_states, state_key, ImportObject, ImportState,
+    ImportStatus, ObjectError, IMPORTS_PREFIX,
 };
 pub use rows::{Cell, Format, Header, ParseOptions, Row, Rows, MAX_COLUMNS, MAX_RECORD_BYTES};
 

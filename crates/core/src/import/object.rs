@@ -216,6 +216,34 @@ pub fn file_hash(file: &FileId) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// Most import states [`source_states`] returns.
+pub const MAX_LISTED_STATES: usize = 1000;
+
+/// The imports of a source, newest first (at most `limit`, itself at most [`MAX_LISTED_STATES`]). States that do
+/// not parse are left out.
+pub async fn source_states<T: crate::ports::TableStore>(
+    table: &T,
+    source_id: &str,
+    limit: usize,
+) -> Result<Vec<ImportState>, crate::ports::PortError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    // Sorted by a hash, not by time: read them all (bounded), then sort.
+    loop {
+        let page = table.query(&source_pk(source_id), "f#", after.as_deref(), 100).await?;
+        out.extend(
+            page.items.into_iter().filter_map(|i| serde_json::from_value(serde_json::Value::Object(i.attrs)).ok()),
+        );
+        match page.next {
+            Some(next) if out.len() < MAX_LISTED_STATES => after = Some(next),
+            _ => break,
+        }
+    }
+    out.sort_by(|a: &ImportState, b: &ImportState| b.started_at.cmp(&a.started_at).then(a.file.key.cmp(&b.file.key)));
+    out.truncate(limit.min(MAX_LISTED_STATES));
+    Ok(out)
+}
+
 /// Encodes a key as S3 event notifications carry it (form encoding: unreserved characters and `/` as they are,
 /// a space as `+`, every other byte as `%XX`), for notifications made locally.
 pub fn encode_notification_key(key: &str) -> String {

@@ -1,0 +1,227 @@
+//! `tributary bench import`: rows per second through the import handler (ranged reads from the object store, the
+//! bounded row parser, the source's mapping, packing into events-queue messages, checkpoints) next to a plain
+//! `csv::Reader` read of the same file, rounds alternating; and, with `--memory-mb`, the peak resident memory of
+//! this process while importing a file of that size.
+//!
+//! The file is a local directory object (the embedded bucket) and the events queue a counting sink: what is
+//! measured is the import path's own work, not SQS's latency, which this machine cannot stand in for.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::SqsEvent;
+use tributary_core::config::WorkspaceConfig;
+use tributary_core::metrics::MemoryMetrics;
+use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
+use tributary_core::testing::MemoryTable;
+use tributary_import::{Import, ImportSettings};
+use tributary_local::dir_store::DirStore;
+use tributary_local::runtime::{local_notification, sqs_event};
+
+const BUCKET: &str = tributary_local::runtime::LOCAL_IMPORT_BUCKET;
+
+const WORKSPACE: &str = r#"
+workspace: bench
+consent:
+  purposes: [{ id: analytics }]
+sources:
+  - id: partner
+    write_key_sha256: []
+    class: 2P
+    consent_basis: contract
+    permitted_purposes: [analytics]
+    import:
+      format: csv
+      columns:
+        email: { identifier: email }
+        plan: { type: string }
+        score: { type: number }
+        vip: { type: bool }
+        signup: { type: date, format: "%Y-%m-%d" }
+      event: { type: identify }
+"#;
+
+/// An events queue that counts what it is sent and keeps nothing.
+#[derive(Clone, Default)]
+struct CountingQueue(Arc<AtomicU64>);
+
+impl Queue for CountingQueue {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
+        self.0.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok(Vec::new())
+    }
+    async fn receive(&self, _: usize, _: Duration, _: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn change_visibility(&self, _: &str, _: Duration) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn approximate_len(&self) -> Result<u64, PortError> {
+        Ok(0)
+    }
+}
+
+/// Writes a partner CSV of at least `rows` rows (or `bytes` bytes, whichever is given) to `path`; the row count.
+fn write_csv(path: &Path, rows: Option<u64>, bytes: Option<u64>) -> anyhow::Result<u64> {
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    w.write_all(b"email,plan,score,vip,signup\n")?;
+    let (mut n, mut written) = (0u64, 0u64);
+    while rows.is_some_and(|r| n < r) || bytes.is_some_and(|b| written < b) {
+        let line = format!(
+            "user{n}@example.com,{},{}.5,{},2026-0{}-1{}\n",
+            ["free", "pro", "team"][(n % 3) as usize],
+            n % 100,
+            n % 2 == 0,
+            1 + n % 9,
+            n % 10
+        );
+        w.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+        n += 1;
+    }
+    w.flush()?;
+    Ok(n)
+}
+
+/// Peak resident set of this process (Linux `VmHWM`), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak (Linux: writing 5 to `clear_refs`), so the next reading covers what follows only.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    store: DirStore,
+    workspace: Arc<WorkspaceConfig>,
+    file: std::path::PathBuf,
+    rows: u64,
+}
+
+impl Bench {
+    fn new(rows: Option<u64>, bytes: Option<u64>) -> anyhow::Result<Bench> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join(BUCKET);
+        let file = root.join("imports/partner/bench.csv");
+        std::fs::create_dir_all(file.parent().unwrap_or(&root))?;
+        let rows = write_csv(&file, rows, bytes)?;
+        let store = DirStore::open(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let workspace = Arc::new(tributary_core::config::load(WORKSPACE).map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        Ok(Bench { _dir: dir, store, workspace, file, rows })
+    }
+
+    /// One import of the file, start to end; rows per second.
+    async fn import(&self, round: u32) -> anyhow::Result<f64> {
+        let queue = CountingQueue::default();
+        let import = Import::new(
+            MemoryTable::default(),
+            queue.clone(),
+            CountingQueue::default(),
+            self.store.clone(),
+            MemoryMetrics::default(),
+            self.workspace.clone(),
+            ImportSettings::new(BUCKET),
+        );
+        let size = std::fs::metadata(&self.file)?.len();
+        // A new version each round, so each round imports afresh.
+        let body = local_notification("imports/partner/bench.csv", size, &format!("round-{round}"));
+        let event: SqsEvent = sqs_event(
+            &[ReceivedMessage {
+                message_id: "m".into(),
+                receipt_handle: "h".into(),
+                body,
+                receive_count: 1,
+                sent_timestamp_ms: 0,
+            }],
+            "arn:aws:sqs:local:000000000000:imports",
+        )?;
+        let start = Instant::now();
+        let resp = import.handle(event, None).await;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(resp.batch_item_failures.is_empty(), "the import failed");
+        anyhow::ensure!(queue.0.load(Ordering::Relaxed) > 0, "nothing was sent");
+        Ok(self.rows as f64 / secs)
+    }
+
+    /// The baseline: every record of the same file through `csv::Reader`.
+    fn plain(&self) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut reader = csv::Reader::from_path(&self.file)?;
+        let mut record = csv::StringRecord::new();
+        let mut n = 0u64;
+        while reader.read_record(&mut record)? {
+            std::hint::black_box(&record);
+            n += 1;
+        }
+        anyhow::ensure!(n == self.rows, "csv read {n} of {} rows", self.rows);
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    }
+}
+
+pub fn import_bench(rows: u64, rounds: u32, memory_mb: Option<u64>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        if rounds > 0 {
+            throughput(rows, rounds).await?;
+        }
+        if let Some(mb) = memory_mb {
+            memory(mb).await?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn throughput(rows: u64, rounds: u32) -> anyhow::Result<()> {
+    let bench = Bench::new(Some(rows), None)?;
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        base.push(bench.plain()?);
+        ours.push(bench.import(round).await?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
+    let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    let r = median(&mut ratios);
+    println!("bench import: {rows} CSV rows ({} MB), {rounds} rounds per side (medians)", file_mb(&bench.file));
+    println!("  baseline: csv::Reader, every record          {:>12.0} rows/s", median(&mut base));
+    println!("  tributary import handler (map, pack, send)   {:>12.0} rows/s", median(&mut ours));
+    println!("  ratio, median of rounds (lowest-highest)     {r:>12.2}  ({lo:.2}-{hi:.2})  target >= 0.5");
+    Ok(())
+}
+
+/// Imports a file of `mb` MiB and prints the peak resident memory while doing so. Run it in a process of its own
+/// (`--rounds 0`) for a reading that nothing else inflated.
+async fn memory(mb: u64) -> anyhow::Result<()> {
+    let big = Bench::new(None, Some(mb * 1024 * 1024))?;
+    let before = peak_rss_kib();
+    reset_peak_rss();
+    let rate = big.import(0).await?;
+    let peak = peak_rss_kib();
+    println!(
+        "  memory: {} MB file ({} rows) imported at {rate:.0} rows/s; peak resident {} (before: {})",
+        file_mb(&big.file),
+        big.rows,
+        peak.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+        before.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+    );
+    println!("  target: peak resident < 64 MiB");
+    Ok(())
+}
+
+fn file_mb(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len() / (1024 * 1024))
+}
