@@ -236,9 +236,16 @@ impl<T: TableStore> ProfileApi<T> {
                     ApiError::new(400, "invalid_limit", "limit must be a whole number from 1 to 1000")
                 })?,
             };
-        let states = tributary_core::import::source_states(&self.table, source.id.as_str(), limit)
-            .await
-            .map_err(|e| stats_error(e, source.id.as_str()))?;
+        let states =
+            tributary_core::import::source_states(&self.table, source.id.as_str(), limit).await.map_err(|e| {
+                if e.is_retryable() {
+                    tracing::warn!(error = %e, source_id = source.id.as_str(), "Import states unavailable.");
+                    ApiError::new(503, "unavailable", "the import states are unavailable, retry shortly")
+                } else {
+                    tracing::error!(error = %e, source_id = source.id.as_str(), "Import states read failed.");
+                    ApiError::new(500, "internal", "the import states could not be read")
+                }
+            })?;
         let imports: Vec<serde_json::Value> = states.iter().map(import_view).collect();
         Ok(serde_json::json!({ "sourceId": source.id.as_str(), "imports": imports }))
     }
