@@ -641,3 +641,70 @@ async fn deliveries_list_receipts_of_the_root_and_merged_profiles_page_by_page()
     let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42/deliveries", "cursor=e%230", Some(&auth))).await;
     assert_error(&resp, 400, "invalid_cursor", &["u-42"]);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// GET /v1/sources/{id}/imports
+// ---------------------------------------------------------------------------------------------------------------
+
+fn import_state(
+    table: &MemTable,
+    source: &str,
+    key: &str,
+    started_at: i64,
+    status: tributary_core::import::ImportStatus,
+) {
+    use tributary_core::import::{import_object, state_key, ImportState};
+    let object = import_object("drop", key, Some("v1"), 100).expect("import key");
+    let mut state = ImportState::start(&object, started_at);
+    state.status = status;
+    state.rows = 10;
+    state.accepted = 9;
+    state.rejected = 1;
+    state.reasons.insert("bad_email".into(), 1);
+    let Value::Object(attrs) = serde_json::to_value(&state).expect("state") else { panic!("object") };
+    table.put(state_key(source, &object.file), attrs);
+}
+
+#[tokio::test]
+async fn source_imports_are_listed_newest_first_with_counts() {
+    use tributary_core::import::ImportStatus;
+    let table = seeded();
+    import_state(&table, "web", "imports/web/old.csv", T0, ImportStatus::Done);
+    import_state(&table, "web", "imports/web/new.csv.gz", T0 + 60_000, ImportStatus::Running);
+    import_state(&table, "app", "imports/app/other.csv", T0, ImportStatus::Failed);
+    let api = api(table);
+
+    let resp = api.handle(get("/v1/sources/web/imports")).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    let body = body_json(&resp);
+    assert_eq!(body["sourceId"], "web");
+    let files: Vec<&str> =
+        body["imports"].as_array().expect("imports").iter().filter_map(|i| i["file"].as_str()).collect();
+    assert_eq!(files, ["imports/web/new.csv.gz", "imports/web/old.csv"], "newest first, this source only");
+    let old = &body["imports"][1];
+    assert_eq!(
+        (old["status"].as_str(), old["rows"].as_u64(), old["rejected"].as_u64()),
+        (Some("done"), Some(10), Some(1))
+    );
+    assert_eq!(old["reasons"]["bad_email"], 1);
+    assert_eq!(old["rejectsReport"], "import-reports/web/old.csv.rejects.csv");
+    assert_eq!(old["startedAt"], "2025-03-10T12:00:00Z");
+
+    let one =
+        api.handle(request("GET", "/v1/sources/web/imports", "limit=1", Some(&format!("Bearer {ADMIN_KEY}")))).await;
+    assert_eq!(body_json(&one)["imports"].as_array().map(Vec::len), Some(1));
+    assert_error(
+        &api.handle(request("GET", "/v1/sources/web/imports", "limit=0", Some(&format!("Bearer {ADMIN_KEY}")))).await,
+        400,
+        "invalid_limit",
+        &[],
+    );
+    assert_error(&api.handle(get("/v1/sources/nope/imports")).await, 404, "source_not_found", &[]);
+    assert_error(&api.handle(request("GET", "/v1/sources/web/imports", "", None)).await, 401, "unauthorized", &[]);
+    assert_error(
+        &api.handle(request("GET", "/v1/sources/web/imports", "", Some(&format!("Bearer {DSR_KEY}")))).await,
+        403,
+        "forbidden",
+        &[],
+    );
+}
