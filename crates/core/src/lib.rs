@@ -8,6 +8,7 @@ pub mod governance;
 pub mod identity;
 pub mod import;
 pub mod ingest;
+pub mod lambda;
 pub mod metrics;
 pub mod ports;
 pub mod profile;

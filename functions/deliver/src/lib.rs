@@ -383,12 +383,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             }
         }
         self.emit(&counters);
-        let mut resp = SqsBatchResponse::default();
-        resp.batch_item_failures = failures
-            .into_iter()
-            .filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok())
-            .collect();
-        resp
+        tributary_core::lambda::batch_response(failures)
     }
 
     /// Routes every item of a record to every destination.

@@ -219,12 +219,7 @@ where
                 failures.push(id);
             }
         }
-        let mut resp = SqsBatchResponse::default();
-        resp.batch_item_failures = failures
-            .into_iter()
-            .filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok())
-            .collect();
-        resp
+        tributary_core::lambda::batch_response(failures)
     }
 
     async fn run(&self, job: Job, deadline: Option<Instant>) -> Outcome {

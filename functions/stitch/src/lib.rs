@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use rand::Rng;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tributary_core::config::{DataPartyClass, SourceConfig, WorkspaceConfig};
 use tributary_core::identity::plan::{self, Bounds, Plan, Refused, RootInfo, Snapshot, Target, MAX_EVENT_IDENTIFIERS};
 use tributary_core::identity::{extract, CompiledRules, ExtractOptions, IdType, Identifier};
@@ -171,12 +171,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             }
         }
         self.emit(&counters);
-        let mut resp = SqsBatchResponse::default();
-        resp.batch_item_failures = failures
-            .into_iter()
-            .filter_map(|id| serde_json::from_value(json!({ "itemIdentifier": id })).ok())
-            .collect();
-        resp
+        tributary_core::lambda::batch_response(failures)
     }
 
     /// Applies every event of one events-queue record, then hands them all off in as few messages as fit.
