@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tributary_core::config::WorkspaceConfig;
+use tributary_core::governance::policy::{Governance, Outcome as GovernOutcome};
 use tributary_core::import::{
     file_hash, import_object, reason, row_to_event, state_key, CheckedMapping, Format, Header, ImportError,
     ImportObject, ImportState, ImportStatus, RowReject, Rows,
@@ -134,6 +135,9 @@ struct Ports<T, Q, O, M> {
     metrics: M,
     workspace: Arc<WorkspaceConfig>,
     mappings: BTreeMap<String, CheckedMapping>,
+    /// Each source's tracking plan and PII policy, applied to imported events as ingest applies them to SDK
+    /// events; `Err` when they do not compile (the source's files fail).
+    governance: BTreeMap<String, Result<Governance, String>>,
     settings: ImportSettings,
 }
 
@@ -176,11 +180,18 @@ where
             .iter()
             .filter_map(|s| Some((s.id.as_str().to_string(), s.import.as_ref()?.check().ok()?)))
             .collect();
+        let governance = workspace
+            .sources
+            .iter()
+            .filter(|s| s.import.is_some())
+            .map(|s| {
+                let g = Governance::new(s.tracking_plan.as_ref(), s.pii.as_ref()).map_err(|e| e.to_string());
+                (s.id.as_str().to_string(), g)
+            })
+            .collect();
         let clock: Clock = Arc::new(|| (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64);
-        Import {
-            ports: Arc::new(Ports { table, events, imports, objects, metrics, workspace, mappings, settings }),
-            clock,
-        }
+        let ports = Ports { table, events, imports, objects, metrics, workspace, mappings, governance, settings };
+        Import { ports: Arc::new(ports), clock }
     }
 
     /// Replaces the clock (epoch milliseconds), for tests.
@@ -290,6 +301,10 @@ where
             Ok(m) => m.clone(),
             Err(message) => return self.finish(state, version, End::Failed(message), &file).await,
         };
+        if let Some(Err(e)) = p.governance.get(&source) {
+            let message = format!("bad_governance: the source's tracking plan does not compile: {e}");
+            return self.finish(state, version, End::Failed(message), &file).await;
+        }
         tracing::info!(source = %source, file = %file, offset = state.offset, rows = state.rows, "Import running.");
 
         let ports = Arc::clone(&self.ports);
@@ -643,7 +658,7 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
             let Some(item) = next else { break };
             match item {
                 Err(e) => return import_error_end(e, self.object.gzip),
-                Ok(Ok(row)) => match row_to_event(self.mapping, &row, &self.object.file, received) {
+                Ok(Ok(row)) => match self.event(&row, received) {
                     Ok(event) => {
                         counts.1 += 1;
                         events.push(event);
@@ -711,6 +726,27 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
             return End::Failed("all_rejected: every row was rejected (see the reject report)".into());
         }
         End::Done
+    }
+
+    /// The row's event, governed by the source's tracking plan and PII policy.
+    fn event(
+        &self,
+        row: &tributary_core::import::Row,
+        received: OffsetDateTime,
+    ) -> Result<Map<String, Value>, RowReject> {
+        let mut event = row_to_event(self.mapping, row, &self.object.file, received)?;
+        if let Some(Ok(g)) = self.p.governance.get(self.object.source_id.as_str()) {
+            match g.govern(&mut event).outcome {
+                GovernOutcome::Accept => {}
+                GovernOutcome::Drop { .. } => {
+                    return Err(RowReject { row: row.number(), column: None, reason: reason::PII_DROPPED })
+                }
+                GovernOutcome::Quarantine { .. } => {
+                    return Err(RowReject { row: row.number(), column: None, reason: reason::TRACKING_PLAN })
+                }
+            }
+        }
+        Ok(event)
     }
 
     /// Sends the pending events, then writes the rejects part and the checkpoint (renewing the lease).

@@ -43,6 +43,18 @@ sources:
         vip: { type: bool }
         signup: { type: date, format: "%Y-%m-%d" }
       event: { type: identify }
+  - id: leads
+    write_key_sha256: []
+    class: 2P
+    consent_basis: consent
+    permitted_purposes: [analytics]
+    pii: { detect: [card], action: drop_event }
+    import:
+      format: csv
+      columns:
+        email: { identifier: email }
+        note: { type: string }
+      event: { type: identify }
   - id: feed
     write_key_sha256: []
     class: 3P
@@ -359,4 +371,19 @@ async fn a_jsonl_feed_of_garbage_lines_fails_early() {
     assert_eq!(state.status, ImportStatus::Failed);
     assert!(state.error.as_deref().unwrap_or("").starts_with("unreadable"), "{:?}", state.error);
     assert_eq!(state.rows, 50, "stopped after the first rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sources_pii_policy_applies_to_imported_rows() {
+    let s = stack(|_| {});
+    let text =
+        "email,note\na@example.com,called twice\nb@example.com,paid with 4111 1111 1111 1111\nc@example.com,ok\n";
+    let note = s.put("imports/leads/week.csv", text.as_bytes().to_vec()).await;
+    s.run(note).await;
+    let state = s.state("leads", "imports/leads/week.csv").await;
+    assert_eq!((state.status, state.accepted, state.rejected), (ImportStatus::Done, 2, 1));
+    assert_eq!(s.text("import-reports/leads/week.csv.rejects.csv").await, "row,column,reason\n2,,pii_dropped\n");
+    let events = s.events().await;
+    assert_eq!(events.len(), 2);
+    assert!(events.values().all(|e| !e.to_string().contains("4111")), "the card never reaches the pipeline");
 }

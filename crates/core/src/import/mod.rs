@@ -58,6 +58,11 @@ pub mod reason {
     pub const BAD_DATE: &str = "bad_date";
     /// A mapped column absent from the CSV header, or a required column (event name, timestamp) without a value.
     pub const MISSING_COLUMN: &str = "missing_column";
+    /// The source's PII policy drops events holding the detected data (`action: drop_event`).
+    pub const PII_DROPPED: &str = "pii_dropped";
+    /// The event breaks the source's tracking plan, which quarantines such events (a file is fixed and sent
+    /// again instead).
+    pub const TRACKING_PLAN: &str = "tracking_plan";
 }
 
 /// One row that did not become an event. Never carries a value from the file.
