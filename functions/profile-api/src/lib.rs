@@ -187,6 +187,25 @@ impl<T: TableStore> ProfileApi<T> {
             .map_err(|_| ApiError::new(500, "internal", "the profile could not be encoded"))
     }
 
+    /// The configured source a source route names, once the key is checked. Only a configured id reaches the
+    /// log; anything else is just "not found".
+    fn source(
+        &self,
+        raw_id: &str,
+        req: &ApiGatewayV2httpRequest,
+        audit: &mut Audit,
+    ) -> Result<&tributary_core::config::SourceConfig, ApiError> {
+        let key = self.authorize(&req.headers)?;
+        audit.key_id = Some(key.id.clone());
+        let id = percent_decode_str(raw_id).decode_utf8().ok();
+        let source = id
+            .as_deref()
+            .and_then(|id| self.workspace.sources.iter().find(|s| s.id.as_str() == id))
+            .ok_or_else(|| ApiError::new(404, "source_not_found", "no source has this id"))?;
+        audit.source_id = Some(source.id.to_string());
+        Ok(source)
+    }
+
     /// `GET /v1/sources/{id}/stats`: the source's governance counters over the requested window.
     async fn source_stats(
         &self,
@@ -194,15 +213,7 @@ impl<T: TableStore> ProfileApi<T> {
         req: &ApiGatewayV2httpRequest,
         audit: &mut Audit,
     ) -> Result<serde_json::Value, ApiError> {
-        let key = self.authorize(&req.headers)?;
-        audit.key_id = Some(key.id.clone());
-        let id = percent_decode_str(raw_id).decode_utf8().ok();
-        // Only a configured id reaches the log; anything else is just "not found".
-        let source = id
-            .as_deref()
-            .and_then(|id| self.workspace.sources.iter().find(|s| s.id.as_str() == id))
-            .ok_or_else(|| ApiError::new(404, "source_not_found", "no source has this id"))?;
-        audit.source_id = Some(source.id.to_string());
+        let source = self.source(raw_id, req, audit)?;
         let since = query_param(req, "since");
         let until = query_param(req, "until");
         let window = Window::parse(since.as_deref(), until.as_deref(), (self.clock)())
@@ -221,14 +232,7 @@ impl<T: TableStore> ProfileApi<T> {
         req: &ApiGatewayV2httpRequest,
         audit: &mut Audit,
     ) -> Result<serde_json::Value, ApiError> {
-        let key = self.authorize(&req.headers)?;
-        audit.key_id = Some(key.id.clone());
-        let id = percent_decode_str(raw_id).decode_utf8().ok();
-        let source = id
-            .as_deref()
-            .and_then(|id| self.workspace.sources.iter().find(|s| s.id.as_str() == id))
-            .ok_or_else(|| ApiError::new(404, "source_not_found", "no source has this id"))?;
-        audit.source_id = Some(source.id.to_string());
+        let source = self.source(raw_id, req, audit)?;
         let limit =
             match query_param(req, "limit") {
                 None => DEFAULT_IMPORTS_LIMIT,
