@@ -31,6 +31,20 @@ pub use s3::S3Store;
 pub use sqs::SqsQueue;
 pub use workspace::load_workspace;
 
+/// Logging for a Lambda function: JSON lines without a timestamp (CloudWatch stamps every line), level from
+/// `RUST_LOG` (default `info`). Every function's `main` calls it first.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_current_span(false)
+        .without_time()
+        .init();
+}
+
 /// The environment variable that points every service at another endpoint (moto, LocalStack).
 pub const ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
 

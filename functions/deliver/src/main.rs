@@ -27,15 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_current_span(false)
-        .without_time() // CloudWatch stamps every line
-        .init();
+    tributary_aws::init_tracing();
 
     let table = std::env::var("PROFILES_TABLE").context("PROFILES_TABLE is not set")?;
     let queue = std::env::var("DELIVERY_QUEUE_URL").context("DELIVERY_QUEUE_URL is not set")?;

@@ -16,15 +16,7 @@ use tributary_ingest::{Ingest, IngestSettings, StdoutMetrics};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_current_span(false)
-        .without_time() // CloudWatch stamps every line
-        .init();
+    tributary_aws::init_tracing();
 
     let queue_url = std::env::var("EVENTS_QUEUE_URL").context("EVENTS_QUEUE_URL is not set")?;
     let config_uri = std::env::var("WORKSPACE_CONFIG").context("WORKSPACE_CONFIG is not set")?;
