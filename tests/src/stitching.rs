@@ -130,6 +130,17 @@ impl<T: TableStore> TableStore for Recorder<T> {
     ) -> Result<(), PortError> {
         self.inner.add(key, deltas, set, expires_at).await
     }
+
+    async fn scan_index(
+        &self,
+        index: &tributary_core::ports::SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<tributary_core::ports::KeyPage, PortError> {
+        self.inner.scan_index(index, segment, total_segments, cursor, limit).await
+    }
 }
 
 /// One store shared by several handlers.
@@ -172,6 +183,17 @@ impl<T: TableStore> TableStore for Shared<T> {
         expires_at: Option<i64>,
     ) -> Result<(), PortError> {
         self.0.add(key, deltas, set, expires_at).await
+    }
+
+    async fn scan_index(
+        &self,
+        index: &tributary_core::ports::SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<tributary_core::ports::KeyPage, PortError> {
+        self.0.scan_index(index, segment, total_segments, cursor, limit).await
     }
 }
 

@@ -322,3 +322,27 @@ async fn dynamo_usage_counts_what_dynamodb_bills() {
     clone.reset_usage();
     assert_eq!(t.usage(), tributary_aws::Usage::default());
 }
+
+#[tokio::test]
+async fn dynamo_index_scans_are_metered_as_eventually_consistent_reads() {
+    let (aws, url) = clients().await;
+    let t = aws.dynamo_table(
+        admin::create_table(&aws, &unique("table")).await.unwrap_or_else(|e| unreachable("create_table", &url, e)),
+    );
+    for i in 0..3 {
+        let it = item(&format!("p#{i}"), "profile", serde_json::json!({"root": format!("{i}")}));
+        t.write(WriteOp::Put { item: it, condition: Condition::None }).await.expect("put");
+    }
+    t.reset_usage();
+    let page = t.scan_index(&tributary_core::ports::ROOT_PROFILES, 0, 1, None, 10).await.expect("scan");
+    assert_eq!(page.keys.len(), 3);
+    assert_eq!(page.next, None);
+    // One Scan call returning three small index entries: the 4 KB minimum, halved (a global secondary index is
+    // read eventually consistently).
+    let u = t.usage();
+    assert_eq!((u.requests_read, u.rru, u.wru), (1, 0.5, 0), "{u:?}");
+    // A full page asks for one entry more, to know whether the segment goes on: still one call.
+    let page = t.scan_index(&tributary_core::ports::ROOT_PROFILES, 0, 1, None, 2).await.expect("scan");
+    assert_eq!((page.keys.len(), page.next.is_some()), (2, true));
+    assert_eq!(t.usage().requests_read, 2);
+}

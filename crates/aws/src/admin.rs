@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
-use tributary_core::ports::PortError;
+use tributary_core::ports::{PortError, SPARSE_INDEXES};
 
 use crate::{error, AwsClients};
 
@@ -72,7 +72,8 @@ pub async fn create_bucket(aws: &AwsClients, name: &str) -> Result<String, PortE
 }
 
 /// Creates the DynamoDB table `name` (string `pk` hash key, string `sk` range key, on-demand billing, TTL on
-/// attribute `ttl`), waits until it is active and returns its name.
+/// attribute `ttl`, and one global secondary index per sparse index of the port, as in the SAM template), waits
+/// until it is active and returns its name. A table that already exists is left as it is.
 #[tracing::instrument(skip_all, fields(table = name))]
 pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortError> {
     let build_failed = |_| PortError::Invalid("dynamodb CreateTable: request could not be built".into());
@@ -85,7 +86,7 @@ pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortEr
     };
     let key =
         |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(build_failed);
-    let res = aws
+    let mut req = aws
         .dynamodb
         .create_table()
         .table_name(name)
@@ -93,9 +94,21 @@ pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortEr
         .attribute_definitions(attr("sk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await;
+        .billing_mode(BillingMode::PayPerRequest);
+    for index in &SPARSE_INDEXES {
+        // Keys and `ttl` only (so scans can skip expired items): written when the attribute or the expiry
+        // changes, not on every write of the item. See the ProfilesTable in infra/template.yaml.
+        let projection =
+            Projection::builder().projection_type(ProjectionType::Include).non_key_attributes("ttl").build();
+        let gsi = GlobalSecondaryIndex::builder()
+            .index_name(index.name)
+            .key_schema(key(index.attribute, KeyType::Hash)?)
+            .projection(projection)
+            .build()
+            .map_err(build_failed)?;
+        req = req.attribute_definitions(attr(index.attribute)?).global_secondary_indexes(gsi);
+    }
+    let res = req.send().await;
     if let Err(e) = res {
         if error::code_and_status(&e).0.as_deref() != Some("ResourceInUseException") {
             return Err(error::dynamodb("CreateTable", &e));

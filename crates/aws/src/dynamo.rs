@@ -19,7 +19,8 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::{Map, Number, Value};
 use tributary_core::ports::{
-    check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp,
+    check_add, check_index_values, check_scan, check_transaction, Condition, Item, ItemKey, KeyPage, PortError,
+    QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
 };
 
 use crate::billing::{self, Consistency, Meter, Usage};
@@ -31,6 +32,8 @@ const VERSION: &str = "v";
 const TTL: &str = "ttl";
 /// Most items one Query call is asked for; DynamoDB also stops at 1 MB.
 const QUERY_BATCH: usize = 1000;
+/// Most index entries one Scan call is asked for; DynamoDB also stops at 1 MB (about ten thousand keys here).
+const SCAN_BATCH: usize = 1000;
 /// GetItem and Query read strongly consistently. The meter bills reads by this same flag, so that the two cannot
 /// drift apart.
 const CONSISTENT_READ: bool = true;
@@ -108,8 +111,11 @@ fn key_av(key: &ItemKey) -> HashMap<String, AttributeValue> {
 }
 
 /// An [`Item`] as DynamoDB attributes. Attribute names that collide with the stored key, version or expiry
-/// attributes are refused.
+/// attributes are refused, and so are index attributes that do not hold a non-empty string: DynamoDB itself refuses
+/// those with a `ValidationException` (type mismatch for an index key), but moto stores them and lists them in the
+/// index, so the adapter refuses them before sending, alike on both.
 fn item_to_av(item: &Item) -> Result<HashMap<String, AttributeValue>, PortError> {
+    check_index_values(&item.attrs)?;
     let mut out = key_av(&item.key);
     for (name, value) in &item.attrs {
         if matches!(name.as_str(), PK | SK | VERSION | TTL) {
@@ -169,6 +175,41 @@ fn now_epoch_s() -> i64 {
 
 fn is_expired(item: &Item, now: i64) -> bool {
     matches!(item.expires_at, Some(t) if t <= now)
+}
+
+/// One entry of a sparse index scan (the keys, the index attribute and `ttl`, as the index projects them): the
+/// item's key and index value, or `None` when the item has expired (or, which DynamoDB rules out, its index value
+/// is not a string).
+fn index_entry(
+    av: &HashMap<String, AttributeValue>,
+    index: &SparseIndex,
+    now: i64,
+) -> Result<Option<(ItemKey, String)>, PortError> {
+    let string = |name: &str| match av.get(name) {
+        Some(AttributeValue::S(s)) => Ok(s.clone()),
+        _ => Err(PortError::Invalid(format!("dynamodb: index entry without a string {name:?}"))),
+    };
+    let expired = match av.get(TTL) {
+        None | Some(AttributeValue::Null(_)) => false,
+        Some(AttributeValue::N(n)) => epoch_seconds(n)? <= now,
+        Some(_) => return Err(PortError::Invalid("dynamodb: index entry with a malformed ttl".into())),
+    };
+    let Some(AttributeValue::S(value)) = av.get(index.attribute) else { return Ok(None) };
+    if expired {
+        return Ok(None);
+    }
+    Ok(Some((ItemKey { pk: string(PK)?, sk: string(SK)? }, value.clone())))
+}
+
+/// The `ExclusiveStartKey` of a scan of `index` that resumes after `cursor`: an index's keys are the index
+/// attribute and the table's key.
+fn scan_start_key(cursor: ScanCursor, index: &SparseIndex) -> Result<HashMap<String, AttributeValue>, PortError> {
+    let value = cursor
+        .value
+        .ok_or_else(|| PortError::Invalid("scan cursor is not one this store produced (no index value)".into()))?;
+    let mut key = key_av(&cursor.after);
+    key.insert(index.attribute.to_owned(), AttributeValue::S(value));
+    Ok(key)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -700,6 +741,77 @@ impl TableStore for DynamoTable {
         }
         Err(PortError::Unavailable("dynamodb UpdateItem: an expired item kept changing under the add".into()))
     }
+
+    /// Scan calls on the global secondary index `index.name` with DynamoDB's own `Segment` and `TotalSegments`,
+    /// until the page is full: expired entries are dropped here (the index projects `ttl`), and one entry past
+    /// `limit` tells whether there is more, so `next` is `None` on the last page. The cursor is the last key
+    /// returned with its index value, which is the `ExclusiveStartKey` DynamoDB would have given had it stopped
+    /// there. Index reads are eventually consistent (DynamoDB refuses `ConsistentRead` on a global secondary index)
+    /// and billed as such, on the entries returned.
+    ///
+    /// moto (5.2) honours `Segment` and `TotalSegments` on an index scan: it places an item by the first byte of
+    /// the MD5 of its table partition key, modulo the count, so with more than 256 segments the segments above 255
+    /// are empty there. DynamoDB splits by its own hash of the index key; which segment an item falls in differs,
+    /// the partition does not.
+    #[tracing::instrument(skip_all, fields(table = %self.table, index = index.name, segment = segment, total = total_segments, limit = limit, calls, returned))]
+    async fn scan_index(
+        &self,
+        index: &SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, PortError> {
+        check_scan(index, segment, total_segments, limit)?;
+        let mut start_key = match cursor {
+            Some(c) => Some(scan_start_key(ScanCursor::decode(c, index, segment, total_segments)?, index)?),
+            None => None,
+        };
+        // Both at most MAX_SCAN_SEGMENTS (checked above).
+        let (segment_i32, total_i32) = (segment as i32, total_segments as i32);
+        let now = now_epoch_s();
+        let mut found: Vec<(ItemKey, String)> = Vec::new();
+        let mut calls = 0u32;
+        let next = loop {
+            let want = (limit - found.len()).saturating_add(1).min(SCAN_BATCH);
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .index_name(index.name)
+                .segment(segment_i32)
+                .total_segments(total_i32)
+                .set_exclusive_start_key(start_key.take())
+                .limit(i32::try_from(want).unwrap_or(i32::MAX))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| error::dynamodb("Scan", &e))?;
+            calls += 1;
+            // Every returned entry is billed, expired ones and the look-ahead one included.
+            let bytes = out.items().iter().map(billing::item_size).sum();
+            self.usage.read(bytes, Consistency::Eventual, out.consumed_capacity());
+            for av in out.items() {
+                if let Some(entry) = index_entry(av, index, now)? {
+                    found.push(entry);
+                }
+            }
+            if found.len() > limit {
+                found.truncate(limit);
+                break found.last().map(|(key, value)| {
+                    ScanCursor { segment, total_segments, after: key.clone(), value: Some(value.clone()) }.encode(index)
+                });
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start_key = Some(k.clone()),
+                _ => break None,
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("calls", calls);
+        span.record("returned", found.len());
+        Ok(KeyPage { keys: found.into_iter().map(|(key, _)| key).collect(), next })
+    }
 }
 
 #[cfg(test)]
@@ -807,6 +919,47 @@ mod tests {
         let mut live = old.clone();
         live.remove(TTL);
         assert_eq!(replace_expired_expr(&deltas, &Map::new(), None, &live), None);
+    }
+
+    #[test]
+    fn index_entries_drop_expired_items_and_resume_after_the_last_key() {
+        use tributary_core::ports::ROOT_PROFILES;
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        let mut av =
+            HashMap::from([("pk".to_owned(), s("p#1")), ("sk".to_owned(), s("profile")), ("root".to_owned(), s("1"))]);
+        assert_eq!(index_entry(&av, &ROOT_PROFILES, 100), Ok(Some((ItemKey::new("p#1", "profile"), "1".to_owned()))));
+        av.insert(TTL.to_owned(), AttributeValue::N("101".into()));
+        assert!(index_entry(&av, &ROOT_PROFILES, 100).expect("reads").is_some());
+        av.insert(TTL.to_owned(), AttributeValue::N("100".into()));
+        assert_eq!(index_entry(&av, &ROOT_PROFILES, 100), Ok(None));
+        av.remove(TTL);
+        av.insert("root".to_owned(), AttributeValue::N("1".into()));
+        assert_eq!(index_entry(&av, &ROOT_PROFILES, 100), Ok(None));
+        av.insert("root".to_owned(), s("1"));
+        av.remove("sk");
+        assert!(matches!(index_entry(&av, &ROOT_PROFILES, 100), Err(PortError::Invalid(_))));
+
+        let cursor = ScanCursor {
+            segment: 0,
+            total_segments: 1,
+            after: ItemKey::new("p#1", "profile"),
+            value: Some("1".into()),
+        };
+        let key = scan_start_key(cursor.clone(), &ROOT_PROFILES).expect("a key");
+        assert_eq!(
+            key,
+            HashMap::from([("pk".to_owned(), s("p#1")), ("sk".to_owned(), s("profile")), ("root".to_owned(), s("1"))])
+        );
+        let bare = ScanCursor { value: None, ..cursor };
+        assert!(matches!(scan_start_key(bare, &ROOT_PROFILES), Err(PortError::Invalid(_))));
+    }
+
+    #[test]
+    fn index_attributes_must_hold_strings() {
+        let mut attrs = Map::new();
+        attrs.insert("root".into(), json!(5));
+        let item = Item { key: ItemKey::new("p", "s"), attrs, version: 1, expires_at: None };
+        assert!(matches!(item_to_av(&item), Err(PortError::Invalid(_))));
     }
 
     #[test]

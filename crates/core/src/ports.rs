@@ -172,7 +172,8 @@ impl ItemKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
     pub key: ItemKey,
-    /// Attributes other than the key. Names `pk`, `sk`, `v` and `ttl` are reserved.
+    /// Attributes other than the key. Names `pk`, `sk`, `v` and `ttl` are reserved; the attribute of a sparse
+    /// index ([`SPARSE_INDEXES`]) holds a non-empty string when present ([`check_index_values`]).
     pub attrs: serde_json::Map<String, serde_json::Value>,
     /// Optimistic-concurrency version, stored as attribute `v`. Writers bump it themselves.
     pub version: u64,
@@ -241,8 +242,9 @@ pub fn check_transaction(ops: &[WriteOp]) -> Result<(), PortError> {
 pub const RESERVED_ATTRIBUTES: [&str; 4] = ["pk", "sk", "v", "ttl"];
 
 /// The shape rules every adapter applies before [`TableStore::add`]: something to do, no reserved or empty
-/// attribute name, no name twice (DynamoDB refuses overlapping paths in one update). Errors name attributes (chosen
-/// by the caller's code), never values or keys.
+/// attribute name, no name twice (DynamoDB refuses overlapping paths in one update), no delta on an index attribute
+/// and nothing but an index value set on one ([`check_index_values`]). Errors name attributes (chosen by the
+/// caller's code), never values or keys.
 pub fn check_add(deltas: &[(String, i64)], set: &serde_json::Map<String, serde_json::Value>) -> Result<(), PortError> {
     if deltas.is_empty() && set.is_empty() {
         return Err(PortError::Invalid("an add needs at least one delta or attribute to set".into()));
@@ -259,7 +261,13 @@ pub fn check_add(deltas: &[(String, i64)], set: &serde_json::Map<String, serde_j
             return Err(PortError::Invalid(format!("attribute {name:?} appears twice in one add")));
         }
     }
-    Ok(())
+    if let Some(index) = SPARSE_INDEXES.iter().find(|i| deltas.iter().any(|(n, _)| n == i.attribute)) {
+        return Err(PortError::Invalid(format!(
+            "attribute {:?} keys the index {:?}: it holds a string, not a number to add to",
+            index.attribute, index.name
+        )));
+    }
+    check_index_values(set)
 }
 
 /// `current + delta`, a missing attribute counting as 0; `None` when the attribute is not a number or the sum does
@@ -291,6 +299,161 @@ pub struct QueryPage {
     pub items: Vec<Item>,
     /// Sort key to pass as `start_after` for the next page, if there may be more.
     pub next: Option<String>,
+}
+
+/// Most segments one parallel [`TableStore::scan_index`] may be split into. A port limit, far above any useful
+/// number of workers; DynamoDB itself accepts up to 1,000,000.
+pub const MAX_SCAN_SEGMENTS: u32 = 1000;
+
+/// Longest value an index attribute may hold, in UTF-8 bytes (DynamoDB's limit for a partition key, which the
+/// attribute is in the index).
+pub const MAX_INDEX_VALUE_BYTES: usize = 2048;
+
+/// A sparse secondary index of the table: it lists the items whose `attrs` hold `attribute` as a string, and no
+/// others. On DynamoDB it is the global secondary index `name`, hashed on `attribute`, which holds only keys (and
+/// `ttl`), so that it is written only when the attribute (or the expiry) changes, not on every write of the item.
+///
+/// The attribute is a key of the index, so every adapter refuses, with [`PortError::Invalid`], a write that would
+/// give it anything but a non-empty string of at most [`MAX_INDEX_VALUE_BYTES`] (DynamoDB refuses such writes with a
+/// `ValidationException`): see [`check_index_values`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SparseIndex {
+    /// The attribute the index is keyed on; an item is listed while its `attrs` hold it.
+    pub attribute: &'static str,
+    /// The index's name (on DynamoDB, the global secondary index's `IndexName`).
+    pub name: &'static str,
+}
+
+/// Every root profile document, for periodic full passes over the profiles (audiences). The attribute holds the
+/// profile id and is set only on root profile documents: identities, events, ledger rows, dedup items and merged
+/// profiles do not carry it, so a scan of this index reads none of them.
+pub const ROOT_PROFILES: SparseIndex = SparseIndex { attribute: "root", name: "roots" };
+
+/// Every sparse index a table has. Adapters create exactly these (`tributary-aws`'s `admin::create_table`, the SAM
+/// template, SQLite's partial indexes), scan no other and check their attributes on every write.
+pub const SPARSE_INDEXES: [SparseIndex; 1] = [ROOT_PROFILES];
+
+/// The rule every adapter applies to the attributes of a put (and to what an add sets): an attribute of a
+/// [`SPARSE_INDEXES`] index, when present, holds a non-empty string of at most [`MAX_INDEX_VALUE_BYTES`]. Errors
+/// name the attribute, never its value.
+pub fn check_index_values(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), PortError> {
+    for index in &SPARSE_INDEXES {
+        let ok = match attrs.get(index.attribute) {
+            None => true,
+            Some(serde_json::Value::String(s)) => !s.is_empty() && s.len() <= MAX_INDEX_VALUE_BYTES,
+            Some(_) => false,
+        };
+        if !ok {
+            return Err(PortError::Invalid(format!(
+                "attribute {:?} keys the index {:?}: it must hold a non-empty string of at most \
+                 {MAX_INDEX_VALUE_BYTES} bytes",
+                index.attribute, index.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The argument rules every adapter applies before [`TableStore::scan_index`]: a known index,
+/// `1 <= total_segments <= MAX_SCAN_SEGMENTS`, `segment < total_segments`, `limit >= 1`.
+pub fn check_scan(index: &SparseIndex, segment: u32, total_segments: u32, limit: usize) -> Result<(), PortError> {
+    if !SPARSE_INDEXES.contains(index) {
+        return Err(PortError::Invalid(format!("the table has no index {:?} on {:?}", index.name, index.attribute)));
+    }
+    if total_segments == 0 || total_segments > MAX_SCAN_SEGMENTS {
+        return Err(PortError::Invalid(format!(
+            "a scan is split into 1 to {MAX_SCAN_SEGMENTS} segments, got {total_segments}"
+        )));
+    }
+    if segment >= total_segments {
+        return Err(PortError::Invalid(format!("segment {segment} is not below the {total_segments} segments")));
+    }
+    if limit == 0 {
+        return Err(PortError::Invalid("scan limit must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// The segment of `total` that the embedded adapters place partition `pk` in: the first 8 bytes of SHA-256 of
+/// `pk`, big-endian, modulo `total` (a `total` of 0 counts as 1). Stable across runs and versions, so that a cursor
+/// stays valid.
+pub fn scan_segment(pk: &str, total: u32) -> u32 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(pk.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // The remainder is below `total`, a u32.
+    (u64::from_be_bytes(first) % u64::from(total.max(1))) as u32
+}
+
+/// One page of a [`TableStore::scan_index`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    pub keys: Vec<ItemKey>,
+    /// Opaque cursor for the next page of the same segment (same index, segment and segment count); `None` when
+    /// the segment is done.
+    pub next: Option<String>,
+}
+
+/// Where a scan of one segment stopped: the adapters' shared cursor format, opaque to callers (URL-safe base64 of
+/// JSON). It names the index, the segment and the segment count it belongs to, so that a cursor handed to another
+/// scan is refused rather than silently skipping items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub segment: u32,
+    pub total_segments: u32,
+    /// The last key returned; the next page starts after it.
+    pub after: ItemKey,
+    /// The index attribute's value on that item, for adapters that need it to resume (DynamoDB's
+    /// `ExclusiveStartKey` on an index holds the index key too).
+    pub value: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CursorWire {
+    i: String,
+    s: u32,
+    t: u32,
+    pk: String,
+    sk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+}
+
+impl ScanCursor {
+    /// The opaque form handed to callers, for a scan of `index`.
+    pub fn encode(&self, index: &SparseIndex) -> String {
+        use base64::Engine as _;
+        let wire = CursorWire {
+            i: index.name.to_owned(),
+            s: self.segment,
+            t: self.total_segments,
+            pk: self.after.pk.clone(),
+            sk: self.after.sk.clone(),
+            a: self.value.clone(),
+        };
+        // Serialising plain strings and integers cannot fail.
+        let json = serde_json::to_vec(&wire).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads a cursor handed back for a scan of `segment` of `total_segments` of `index`; refused with
+    /// [`PortError::Invalid`] when it is not a cursor of that scan. Errors never echo the cursor (it holds keys).
+    pub fn decode(cursor: &str, index: &SparseIndex, segment: u32, total_segments: u32) -> Result<Self, PortError> {
+        use base64::Engine as _;
+        let invalid = || PortError::Invalid("scan cursor is not one this store produced".into());
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+        let wire: CursorWire = serde_json::from_slice(&json).map_err(|_| invalid())?;
+        if wire.i != index.name || wire.s != segment || wire.t != total_segments {
+            return Err(PortError::Invalid(format!(
+                "scan cursor belongs to another scan (index {:?}, segment {} of {}), not to segment {segment} of \
+                 {total_segments} of index {:?}",
+                wire.i, wire.s, wire.t, index.name
+            )));
+        }
+        Ok(ScanCursor { segment, total_segments, after: ItemKey { pk: wire.pk, sk: wire.sk }, value: wire.a })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -329,6 +492,30 @@ pub trait TableStore: Send + Sync {
         set: serde_json::Map<String, serde_json::Value>,
         expires_at: Option<i64>,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// One page of one segment of a parallel scan over the sparse `index`: keys of unexpired items whose `attrs`
+    /// hold `index.attribute` as a string. Segments `0..total_segments` partition those items (no item in two
+    /// segments; together, all of them), so workers can scan the segments concurrently; which segment an item
+    /// falls in is the store's choice. A page holds at most `limit` keys (fewer only on a segment's last page), in
+    /// no promised order; pass `next` back as `cursor`, with the same index, segment and segment count, to
+    /// continue.
+    ///
+    /// Items written, changed or deleted while a scan runs may or may not be listed, but an item unchanged
+    /// throughout is listed exactly once. On DynamoDB the index is eventually consistent (a global secondary index
+    /// trails the table, usually by well under a second), so an item written just before a scan starts may be
+    /// missing from it too; the embedded stores list it at once.
+    ///
+    /// Refused with [`PortError::Invalid`] (see [`check_scan`]): an index not in [`SPARSE_INDEXES`],
+    /// `total_segments` 0 or above [`MAX_SCAN_SEGMENTS`], `segment >= total_segments`, `limit` 0, and a cursor that
+    /// is not one this adapter produced for this same scan.
+    fn scan_index(
+        &self,
+        index: &SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<KeyPage, PortError>> + Send;
 }
 
 #[cfg(test)]
@@ -345,5 +532,85 @@ mod add_number_tests {
         assert_eq!(add_number(Some(&json!(1.5)), 1), Some(json!(2.5)));
         assert_eq!(add_number(Some(&json!("7")), 1), None);
         assert_eq!(add_number(Some(&json!(null)), 1), None);
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attrs(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => panic!("an object"),
+        }
+    }
+
+    #[test]
+    fn segments_are_stable_and_in_range() {
+        // Pinned: a cursor or a worker assignment must not move between versions.
+        assert_eq!(scan_segment("p#a", 1), 0);
+        assert_eq!(scan_segment("p#a", 0), 0);
+        let first: Vec<u32> = (0..50).map(|i| scan_segment(&format!("p#{i}"), 4)).collect();
+        assert!(first.iter().all(|s| *s < 4));
+        assert_eq!(first, (0..50).map(|i| scan_segment(&format!("p#{i}"), 4)).collect::<Vec<_>>());
+        assert!((0..4).all(|s| first.contains(&s)), "50 partitions spread over 4 segments: {first:?}");
+        // The first 8 bytes of SHA-256, big-endian, modulo the count.
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(b"p#a");
+        let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        assert_eq!(u64::from(scan_segment("p#a", 1000)), n % 1000);
+    }
+
+    #[test]
+    fn scan_arguments() {
+        assert_eq!(check_scan(&ROOT_PROFILES, 0, 1, 1), Ok(()));
+        assert_eq!(check_scan(&ROOT_PROFILES, 999, MAX_SCAN_SEGMENTS, 1), Ok(()));
+        for (segment, total, limit) in [(0, 0, 1), (0, MAX_SCAN_SEGMENTS + 1, 1), (4, 4, 1), (5, 4, 1), (0, 1, 0)] {
+            assert!(matches!(check_scan(&ROOT_PROFILES, segment, total, limit), Err(PortError::Invalid(_))));
+        }
+        let other = SparseIndex { attribute: "root", name: "other" };
+        assert!(matches!(check_scan(&other, 0, 1, 1), Err(PortError::Invalid(_))));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_belong_to_one_scan() {
+        let c = ScanCursor {
+            segment: 2,
+            total_segments: 4,
+            after: ItemKey::new("p#ünï", "profile"),
+            value: Some("ünï".into()),
+        };
+        let text = c.encode(&ROOT_PROFILES);
+        assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{text}");
+        assert_eq!(ScanCursor::decode(&text, &ROOT_PROFILES, 2, 4), Ok(c.clone()));
+        let bare = ScanCursor { value: None, ..c };
+        assert_eq!(ScanCursor::decode(&bare.encode(&ROOT_PROFILES), &ROOT_PROFILES, 2, 4), Ok(bare));
+        for (segment, total) in [(1, 4), (2, 3)] {
+            assert!(matches!(ScanCursor::decode(&text, &ROOT_PROFILES, segment, total), Err(PortError::Invalid(_))));
+        }
+        let other = SparseIndex { attribute: "root", name: "other" };
+        assert!(matches!(ScanCursor::decode(&text, &other, 2, 4), Err(PortError::Invalid(_))));
+        for bad in ["", "not a cursor", "e30", "!!!", &text[1..]] {
+            assert!(matches!(ScanCursor::decode(bad, &ROOT_PROFILES, 2, 4), Err(PortError::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn index_attributes_hold_non_empty_strings() {
+        assert_eq!(check_index_values(&attrs(json!({"name": 1}))), Ok(()));
+        assert_eq!(check_index_values(&attrs(json!({"root": "p1"}))), Ok(()));
+        assert_eq!(check_index_values(&attrs(json!({"root": "x".repeat(MAX_INDEX_VALUE_BYTES)}))), Ok(()));
+        for bad in [json!(1), json!(null), json!(""), json!(true), json!(["a"]), json!({"a": "b"})] {
+            let r = check_index_values(&attrs(json!({ "root": bad })));
+            assert!(matches!(r, Err(PortError::Invalid(_))), "{bad}");
+        }
+        let long = json!({"root": "x".repeat(MAX_INDEX_VALUE_BYTES + 1)});
+        assert!(matches!(check_index_values(&attrs(long)), Err(PortError::Invalid(_))));
+        // Adds: no delta on the attribute, and only a valid value set on it.
+        assert!(matches!(check_add(&[("root".into(), 1)], &serde_json::Map::new()), Err(PortError::Invalid(_))));
+        assert!(matches!(check_add(&[], &attrs(json!({"root": 5}))), Err(PortError::Invalid(_))));
+        assert_eq!(check_add(&[("n".into(), 1)], &attrs(json!({"root": "p1"}))), Ok(()));
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 use tributary_core::ports::{
-    add_number, check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore,
-    TransactError, WriteOp,
+    add_number, check_add, check_index_values, check_scan, check_transaction, scan_segment, Condition, Item, ItemKey,
+    KeyPage, PortError, QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp, SPARSE_INDEXES,
 };
 
 use crate::sqlite_queue::{now_ms, sqlite_error, Db};
@@ -38,6 +38,62 @@ CREATE TABLE IF NOT EXISTS tributary_table_items (
 ) WITHOUT ROWID;
 ";
 
+/// The partial index behind one [`SparseIndex`]: the keys of the rows whose attribute is a string, like
+/// DynamoDB's sparse global secondary index (expired rows stay in it until purged; scans skip them). The
+/// attribute and the name are compile-time constants of [`SPARSE_INDEXES`] and plain identifiers (checked by a
+/// test), so they can be written into the SQL.
+fn sparse_index_ddl(index: &SparseIndex) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS tributary_table_items_{name} ON tributary_table_items (tbl, pk, sk) WHERE {filter};",
+        name = index.name,
+        filter = sparse_index_filter(index)
+    )
+}
+
+/// The partial index's condition; a query must repeat it word for word for SQLite to use the index.
+fn sparse_index_filter(index: &SparseIndex) -> String {
+    format!("json_type(attrs, '$.\"{}\"') = 'text'", index.attribute)
+}
+
+/// One page of one segment, walking the partial index in key order from `after`. Rows of other segments are
+/// stepped over (the segment is a hash of the partition key, which SQL cannot compute here), so a page reads about
+/// `limit × total_segments` index entries, never the whole table, and holds at most `limit + 1` keys in memory.
+fn scan_page(
+    conn: &Connection,
+    table: &str,
+    index: &SparseIndex,
+    segment: u32,
+    total_segments: u32,
+    after: Option<ItemKey>,
+    limit: usize,
+) -> Result<Vec<ItemKey>, PortError> {
+    let err = |e| sqlite_error("scan_index", e);
+    // `INDEXED BY` makes SQLite use the partial index or fail, never fall back to reading every row.
+    let sql = format!(
+        "SELECT pk, sk FROM tributary_table_items INDEXED BY tributary_table_items_{name}
+         WHERE tbl = ?1 AND (pk, sk) > (?2, ?3) AND {filter} AND (expires_at IS NULL OR expires_at > ?4)
+         ORDER BY pk, sk",
+        name = index.name,
+        filter = sparse_index_filter(index)
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+    // Keys are never empty, so ("", "") is before every one of them.
+    let after = after.unwrap_or_else(|| ItemKey::new("", ""));
+    let mut rows = stmt.query(params![table, after.pk, after.sk, now_s()]).map_err(err)?;
+    let mut keys = Vec::new();
+    while let Some(row) = rows.next().map_err(err)? {
+        let pk: String = row.get(0).map_err(err)?;
+        if scan_segment(&pk, total_segments) != segment {
+            continue;
+        }
+        keys.push(ItemKey { pk, sk: row.get(1).map_err(err)? });
+        if keys.len() > limit {
+            break;
+        }
+    }
+    Ok(keys)
+}
+
 /// One logical table in a SQLite database file. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct SqliteTable {
@@ -57,7 +113,9 @@ impl SqliteTable {
         if table.is_empty() {
             return Err(PortError::Invalid("table name must not be empty".into()));
         }
-        let db = Db::open(db_path, TABLE_SCHEMA)?;
+        let schema: String =
+            std::iter::once(TABLE_SCHEMA.to_owned()).chain(SPARSE_INDEXES.iter().map(sparse_index_ddl)).collect();
+        let db = Db::open(db_path, &schema)?;
         Ok(SqliteTable { db: Arc::new(db), table: Arc::from(table) })
     }
 
@@ -160,6 +218,7 @@ fn prepare(op: &WriteOp) -> Result<Option<String>, PortError> {
             if let Some(name) = RESERVED_ATTRS.iter().find(|n| item.attrs.contains_key(**n)) {
                 return Err(PortError::Invalid(format!("attribute name {name:?} is reserved")));
             }
+            check_index_values(&item.attrs)?;
             let json = serde_json::to_string(&item.attrs)
                 .map_err(|e| PortError::Invalid(format!("attributes cannot be serialised: {e}")))?;
             let size = json.len() + item.key.pk.len() + item.key.sk.len();
@@ -392,5 +451,72 @@ impl TableStore for SqliteTable {
         let table = self.table.clone();
         let (key, deltas) = (key.clone(), deltas.to_vec());
         self.db.call(move |conn| apply_add(conn, &table, &key, &deltas, set, expires_at)).await
+    }
+
+    /// Exact pages: `next` is set only when another key of the segment follows.
+    async fn scan_index(
+        &self,
+        index: &SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, PortError> {
+        check_scan(index, segment, total_segments, limit)?;
+        let after = match cursor {
+            Some(c) => Some(ScanCursor::decode(c, index, segment, total_segments)?.after),
+            None => None,
+        };
+        let (table, index) = (self.table.clone(), *index);
+        let mut keys =
+            self.db.call(move |conn| scan_page(conn, &table, &index, segment, total_segments, after, limit)).await?;
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().map(|k| ScanCursor { segment, total_segments, after: k.clone(), value: None }.encode(&index))
+        } else {
+            None
+        };
+        Ok(KeyPage { keys, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_index_names_are_plain_identifiers() {
+        // They are written into SQL: anything else would need quoting.
+        for index in SPARSE_INDEXES {
+            for name in [index.attribute, index.name] {
+                assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{name:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn scans_read_the_partial_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t = SqliteTable::open(&dir.path().join("t.db"), "main").expect("open");
+        let plans =
+            t.db.call(|conn| {
+                let index = tributary_core::ports::ROOT_PROFILES;
+                let sql = format!(
+                    "EXPLAIN QUERY PLAN SELECT pk, sk FROM tributary_table_items INDEXED BY tributary_table_items_{}
+                     WHERE tbl = ?1 AND (pk, sk) > (?2, ?3) AND {} AND (expires_at IS NULL OR expires_at > ?4)
+                     ORDER BY pk, sk",
+                    index.name,
+                    sparse_index_filter(&index)
+                );
+                let mut stmt = conn.prepare(&sql).map_err(|e| sqlite_error("plan", e))?;
+                let rows = stmt
+                    .query_map(params!["main", "", "", 0], |r| r.get::<_, String>(3))
+                    .map_err(|e| sqlite_error("plan", e))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(|e| sqlite_error("plan", e))
+            })
+            .await
+            .expect("plan");
+        assert!(plans.iter().any(|p| p.contains("USING INDEX tributary_table_items_roots")), "{plans:?}");
+        assert!(!plans.iter().any(|p| p.contains("TEMP B-TREE")), "no sort: {plans:?}");
     }
 }

@@ -153,6 +153,21 @@ impl TableStore for NoStatsTable {
     ) -> Result<(), PortError> {
         Err(no_stats_table())
     }
+    /// Finds nothing, like the other reads; bad arguments and cursors (it never hands one out) are refused.
+    async fn scan_index(
+        &self,
+        index: &tributary_core::ports::SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<tributary_core::ports::KeyPage, PortError> {
+        tributary_core::ports::check_scan(index, segment, total_segments, limit)?;
+        if cursor.is_some() {
+            return Err(PortError::Invalid("scan cursor is not one this store produced".into()));
+        }
+        Ok(tributary_core::ports::KeyPage { keys: Vec::new(), next: None })
+    }
 }
 
 fn no_stats_table() -> PortError {

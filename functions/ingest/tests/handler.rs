@@ -534,6 +534,16 @@ impl TableStore for StatsTable {
     async fn write(&self, _: WriteOp) -> Result<(), PortError> {
         panic!("ingest never puts or deletes in the table")
     }
+    async fn scan_index(
+        &self,
+        _: &tributary_core::ports::SparseIndex,
+        _: u32,
+        _: u32,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<tributary_core::ports::KeyPage, PortError> {
+        panic!("ingest never scans the table")
+    }
     async fn add(
         &self,
         key: &ItemKey,

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde_json::{Map, Value};
 
 use crate::ports::{
-    add_number, check_add, check_transaction, Condition, Item, ItemKey, PortError, QueryPage, TableStore,
-    TransactError, WriteOp,
+    add_number, check_add, check_index_values, check_scan, check_transaction, scan_segment, Condition, Item, ItemKey,
+    KeyPage, PortError, QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
 };
 
 #[derive(Default)]
@@ -83,6 +83,14 @@ fn holds(items: &BTreeMap<ItemKey, Item>, key: &ItemKey, condition: &Condition, 
     }
 }
 
+/// The put's attribute rules ([`check_index_values`]), as every adapter applies them.
+fn check_op(op: &WriteOp) -> Result<(), PortError> {
+    match op {
+        WriteOp::Put { item, .. } => check_index_values(&item.attrs),
+        WriteOp::Delete { .. } | WriteOp::Check { .. } => Ok(()),
+    }
+}
+
 fn apply(items: &mut BTreeMap<ItemKey, Item>, op: WriteOp) {
     match op {
         WriteOp::Put { item, .. } => {
@@ -130,6 +138,7 @@ impl TableStore for MemoryTable {
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
         check_transaction(&ops)?;
+        ops.iter().try_for_each(check_op)?;
         let now = now_s();
         let mut state = self.guard()?;
         if let Some(index) = ops.iter().position(|op| !holds(&state.items, op.key(), op.condition(), now)) {
@@ -142,6 +151,7 @@ impl TableStore for MemoryTable {
     }
 
     async fn write(&self, op: WriteOp) -> Result<(), PortError> {
+        check_op(&op)?;
         let now = now_s();
         let mut state = self.guard()?;
         if !holds(&state.items, op.key(), op.condition(), now) {
@@ -181,6 +191,47 @@ impl TableStore for MemoryTable {
         }
         state.items.insert(key.clone(), item);
         Ok(())
+    }
+
+    /// Walks the items in key order from the cursor's key, keeping those of the segment; exact pages (`next` is set
+    /// only when another key follows).
+    async fn scan_index(
+        &self,
+        index: &SparseIndex,
+        segment: u32,
+        total_segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, PortError> {
+        check_scan(index, segment, total_segments, limit)?;
+        let after = match cursor {
+            Some(c) => Some(ScanCursor::decode(c, index, segment, total_segments)?.after),
+            None => None,
+        };
+        let now = now_s();
+        let state = self.guard()?;
+        let start = match &after {
+            Some(k) => std::ops::Bound::Excluded(k),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut keys: Vec<ItemKey> = state
+            .items
+            .range((start, std::ops::Bound::Unbounded))
+            .filter(|(k, i)| {
+                live(i, now)
+                    && i.attrs.get(index.attribute).is_some_and(Value::is_string)
+                    && scan_segment(&k.pk, total_segments) == segment
+            })
+            .map(|(k, _)| k.clone())
+            .take(limit.saturating_add(1))
+            .collect();
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().map(|k| ScanCursor { segment, total_segments, after: k.clone(), value: None }.encode(index))
+        } else {
+            None
+        };
+        Ok(KeyPage { keys, next })
     }
 }
 

@@ -1,9 +1,16 @@
 //! Contract of [`TableStore`]: one DynamoDB-style table with conditional writes, all-or-nothing transactions,
-//! sort-key-prefix queries with pagination, versions, TTL that hides expired items at once, and atomic counter adds.
+//! sort-key-prefix queries with pagination, versions, TTL that hides expired items at once, atomic counter adds, and
+//! parallel scans of a sparse index (whose attribute, an index key on DynamoDB, only ever holds a non-empty string:
+//! DynamoDB refuses any other value with a `ValidationException`, so every adapter refuses it as invalid).
 
 use serde_json::{json, Map, Value};
 
-use crate::ports::{Condition, Item, ItemKey, PortError, TableStore, TransactError, WriteOp, MAX_TRANSACT_ITEMS};
+use std::collections::BTreeSet;
+
+use crate::ports::{
+    Condition, Item, ItemKey, PortError, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
+    MAX_INDEX_VALUE_BYTES, MAX_SCAN_SEGMENTS, MAX_TRANSACT_ITEMS, ROOT_PROFILES,
+};
 
 fn now_epoch_s() -> i64 {
     super::now_epoch_ms() / 1000
@@ -100,6 +107,8 @@ pub async fn table_store_contract_with<T: TableStore>(t: &T, options: ContractOp
     expiry(t).await;
     attribute_round_trip(t).await;
     adds(t, options).await;
+    // Last: it lists every indexed item of the table, and the cases above index none.
+    index_scans(t).await;
 }
 
 async fn conditional_puts<T: TableStore>(t: &T) {
@@ -670,5 +679,255 @@ async fn adds<T: TableStore>(t: &T, options: ContractOptions) {
         get_ok(t, "add#bad", "text", ctx).await,
         Some(text),
         "table store contract [{ctx}]: a refused add must not change the item"
+    );
+}
+
+/// Every key of one segment, following `next` pages of `page` keys; panics on a key listed twice.
+async fn scan_segment_all<T: TableStore>(t: &T, segment: u32, total: u32, page: usize, ctx: &str) -> BTreeSet<ItemKey> {
+    let mut out = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let p = t.scan_index(&ROOT_PROFILES, segment, total, cursor.as_deref(), page).await.unwrap_or_else(|e| {
+            panic!("table store contract [{ctx}]: scan of segment {segment} of {total} (page {page}) failed: {e}")
+        });
+        assert!(
+            p.keys.len() <= page,
+            "table store contract [{ctx}]: scan returned {} keys over limit {page}",
+            p.keys.len()
+        );
+        for k in p.keys {
+            assert!(out.insert(k.clone()), "table store contract [{ctx}]: {k:?} listed twice in segment {segment}");
+        }
+        match p.next {
+            Some(n) => cursor = Some(n),
+            None => return out,
+        }
+    }
+    panic!("table store contract [{ctx}]: scan pagination did not end after 1000 pages");
+}
+
+/// Every key of the index, segment by segment; checks that the segments are disjoint.
+async fn scan_all<T: TableStore>(t: &T, total: u32, page: usize, ctx: &str) -> (BTreeSet<ItemKey>, Vec<usize>) {
+    let mut all = BTreeSet::new();
+    let mut sizes = Vec::new();
+    for segment in 0..total {
+        let keys = scan_segment_all(t, segment, total, page, ctx).await;
+        sizes.push(keys.len());
+        for k in keys {
+            let shown = format!("{k:?}");
+            assert!(all.insert(k), "table store contract [{ctx}]: {shown} listed in two of {total} segments");
+        }
+    }
+    (all, sizes)
+}
+
+fn root(pk: &str, profile: &str) -> Item {
+    item(pk, "profile", 1, json!({ "root": profile, "traits": {"plan": "pro"} }))
+}
+
+async fn index_scans<T: TableStore>(t: &T) {
+    let ctx = "scan_index";
+    let now = now_epoch_s();
+    // Indexed items: 30 root profiles (each with an unindexed neighbour in its partition), one expiring later.
+    let mut expected = BTreeSet::new();
+    for i in 0..30 {
+        let pk = format!("ix#p{i:02}");
+        let mut it = root(&pk, &format!("p{i:02}"));
+        if i == 7 {
+            it.expires_at = Some(now + 3600);
+        }
+        write_ok(t, put(it, Condition::NotExists), ctx).await;
+        write_ok(t, put(item(&pk, "e#1", 1, json!({"name": "Order Completed"})), Condition::None), ctx).await;
+        expected.insert(ItemKey::new(pk, "profile"));
+    }
+    // Not indexed: no attribute, the attribute nested or under another name, and an indexed item that expired.
+    write_ok(t, put(item("ix#merged", "profile", 2, json!({"merged_into": "p01"})), Condition::None), ctx).await;
+    write_ok(t, put(item("ix#nested", "profile", 1, json!({"doc": {"root": "p99"}})), Condition::None), ctx).await;
+    write_ok(t, put(item("ix#other", "profile", 1, json!({"Root": "p98", "roots": "p97"})), Condition::None), ctx)
+        .await;
+    let mut expired = root("ix#expired", "gone");
+    expired.expires_at = Some(now - 3600);
+    write_ok(t, put(expired, Condition::None), ctx).await;
+
+    // One segment, any page size: every indexed key once, nothing else.
+    for page in [1, 3, 7, 30, 1000] {
+        let (all, _) = scan_all(t, 1, page, ctx).await;
+        assert_eq!(all, expected, "table store contract [{ctx}]: one segment in pages of {page}");
+    }
+    let first = t
+        .scan_index(&ROOT_PROFILES, 0, 1, None, 5)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: scan failed: {e}"));
+    assert_eq!(first.keys.len(), 5, "table store contract [{ctx}]: a first page of 5 of 30 is full");
+    assert!(first.next.is_some(), "table store contract [{ctx}]: a first page of 5 of 30 must say there is more");
+
+    // Four segments: a partition of the same set, the work actually split.
+    let (all, sizes) = scan_all(t, 4, 4, ctx).await;
+    assert_eq!(all, expected, "table store contract [{ctx}]: the union of 4 segments");
+    assert!(
+        sizes.iter().filter(|n| **n > 0).count() > 1,
+        "table store contract [{ctx}]: 30 partitions all fell in one of 4 segments: {sizes:?}"
+    );
+    let (all, _) = scan_all(t, 7, 2, ctx).await;
+    assert_eq!(all, expected, "table store contract [{ctx}]: the union of 7 segments");
+
+    index_changes(t, &mut expected).await;
+    index_refusals(t, &expected).await;
+}
+
+/// Deletes, attribute changes and expiry; writes during a scan.
+async fn index_changes<T: TableStore>(t: &T, expected: &mut BTreeSet<ItemKey>) {
+    let ctx = "scan_index changes";
+    let now = now_epoch_s();
+    // A merge: the merged profile loses its attribute and leaves the index; a delete removes another.
+    write_ok(t, put(item("ix#p03", "profile", 2, json!({"merged_into": "p04"})), Condition::VersionIs(1)), ctx).await;
+    write_ok(t, WriteOp::Delete { key: ItemKey::new("ix#p05", "profile"), condition: Condition::None }, ctx).await;
+    // An expiry set later hides an item; an add can index an item (only `set`, never a delta, may touch it).
+    let mut expiring = root("ix#p06", "p06");
+    expiring.version = 2;
+    expiring.expires_at = Some(now - 1);
+    write_ok(t, put(expiring, Condition::VersionIs(1)), ctx).await;
+    let added = ItemKey::new("ix#added", "profile");
+    t.add(&added, &[("n".to_owned(), 1)], attrs(json!({"root": "added"})), None)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: add failed: {e}"));
+    for gone in ["ix#p03", "ix#p05", "ix#p06"] {
+        expected.remove(&ItemKey::new(gone, "profile"));
+    }
+    expected.insert(added);
+    let (all, _) = scan_all(t, 1, 4, ctx).await;
+    assert_eq!(&all, expected, "table store contract [{ctx}]: after a merge, a delete, an expiry and an add");
+    let (all, _) = scan_all(t, 3, 5, ctx).await;
+    assert_eq!(&all, expected, "table store contract [{ctx}]: after the changes, in 3 segments");
+
+    // Writes between pages: unchanged items are listed exactly once, whatever happens around them.
+    let changed = [ItemKey::new("ix#p10", "profile"), ItemKey::new("ix#p20", "profile")];
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let p = t
+            .scan_index(&ROOT_PROFILES, 0, 1, cursor.as_deref(), 3)
+            .await
+            .unwrap_or_else(|e| panic!("table store contract [{ctx}]: scan failed: {e}"));
+        seen.extend(p.keys);
+        pages += 1;
+        if pages == 2 {
+            write_ok(t, WriteOp::Delete { key: changed[0].clone(), condition: Condition::None }, ctx).await;
+            write_ok(t, put(root("ix#p20", "p20-renamed"), Condition::None), ctx).await;
+            write_ok(t, put(root("ix#new", "new"), Condition::NotExists), ctx).await;
+        }
+        match p.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+        assert!(pages < 1000, "table store contract [{ctx}]: scan pagination did not end");
+    }
+    for key in expected.iter().filter(|k| !changed.contains(k)) {
+        let n = seen.iter().filter(|s| *s == key).count();
+        assert_eq!(n, 1, "table store contract [{ctx}]: unchanged {key:?} listed {n} times during writes");
+    }
+    let unknown: Vec<&ItemKey> = seen.iter().filter(|k| !expected.contains(*k) && k.pk != "ix#new").collect();
+    assert!(unknown.is_empty(), "table store contract [{ctx}]: listed keys never indexed: {unknown:?}");
+    expected.remove(&changed[0]);
+    expected.insert(ItemKey::new("ix#new", "profile"));
+    let (all, _) = scan_all(t, 2, 10, ctx).await;
+    assert_eq!(&all, expected, "table store contract [{ctx}]: a scan after the writes");
+}
+
+/// Writes that would give the attribute a value an index key cannot hold, and scans with bad arguments.
+async fn index_refusals<T: TableStore>(t: &T, expected: &BTreeSet<ItemKey>) {
+    let ctx = "scan_index refusals";
+    let bad_values = [
+        json!(5),
+        json!(null),
+        json!(""),
+        json!(true),
+        json!(["p"]),
+        json!({"id": "p"}),
+        json!("x".repeat(MAX_INDEX_VALUE_BYTES + 1)),
+    ];
+    for value in &bad_values {
+        let it = item("ix#bad", "profile", 1, json!({ "root": value }));
+        let shown = format!("{}", value).chars().take(40).collect::<String>();
+        let r = t.write(put(it.clone(), Condition::None)).await;
+        assert!(
+            matches!(r, Err(PortError::Invalid(_))),
+            "table store contract [{ctx}]: a put of root = {shown} must be refused with PortError::Invalid, got {r:?}"
+        );
+        let r = t
+            .transact(vec![put(it, Condition::None), put(item("ix#bad", "other", 1, json!({})), Condition::None)])
+            .await;
+        assert!(
+            matches!(r, Err(TransactError::Port(PortError::Invalid(_)))),
+            "table store contract [{ctx}]: a transaction putting root = {shown} must be refused with \
+             PortError::Invalid, got {r:?}"
+        );
+        let r = t.add(&ItemKey::new("ix#bad", "profile"), &[], attrs(json!({ "root": value })), None).await;
+        assert!(
+            matches!(r, Err(PortError::Invalid(_))),
+            "table store contract [{ctx}]: an add setting root = {shown} must be refused with PortError::Invalid, \
+             got {r:?}"
+        );
+    }
+    let r = t.add(&ItemKey::new("ix#bad", "profile"), &[("root".to_owned(), 1)], Map::new(), None).await;
+    assert!(
+        matches!(r, Err(PortError::Invalid(_))),
+        "table store contract [{ctx}]: an add with a delta on root must be refused with PortError::Invalid, got {r:?}"
+    );
+    // The longest value is a value like any other.
+    let longest = root("ix#long", &"x".repeat(MAX_INDEX_VALUE_BYTES));
+    write_ok(t, put(longest, Condition::NotExists), ctx).await;
+    assert_eq!(get_ok(t, "ix#bad", "profile", ctx).await, None, "table store contract [{ctx}]: nothing may be written");
+    assert_eq!(get_ok(t, "ix#bad", "other", ctx).await, None, "table store contract [{ctx}]: nothing may be written");
+    let mut with_long = expected.clone();
+    with_long.insert(ItemKey::new("ix#long", "profile"));
+    let (all, _) = scan_all(t, 1, 100, ctx).await;
+    assert_eq!(all, with_long, "table store contract [{ctx}]: refused writes are not listed");
+
+    let refused = |what: &str, r: Result<crate::ports::KeyPage, PortError>| {
+        assert!(
+            matches!(r, Err(PortError::Invalid(_))),
+            "table store contract [{ctx}]: a scan with {what} must be refused with PortError::Invalid, got {r:?}"
+        );
+    };
+    refused("0 segments", t.scan_index(&ROOT_PROFILES, 0, 0, None, 10).await);
+    refused("too many segments", t.scan_index(&ROOT_PROFILES, 0, MAX_SCAN_SEGMENTS + 1, None, 10).await);
+    refused("segment = total", t.scan_index(&ROOT_PROFILES, 4, 4, None, 10).await);
+    refused("segment > total", t.scan_index(&ROOT_PROFILES, 9, 4, None, 10).await);
+    refused("limit 0", t.scan_index(&ROOT_PROFILES, 0, 1, None, 0).await);
+    let unknown = SparseIndex { attribute: "root", name: "not-an-index" };
+    refused("an unknown index", t.scan_index(&unknown, 0, 1, None, 10).await);
+    let last = t
+        .scan_index(&ROOT_PROFILES, 999, MAX_SCAN_SEGMENTS, None, 10)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: the last of {MAX_SCAN_SEGMENTS} segments: {e}"));
+    assert!(last.keys.len() <= 10, "table store contract [{ctx}]: over the limit");
+
+    // Cursors: only this store's, for this same scan.
+    let page = t
+        .scan_index(&ROOT_PROFILES, 0, 1, None, 2)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: scan failed: {e}"));
+    let Some(cursor) = page.next else {
+        panic!("table store contract [{ctx}]: a page of 2 of {} ends", expected.len())
+    };
+    refused("a cursor of another segment count", t.scan_index(&ROOT_PROFILES, 0, 2, Some(&cursor), 10).await);
+    refused("a cursor of another index", t.scan_index(&unknown, 0, 1, Some(&cursor), 10).await);
+    let foreign = ScanCursor { segment: 1, total_segments: 2, after: ItemKey::new("ix#p01", "profile"), value: None };
+    refused(
+        "a cursor of another segment",
+        t.scan_index(&ROOT_PROFILES, 0, 2, Some(&foreign.encode(&ROOT_PROFILES)), 10).await,
+    );
+    for garbage in ["", "garbage", "e30", "{\"pk\":\"ix#p01\",\"sk\":\"profile\"}", &cursor[..cursor.len() / 2]] {
+        refused("a cursor it did not produce", t.scan_index(&ROOT_PROFILES, 0, 1, Some(garbage), 10).await);
+    }
+    let again = t
+        .scan_index(&ROOT_PROFILES, 0, 1, Some(&cursor), 10)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: a cursor used twice: {e}"));
+    assert!(
+        again.keys.iter().all(|k| !page.keys.contains(k)),
+        "table store contract [{ctx}]: the page after a cursor repeats the page before it"
     );
 }
