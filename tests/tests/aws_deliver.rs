@@ -140,7 +140,7 @@ fn handoff(message_id: &str) -> Handoff {
 }
 
 fn envelope(items: Vec<Handoff>) -> OutgoingMessage {
-    let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None };
+    let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None, destinations: None };
     OutgoingMessage { id: uuid::Uuid::new_v4().simple().to_string(), body: serde_json::to_string(&env).expect("JSON") }
 }
 

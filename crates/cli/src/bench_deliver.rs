@@ -67,6 +67,7 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
             max_in_flight: concurrency,
             ..Default::default()
         },
+        audiences: Vec::new(),
     };
     let base = format!("http://127.0.0.1:{}", addr.port());
     let destinations = resolve_destinations(&workspace, &|n| (n == LOCAL_URL_VAR).then(|| base.clone()))?;
@@ -254,7 +255,7 @@ fn envelope_bodies(sample: &Value, tag: &str, events: usize) -> Vec<String> {
                     event: with_id(sample, &format!("{tag}-{i}")),
                 })
                 .collect();
-            let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None };
+            let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items, only: None, destinations: None };
             serde_json::to_string(&env).unwrap_or_default()
         })
         .collect()

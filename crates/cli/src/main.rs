@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audiences;
 mod bench;
 mod bench_deliver;
 mod bench_import;
@@ -68,6 +69,11 @@ enum Command {
     Import(import::ImportArgs),
     /// List a source's file imports (status, counts) in the local data directory.
     Imports(import::ImportsArgs),
+    /// Audience tools: preview a definition against the local profiles.
+    Audiences {
+        #[command(subcommand)]
+        command: audiences::AudiencesCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
         Command::Redrive(args) => redrive::run(args),
         Command::Import(args) => import::run(args),
         Command::Imports(args) => import::list(args),
+        Command::Audiences { command } => audiences::run(command),
     };
     match result {
         Ok(code) => code,

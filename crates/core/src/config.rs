@@ -50,6 +50,9 @@ pub struct WorkspaceConfig {
     /// Retries, the SSRF allow-list and sensitive-data scrubbing for all destinations.
     #[serde(default)]
     pub delivery: crate::delivery::DeliverySettings,
+    /// Audiences: named rules over traits, recent events, consent and identifiers, evaluated per profile.
+    #[serde(default)]
+    pub audiences: Vec<crate::audience::AudienceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -287,6 +290,12 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
         if !ids.insert(s.id.as_str()) {
             err(line(s.id.as_str()), format!("sources[{i}].id: duplicate source id {:?}", s.id.as_str()));
         }
+        if s.id.as_str() == crate::audience::AUDIENCE_SOURCE {
+            err(
+                line(s.id.as_str()),
+                format!("sources[{i}].id: {:?} is reserved for audience events", crate::audience::AUDIENCE_SOURCE),
+            );
+        }
         // A source that only sends files (an import mapping) needs no write key.
         if s.write_key_sha256.is_empty() && s.import.is_none() {
             err(
@@ -401,7 +410,7 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
         }
         if let Some(sources) = &d.sources {
             for (k, s) in sources.iter().enumerate() {
-                if !cfg.sources.iter().any(|c| c.id.as_str() == s) {
+                if s != crate::audience::AUDIENCE_SOURCE && !cfg.sources.iter().any(|c| c.id.as_str() == s) {
                     err(at, format!("destinations[{i}].sources[{k}]: no source {s:?} in this workspace"));
                 }
             }
@@ -409,6 +418,39 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
     }
     if let Err(m) = cfg.delivery.check() {
         err(line("delivery:"), format!("delivery: {m}"));
+    }
+    for (i, a) in cfg.audiences.iter().enumerate() {
+        let at = line(&format!("id: {}", a.id));
+        for (k, d) in a.destinations.iter().enumerate() {
+            match cfg.destinations.iter().find(|x| &x.id == d) {
+                None => err(at, format!("audiences[{i}].destinations[{k}]: no destination {d:?} in this workspace")),
+                // Its filter would drop every audience event: say so rather than send nothing.
+                Some(x) if x.sources.as_ref().is_some_and(|s| !s.iter().any(|s| s == crate::audience::AUDIENCE_SOURCE)) => err(
+                    at,
+                    format!(
+                        "audiences[{i}].destinations[{k}]: destination {d:?} takes only the sources it lists; add {:?} to its sources",
+                        crate::audience::AUDIENCE_SOURCE
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    if let Err(errors) = crate::audience::AudienceSet::from_config(cfg) {
+        // The audience's `id:` line, searched from the `audiences:` section on so a source with the same id is not
+        // picked; the section line itself is the fallback.
+        let section = find_line(text, "audiences:");
+        let from = section.map_or(0, |(line, _)| line - 1);
+        let rest = text.lines().skip(from).collect::<Vec<_>>().join("\n");
+        for e in errors {
+            let at = e
+                .audience
+                .and_then(|i| cfg.audiences.get(i))
+                .and_then(|a| find_line(&rest, &format!("id: {}", a.id)))
+                .map(|(line, col)| (line + from, col))
+                .or(section);
+            err(at, e.to_string());
+        }
     }
     let mut mids = BTreeSet::new();
     for (i, m) in cfg.management_keys.iter().enumerate() {

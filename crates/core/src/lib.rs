@@ -1,6 +1,7 @@
 //! Tributary's pure domain: the Segment-spec event model, the ingest pipeline (parse, validate, normalize, enrich,
 //! pack), the workspace configuration and the port traits that adapters implement. No async runtime, no AWS, no I/O.
 
+pub mod audience;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -10,6 +10,11 @@
 //!   `url: "${TRIBUTARY_LOCAL_URL}/_local/sink"` and allow-lists `127.0.0.1`, as the demo workspace does.
 //! - Files dropped under `objects/imports/<source-id>/` become S3 `ObjectCreated` notifications on the import queue
 //!   (once their size and modification time hold still for a scan), which feeds the import function.
+//! - When the workspace has audiences, stitch writes the profile change feed and a timer plays the EventBridge
+//!   schedules of the audience refresh: an incremental run every [`AUDIENCE_INTERVAL`] (or
+//!   `TRIBUTARY_AUDIENCE_INTERVAL_SECS`), a full pass every day. `POST /_local/audiences/refresh` runs one at
+//!   once, optionally with the audience clock moved ahead (`{"full": false, "advance_ms": 0}`), to see what time
+//!   alone does to windowed audiences; it answers with the run's report.
 //! - Each registered SQS trigger polls a durable SQLite queue and delivers `SqsEvent` batches exactly as Lambda does:
 //!   records carry receive counts, `batchItemFailures` keeps the failed ones for redelivery after the visibility
 //!   timeout, a handler error returns the whole batch, and the queue's redrive policy moves poison messages to its
@@ -21,6 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +42,7 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tributary_audiences::{Audiences, RefreshRequest, RefreshSettings};
 use tributary_core::config::{Sha256Hex, SourceConfig, SourceId, WorkspaceConfig};
 use tributary_core::delivery::{DeliverySettings, DestinationConfig, DestinationKind, Transport};
 use tributary_core::ingest::CEILING;
@@ -58,6 +65,15 @@ pub const DELIVERY_QUEUE: &str = "delivery";
 pub const DELIVERY_DLQ: &str = "delivery-dlq";
 pub const IMPORT_QUEUE: &str = "imports";
 pub const IMPORT_DLQ: &str = "imports-dlq";
+/// The profile change feed stitch writes and the audience refresh drains.
+pub const CHANGES_QUEUE: &str = "profile-changes";
+pub const CHANGES_DLQ: &str = "profile-changes-dlq";
+/// How often the local audience refresh runs (the AWS schedule defaults to 15 minutes; locally, sooner is handier).
+pub const AUDIENCE_INTERVAL: Duration = Duration::from_secs(15);
+/// How often a local run is a full pass.
+pub const AUDIENCE_FULL_PASS: Duration = Duration::from_secs(24 * 3600);
+/// Furthest `/_local/audiences/refresh` moves the audience clock in one call (ten years).
+const MAX_CLOCK_ADVANCE_MS: i64 = 10 * 366 * 86_400_000;
 /// The bucket name of `objects/` in import notifications (files dropped under `objects/imports/<source-id>/`).
 pub const LOCAL_IMPORT_BUCKET: &str = "local";
 /// How often the objects directory is scanned for new import files.
@@ -148,6 +164,7 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
         // allow-listed, and the demo allow-lists exactly the address it listens on.
         destinations: vec![local_sink_destination()],
         delivery: DeliverySettings { allow_private_hosts: vec!["127.0.0.1".into()], ..Default::default() },
+        audiences: Vec::new(),
     };
     Ok((cfg, keys))
 }
@@ -457,11 +474,15 @@ pub struct RequestRecord {
     pub auth: &'static str,
 }
 
-struct AppState<M> {
+type LocalAudiences<M> = Audiences<SqliteTable, SqliteQueue, Arc<M>>;
+
+struct AppState<M: MetricsSink> {
     ingest: Arc<Ingest<SqliteQueue, Arc<M>, DirStore, SqliteTable>>,
     profiles: ProfileApi<SqliteTable>,
     sink: SqliteTable,
     requests: Mutex<Vec<RequestRecord>>,
+    /// The audience refresh and how far its clock runs ahead of the wall clock (ms); `None` without audiences.
+    audiences: Option<(Arc<LocalAudiences<M>>, Arc<AtomicI64>)>,
 }
 
 /// A running local platform.
@@ -509,10 +530,31 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
         workspace.clone(),
     );
-    let state = Arc::new(AppState { ingest, profiles: profile_api, sink, requests: Mutex::new(Vec::new()) });
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+
+    // The audience refresh, when there are audiences: stitch names changed profiles on the feed it drains.
+    let changes_options = || QueueOptions { dead_letter: Some((CHANGES_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
+    let audiences = if workspace.audiences.is_empty() {
+        None
+    } else {
+        let offset = Arc::new(AtomicI64::new(0));
+        let clock_offset = offset.clone();
+        let refresh = Audiences::new(
+            SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+            open_queue(CHANGES_QUEUE, changes_options())?,
+            open_queue(DELIVERY_QUEUE, delivery_options())?,
+            metrics.clone(),
+            workspace.clone(),
+            RefreshSettings::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("workspace audiences: {e}"))?
+        .with_clock(move || now_ms() + clock_offset.load(Ordering::SeqCst));
+        let refresh = Arc::new(refresh);
+        tasks.push(tokio::spawn(schedule_audiences(refresh.clone(), shutdown_rx.clone())));
+        Some((refresh, offset))
+    };
+    let state = Arc::new(AppState { ingest, profiles: profile_api, sink, requests: Mutex::new(Vec::new()), audiences });
 
     // events → stitch → delivery.
     let stitch = Stitch::new(
@@ -523,6 +565,10 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         StitchSettings::default(),
     )
     .map_err(|e| anyhow::anyhow!("workspace identity rules: {e}"))?;
+    let stitch = match &state.audiences {
+        Some(_) => stitch.with_changes(open_queue(CHANGES_QUEUE, changes_options())?),
+        None => stitch,
+    };
     let stitch = Arc::new(stitch);
     let handler: SqsHandler = Arc::new(move |event| {
         let s = stitch.clone();
@@ -610,6 +656,7 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         .route("/_local/events", get(local_events::<M>))
         .route("/_local/sink", axum::routing::post(local_sink::<M>))
         .route("/_local/requests", get(local_requests::<M>))
+        .route("/_local/audiences/refresh", axum::routing::post(local_audience_refresh::<M>))
         .fallback(front::<M>)
         .with_state(state);
     let mut rx = shutdown_rx.clone();
@@ -623,6 +670,90 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         }
     }));
     Ok(Platform { addr, shutdown: shutdown_tx, tasks })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The audience schedules
+// ---------------------------------------------------------------------------------------------------------------
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Plays the two EventBridge schedules: an incremental run every interval, a full pass once a day.
+async fn schedule_audiences<M: MetricsSink + 'static>(
+    refresh: Arc<LocalAudiences<M>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = std::env::var("TRIBUTARY_AUDIENCE_INTERVAL_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(AUDIENCE_INTERVAL, Duration::from_secs);
+    let mut last_full = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let full = last_full.elapsed() >= AUDIENCE_FULL_PASS;
+        match refresh.handle(RefreshRequest { full }, None).await {
+            Ok(report) => {
+                if full && !report.busy {
+                    last_full = tokio::time::Instant::now();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Audience refresh failed; the next run tries again."),
+        }
+    }
+}
+
+/// `POST /_local/audiences/refresh`: one run now, after moving the audience clock ahead by `advance_ms`.
+async fn local_audience_refresh<M: MetricsSink + 'static>(
+    State(state): State<Arc<AppState<M>>>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Ask {
+        #[serde(default)]
+        full: bool,
+        #[serde(default)]
+        advance_ms: i64,
+    }
+    let bad = |message: String| {
+        (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"code": "invalid_request", "message": message})))
+            .into_response()
+    };
+    let ask: Ask = if body.is_empty() {
+        Ask::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return bad(format!("body must be {{\"full\": bool, \"advance_ms\": int}}: {e}")),
+        }
+    };
+    if !(0..=MAX_CLOCK_ADVANCE_MS).contains(&ask.advance_ms) {
+        return bad(format!("advance_ms must be between 0 and {MAX_CLOCK_ADVANCE_MS}"));
+    }
+    let Some((refresh, offset)) = &state.audiences else {
+        let body = json!({"code": "no_audiences", "message": "the workspace has no audiences"});
+        return (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    };
+    offset.fetch_add(ask.advance_ms, Ordering::SeqCst);
+    // A scheduled run may hold the lease: wait for it rather than answer "busy".
+    for _ in 0..200 {
+        match refresh.handle(RefreshRequest { full: ask.full }, None).await {
+            Ok(report) if report.busy => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(report) => return axum::Json(report).into_response(),
+            Err(e) => {
+                let body = json!({"code": "refresh_failed", "message": e.to_string()});
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
+            }
+        }
+    }
+    let body = json!({"code": "busy", "message": "another audience run held the lease for 10 s"});
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -399,7 +399,11 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
             .iter()
             .find(|s| s.id.as_str() == envelope.source_id)
             .and_then(|s| s.permitted_purposes.as_deref());
-        let wanted = |dest: &DestinationConfig| only.as_ref().is_none_or(|o| o.iter().any(|id| id == &dest.id));
+        let aimed = |list: &Option<Vec<String>>, dest: &DestinationConfig| {
+            list.as_ref().is_none_or(|l| l.iter().any(|id| id == &dest.id))
+        };
+        // An audience's events go only to the destinations it is connected to.
+        let wanted = |dest: &DestinationConfig| aimed(only, dest) && aimed(&envelope.destinations, dest);
         let permits = |dest: &DestinationConfig| source_permits(permitted, &dest.purposes);
         for item in envelope.items {
             // The event's text goes into an `Event` its jobs share; the hand-off keeps the rest.

@@ -132,6 +132,7 @@ fn entry(m: &ReceivedMessage, filter: &Filter) -> Option<(Entry, DeliveryEnvelop
                 source_id: dl.source_id,
                 items: vec![dl.item],
                 only: Some(vec![dl.destination_id]),
+                destinations: None,
             };
             Some((entry, envelope))
         }

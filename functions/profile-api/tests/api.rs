@@ -257,7 +257,28 @@ async fn profile_lists_identities_of_both_merged_profiles_and_traits_with_proven
     assert_eq!(v["first_seen"], "2025-03-10T12:00:00Z");
     assert_eq!(v["counts"]["email"], 1);
     assert_eq!(v["audiences"], json!([]));
-    assert_eq!(v["overflow"], json!({"traits": 0, "merges": 0, "identities": 0, "history": 0}));
+    assert_eq!(v["overflow"], json!({"traits": 0, "merges": 0, "identities": 0, "history": 0, "counters": 0}));
+}
+
+#[tokio::test]
+async fn profile_shows_the_audiences_it_is_in() {
+    let table = seeded();
+    let membership = tributary_core::profile::membership::Membership {
+        members: BTreeMap::from([("pro".to_string(), T0 + 9_000), ("eu".to_string(), T0)]),
+        recheck_at: None,
+        seq: 2,
+    };
+    table.put(tributary_core::profile::membership::membership_key(ROOT), membership.to_attrs());
+    let api = api(table);
+    let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(
+        body_json(&resp)["audiences"],
+        json!([
+            {"id": "eu", "entered_at": "2025-03-10T12:00:00Z"},
+            {"id": "pro", "entered_at": "2025-03-10T12:00:09Z"},
+        ])
+    );
 }
 
 #[tokio::test]

@@ -11,23 +11,26 @@
 //!
 //! So an event's effect happens exactly once, whatever the redeliveries, arrival order or concurrency.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use rand::Rng;
 use serde_json::{Map, Value};
+use tributary_core::audience::{event_day, AudienceSet, MAX_COUNTER_KEYS};
 use tributary_core::config::{DataPartyClass, SourceConfig, WorkspaceConfig};
 use tributary_core::identity::plan::{self, Bounds, Plan, Refused, RootInfo, Snapshot, Target, MAX_EVENT_IDENTIFIERS};
 use tributary_core::identity::{extract, CompiledRules, ExtractOptions, IdType, Identifier};
 use tributary_core::ingest::timestamp::parse_timestamp;
 use tributary_core::ingest::Envelope;
+use tributary_core::lambda::SendRetry;
 use tributary_core::metrics::{Emf, MetricsSink};
 use tributary_core::ports::{
     check_transaction, Condition, Item, ItemKey, OutgoingMessage, PortError, Queue, TableStore, TransactError, WriteOp,
-    MAX_SEND_BATCH, MAX_TRANSACT_ITEMS,
+    MAX_TRANSACT_ITEMS, ROOT_PROFILES,
 };
+use tributary_core::profile::changes::ProfileChanges;
 use tributary_core::profile::layout::{
     dedup_key, event_sk, identity_attrs, identity_key, identity_profile, ledger_sk, message_hash, new_profile_id,
     profile_key, profile_pk, MAX_EVENT_ROW_BYTES, MAX_RECENT_REFUSALS,
@@ -79,7 +82,8 @@ pub enum Applied {
     Stitched {
         profile: String,
         created: bool,
-        merged: usize,
+        /// The profiles merged into `profile` by this event.
+        merged: Vec<String>,
         linked: usize,
         refused: usize,
         attempts: u32,
@@ -107,14 +111,20 @@ struct Counters {
     refused: u64,
     conflicts: u64,
     failed_records: u64,
+    /// Profiles named on the change feed (0 when it is off or its send failed).
+    changes: u64,
 }
 
 pub struct Stitch<T: TableStore, Q: Queue, M: MetricsSink> {
     table: T,
     delivery: Q,
+    /// The profile change feed the audience refresh drains; `None` when the workspace has no audiences.
+    changes: Option<Q>,
     metrics: M,
     workspace: Arc<WorkspaceConfig>,
     rules: CompiledRules,
+    /// What the audiences count per profile (their `performed` conditions).
+    audiences: AudienceSet,
     extract: ExtractOptions,
     settings: StitchSettings,
     clock: Clock,
@@ -137,12 +147,21 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         settings: StitchSettings,
     ) -> Result<Self, String> {
         let rules = workspace.identity.compile().map_err(|e| e.to_string())?;
+        let audiences = AudienceSet::from_config(&workspace)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
         let extract = ExtractOptions {
             default_country_code: workspace.profiles.default_country_code.clone(),
             include_hashed: true,
         };
         let clock: Clock = Arc::new(|| (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64);
-        Ok(Stitch { table, delivery, metrics, workspace, rules, extract, settings, clock })
+        Ok(Stitch { table, delivery, changes: None, metrics, workspace, rules, audiences, extract, settings, clock })
+    }
+
+    /// Names every profile an invocation changed on `queue` (see [`ProfileChanges`]). Only worth it when the
+    /// workspace has audiences: nothing else reads the feed.
+    pub fn with_changes(mut self, queue: Q) -> Self {
+        self.changes = Some(queue);
+        self
     }
 
     /// Replaces the clock (epoch milliseconds), for tests.
@@ -159,14 +178,29 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let mut counters = Counters::default();
         let mut failures = Vec::new();
+        let mut applied = Vec::new();
+        let mut changed = BTreeSet::new();
         for record in event.records {
             let id = record.message_id.clone().unwrap_or_default();
-            match self.process_record(record.body.as_deref().unwrap_or(""), &mut counters).await {
-                Ok(()) => {}
+            match self.process_record(record.body.as_deref().unwrap_or(""), &mut counters, &mut changed).await {
+                Ok(()) => applied.push(id),
                 Err(e) => {
                     counters.failed_records += 1;
                     tracing::warn!(error = %e, record = %id, "Record not applied; it will be redelivered.");
                     failures.push(id);
+                }
+            }
+        }
+        if let Some(queue) = &self.changes {
+            if !changed.is_empty() {
+                match send_all(queue, ProfileChanges::messages(&changed), self.settings.send_attempts).await {
+                    Ok(()) => counters.changes = changed.len() as u64,
+                    // The records come back as duplicates, which name their profiles again: nothing is missed.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Change feed not written; the batch will be redelivered.");
+                        counters.failed_records += applied.len() as u64;
+                        failures.append(&mut applied);
+                    }
                 }
             }
         }
@@ -175,7 +209,12 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
     }
 
     /// Applies every event of one events-queue record, then hands them all off in as few messages as fit.
-    async fn process_record(&self, body: &str, counters: &mut Counters) -> Result<(), StitchError> {
+    async fn process_record(
+        &self,
+        body: &str,
+        counters: &mut Counters,
+        changed: &mut BTreeSet<String>,
+    ) -> Result<(), StitchError> {
         let envelope: Envelope = serde_json::from_str(body)
             .map_err(|e| StitchError::Invalid(format!("record body is not an events envelope: {e}")))?;
         let source = self
@@ -195,10 +234,12 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                 Applied::Stitched { profile, created, merged, linked, refused, attempts, consent, consent_changed } => {
                     counters.stitched += 1;
                     counters.created += u64::from(created);
-                    counters.merged += merged as u64;
+                    counters.merged += merged.len() as u64;
+                    changed.extend(merged);
                     counters.linked += linked as u64;
                     counters.refused += refused as u64;
                     counters.conflicts += u64::from(attempts.saturating_sub(1));
+                    changed.insert(profile.clone());
                     (Some(profile), consent, consent_changed, None)
                 }
                 // Applied earlier: the profile may have been merged since, so follow it to its root now.
@@ -207,8 +248,10 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                     match profile {
                         // The change (if any) was handed off when the event was applied.
                         // Receipts stay with the profile the event was applied to.
+                        // Named on the change feed again: a redelivered batch may be one whose feed write failed.
                         Some(p) => match self.resolve_root(&p).await? {
                             Some((root, loaded)) => {
+                                changed.insert(root.clone());
                                 let applied_to = (root != p).then_some(p);
                                 (Some(root), granted(&loaded.doc), false, applied_to)
                             }
@@ -296,7 +339,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                                 Target::New => new_profile_id(&mh),
                             },
                             created: p.target == Target::New,
-                            merged: p.losers.len(),
+                            merged: p.losers.iter().map(|(l, _)| l.clone()).collect(),
                             linked: p.new_ids.len(),
                             refused: p.refused.len(),
                             attempts: attempt,
@@ -513,6 +556,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         }
         let consent_before = granted(&doc);
         consent::apply(&mut doc.consent, signals, stamp);
+        self.count(&mut doc, event, stamp, now);
         doc.events += 1;
         doc.first_seen = if doc.events == 1 { stamp.ts } else { doc.first_seen.min(stamp.ts) };
         doc.last_seen = doc.last_seen.max(stamp.ts);
@@ -530,8 +574,12 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
 
         let consent = granted(&doc);
         let consent_changed = consent != consent_before;
+        // A root carries the sparse index attribute (a full audience pass lists roots through it); a merged
+        // profile's document is written without it, which takes it out of the index.
+        let mut attrs = doc.to_attrs();
+        attrs.insert(ROOT_PROFILES.attribute.into(), Value::String(root_id.clone()));
         ops.push(WriteOp::Put {
-            item: Item { key: profile_key(&root_id), attrs: doc.to_attrs(), version: root_version, expires_at: None },
+            item: Item { key: profile_key(&root_id), attrs, version: root_version, expires_at: None },
             condition: root_condition,
         });
         let pk = profile_pk(&root_id);
@@ -581,6 +629,20 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         Ok((ops, (consent, consent_changed)))
     }
 
+    /// Counts the event for the audiences' `performed` conditions (on its event day, bounded in days and keys).
+    /// Counters of conditions no longer configured are dropped as the profile passes by.
+    fn count(&self, doc: &mut ProfileDoc, event: &Map<String, Value>, stamp: &Stamp, now: i64) {
+        if doc.counters.keys().any(|k| !self.audiences.is_counted(k)) {
+            doc.counters.retain_keys(|k| self.audiences.is_counted(k));
+        }
+        let day = event_day(stamp.ts, now);
+        for key in self.audiences.counter_keys(event) {
+            if !doc.counters.record(&key, day, self.audiences.keep_days(), MAX_COUNTER_KEYS) {
+                doc.overflow.counters += 1;
+            }
+        }
+    }
+
     /// Puts hand-offs on the delivery queue, packed into messages of at most [`MAX_HANDOFF_BYTES`].
     async fn hand_off(&self, source_id: &str, items: Vec<Handoff>) -> Result<(), StitchError> {
         if items.is_empty() {
@@ -600,42 +662,12 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         }
         messages.push(self.message(source_id, current, messages.len()));
 
-        let mut pending = messages;
-        for attempt in 1..=self.settings.send_attempts.max(1) {
-            let mut failed = Vec::new();
-            let mut fatal = None;
-            for chunk in pending.chunks(MAX_SEND_BATCH) {
-                match self.delivery.send_batch(chunk).await {
-                    Ok(f) => {
-                        if let Some(bad) = f.iter().find(|f| !f.retryable) {
-                            fatal = Some(PortError::Invalid(bad.reason.clone()));
-                        }
-                        failed.extend(f.into_iter().map(|f| f.id));
-                    }
-                    Err(e) => {
-                        if !e.is_retryable() {
-                            fatal = Some(e);
-                        }
-                        failed.extend(chunk.iter().map(|m| m.id.clone()));
-                    }
-                }
-            }
-            if failed.is_empty() {
-                return Ok(());
-            }
-            if let Some(e) = fatal {
-                return Err(e.into());
-            }
-            pending.retain(|m| failed.contains(&m.id));
-            if attempt < self.settings.send_attempts {
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-        }
-        Err(PortError::Unavailable("the delivery queue refused the hand-off".into()).into())
+        Ok(send_all(&self.delivery, messages, self.settings.send_attempts).await?)
     }
 
     fn message(&self, source_id: &str, items: Vec<Handoff>, n: usize) -> OutgoingMessage {
-        let envelope = DeliveryEnvelope { v: 1, source_id: source_id.to_string(), items, only: None };
+        let envelope =
+            DeliveryEnvelope { v: 1, source_id: source_id.to_string(), items, only: None, destinations: None };
         OutgoingMessage { id: format!("m{n}"), body: serde_json::to_string(&envelope).unwrap_or_default() }
     }
 
@@ -650,11 +682,18 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             .count("Links", c.linked)
             .count("Refusals", c.refused)
             .count("Conflicts", c.conflicts)
-            .count("FailedRecords", c.failed_records);
+            .count("FailedRecords", c.failed_records)
+            .count("ProfileChanges", c.changes);
         if let Some(line) = emf.line((self.clock)()) {
             self.metrics.emit(line);
         }
     }
+}
+
+/// Sends on a queue, trying refused messages again with a short backoff.
+async fn send_all<Q: Queue>(queue: &Q, messages: Vec<OutgoingMessage>, attempts: u32) -> Result<(), PortError> {
+    let retry = SendRetry { attempts, backoff: Duration::from_millis(100) };
+    tributary_core::lambda::send_all(queue, messages, retry, tokio::time::sleep).await
 }
 
 /// The profile's consent per purpose after an event, and whether the event changed it.
@@ -714,6 +753,8 @@ pub fn absorb(
     root.overflow.merges += loser.overflow.merges;
     root.overflow.identities += loser.overflow.identities;
     root.overflow.history += loser.overflow.history;
+    root.overflow.counters += loser.overflow.counters;
+    root.overflow.counters += root.counters.merge(&loser.counters, MAX_COUNTER_KEYS) as u64;
     root.overflow.traits += loser.overflow.traits;
     if loser.events > 0 {
         root.first_seen = if root.events == 0 { loser.first_seen } else { root.first_seen.min(loser.first_seen) };

@@ -3,6 +3,8 @@
 //! Environment (set by infra/template.yaml):
 //! - `PROFILES_TABLE`: the profile table (identities, profiles, ledger, events, dedup).
 //! - `DELIVERY_QUEUE_URL`: where stitched events are handed to delivery.
+//! - `CHANGES_QUEUE_URL` (optional): the profile change feed the audience refresh drains; written only when the
+//!   workspace has audiences.
 //! - `WORKSPACE_CONFIG`: `s3://bucket/key` of the workspace file, or a path inside the deployment package.
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config_uri = std::env::var("WORKSPACE_CONFIG").context("WORKSPACE_CONFIG is not set")?;
     let clients = AwsClients::from_env().await;
     let workspace = tributary_aws::load_workspace(&clients, &config_uri).await?;
+    let has_audiences = !workspace.audiences.is_empty();
     // Open the TLS connection during init, which is billed the same but keeps the first request fast.
     clients.warm().await;
 
@@ -34,6 +37,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         StitchSettings::default(),
     )
     .map_err(anyhow::Error::msg)?;
+    let stitch = match std::env::var("CHANGES_QUEUE_URL") {
+        Ok(url) if has_audiences => stitch.with_changes(clients.sqs_queue(url)),
+        _ => stitch,
+    };
     let stitch = &stitch;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, lambda_runtime::Error>(stitch.handle(event.payload).await)

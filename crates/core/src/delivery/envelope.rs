@@ -75,6 +75,10 @@ pub struct DeliveryEnvelope<E = Value> {
     /// Deliver to these destinations only (a redrive); every destination when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only: Option<Vec<String>>,
+    /// The destinations the events are for (an audience's connected destinations); every destination when
+    /// absent. Unlike `only`, not a redrive: a dead-lettered event stays where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<Vec<String>>,
 }
 
 /// One (destination, event) given up on, as the deliver function writes it to the delivery DLQ.
@@ -261,7 +265,7 @@ mod tests {
         };
         let body = serde_json::to_string(&dl).unwrap();
         assert_eq!(DlqMessage::parse(&body).unwrap(), DlqMessage::DeadLetter(Box::new(dl)));
-        let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items: vec![item], only: None };
+        let env = DeliveryEnvelope { v: 1, source_id: "web".into(), items: vec![item], only: None, destinations: None };
         let body = serde_json::to_string(&env).unwrap();
         assert!(!body.contains("only"), "{body}");
         assert_eq!(DlqMessage::parse(&body).unwrap(), DlqMessage::Envelope(env));

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::audience::EventCounters;
 use crate::config::DataPartyClass;
 use crate::identity::Identifier;
 use crate::ports::ItemKey;
@@ -157,6 +158,9 @@ pub struct Overflow {
     /// Events not kept in the history because of the per-day bound.
     #[serde(default)]
     pub history: u64,
+    /// Event counts not kept because the profile holds the most counter keys.
+    #[serde(default)]
+    pub counters: u64,
 }
 
 /// The profile document, the attributes of the `p#<id>`/`profile` item. Only a root (not merged) profile's
@@ -202,6 +206,9 @@ pub struct ProfileDoc {
     /// Events kept in the history on `history_day`.
     #[serde(default)]
     pub history_today: u32,
+    /// Daily counts of the events that configured audiences' `performed` conditions count.
+    #[serde(default, skip_serializing_if = "EventCounters::is_empty")]
+    pub counters: EventCounters,
 }
 
 impl ProfileDoc {

@@ -9,8 +9,10 @@
 //! transaction; one table keeps that transaction, the IAM policy, encryption, point-in-time recovery and the
 //! contract suite to one resource, and costs nothing extra (DynamoDB bills per item, not per table).
 
+pub mod changes;
 pub mod consent;
 pub mod layout;
+pub mod membership;
 pub mod read;
 pub mod settings;
 pub mod traits;

@@ -180,8 +180,8 @@ pub struct ProfileView {
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
     pub event_count: u64,
-    /// Audience memberships (not computed yet).
-    pub audiences: Vec<Value>,
+    /// The audiences the profile is in, by id, as of the last audience refresh.
+    pub audiences: Vec<AudienceView>,
     /// Ledger rows that could not be decoded (written by a newer version?) and were left out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped_ledger_rows: u64,
@@ -189,6 +189,14 @@ pub struct ProfileView {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// One audience the profile is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceView {
+    pub id: String,
+    /// When the profile entered it.
+    pub entered_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +305,13 @@ pub async fn view<T: TableStore>(table: &T, r: &Resolved) -> Result<ProfileView,
             }
         }
     }
+    let membership = match table.get(&super::membership::membership_key(&r.profile_id)).await? {
+        Some(item) => super::membership::Membership::from_attrs(&item.attrs)
+            .map_err(|_| ReadError::Corrupt(format!("profile {} has an undecodable membership", r.profile_id)))?,
+        None => Default::default(),
+    };
+    let audiences =
+        membership.members.iter().map(|(id, at)| AudienceView { id: id.clone(), entered_at: rfc3339(*at) }).collect();
     let mut identities: Vec<IdentityView> = identities.into_values().map(|(_, v)| v).collect();
     identities.sort_by(|a, b| (&a.kind, &a.value).cmp(&(&b.kind, &b.value)));
     merges.sort_by(|a, b| (a.0, &a.1.loser).cmp(&(b.0, &b.1.loser)));
@@ -358,7 +373,7 @@ pub async fn view<T: TableStore>(table: &T, r: &Resolved) -> Result<ProfileView,
         first_seen: seen(doc.first_seen),
         last_seen: seen(doc.last_seen),
         event_count: doc.events,
-        audiences: Vec::new(),
+        audiences,
         skipped_ledger_rows: skipped,
     })
 }

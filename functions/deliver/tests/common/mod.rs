@@ -395,7 +395,7 @@ pub fn handoff(profile: Option<&str>, profile_consent: &[(&str, bool)], event: V
 }
 
 pub fn envelope(items: Vec<Handoff>) -> DeliveryEnvelope {
-    DeliveryEnvelope { v: 1, source_id: SOURCE.into(), items, only: None }
+    DeliveryEnvelope { v: 1, source_id: SOURCE.into(), items, only: None, destinations: None }
 }
 
 pub fn body(envelope: &DeliveryEnvelope) -> String {
