@@ -95,6 +95,10 @@ impl<T: TableStore> TableStore for Recorder<T> {
         self.inner.get(key).await
     }
 
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        self.inner.get_many(keys).await
+    }
+
     async fn query(
         &self,
         pk: &str,
@@ -155,6 +159,10 @@ impl<T> Clone for Shared<T> {
 impl<T: TableStore> TableStore for Shared<T> {
     async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
         self.0.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        self.0.get_many(keys).await
     }
 
     async fn query(

@@ -45,6 +45,11 @@
 //! - Reads: ceil(bytes / 4 KB) read request units, halved for eventually consistent reads, at least 1 (0.5); a
 //!   GetItem that finds nothing still costs the minimum. Query sums the sizes of the items one call returns
 //!   before rounding (items the adapter then drops as expired are read, hence billed, too).
+//! - BatchGetItem (the port's `get_many`): AWS processes each key "as an individual GetItem request", rounding each
+//!   item up to 4 KB before adding them up, so every key one call processed is counted as a GetItem of its own; a
+//!   key that finds nothing at the GetItem minimum (AWS does not say what a miss in a batch costs: an upper bound,
+//!   the same as `get`'s). Keys DynamoDB leaves unprocessed are not counted in that call, only in the call that
+//!   reads them.
 //!
 //! When DynamoDB answers with `ConsumedCapacity` (the adapter always asks for `TOTAL`), that figure is kept
 //! beside the estimate, in [`Usage::reported_rcu`] and [`Usage::reported_wcu`], so the two can be compared.
@@ -171,7 +176,8 @@ pub(crate) fn read_half_units(total_bytes: u64, consistency: Consistency) -> u64
 /// what DynamoDB itself reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
-    /// GetItem and Query calls (one `query` may make several Query calls).
+    /// GetItem, BatchGetItem and Query calls (one `query` may make several Query calls, one `get_many` several
+    /// BatchGetItem calls).
     pub requests_read: u64,
     /// PutItem, UpdateItem and DeleteItem calls, failed conditional ones included.
     pub requests_write: u64,
@@ -235,6 +241,24 @@ impl Meter {
         self.update(|t| {
             t.requests_read += 1;
             t.rru_halves += read_half_units(bytes, consistency);
+            if let Some(units) = reported {
+                t.reported_rcu += units;
+                t.requests_reported += 1;
+            }
+        });
+    }
+
+    /// One BatchGetItem call that processed one key per entry of `item_bytes` (the item's size, 0 for a key that
+    /// found nothing): each is billed as a GetItem of its own.
+    pub(crate) fn batch_read(&self, item_bytes: &[u64], consistency: Consistency, reported: &[ConsumedCapacity]) {
+        let halves: u64 = item_bytes.iter().map(|&b| read_half_units(b, consistency)).sum();
+        let reported: Option<f64> = reported
+            .iter()
+            .filter_map(|c| c.read_capacity_units().or(c.capacity_units()))
+            .fold(None, |sum, u| Some(sum.unwrap_or(0.0) + u));
+        self.update(|t| {
+            t.requests_read += 1;
+            t.rru_halves += halves;
             if let Some(units) = reported {
                 t.reported_rcu += units;
                 t.requests_reported += 1;
@@ -452,6 +476,22 @@ mod tests {
         );
         m.reset();
         assert_eq!(m.usage(), Usage::default());
+    }
+
+    #[test]
+    fn batch_reads_round_each_item_on_its_own() {
+        let m = Meter::default();
+        // AWS's example: a 1.5 KB and a 6.5 KB item are 4 KB + 8 KB, 3 units, not the 2 their sum would be; a key
+        // that found nothing costs the GetItem minimum.
+        m.batch_read(&[1536, 6656, 0], Consistency::Strong, &[]);
+        assert_eq!(m.usage(), Usage { requests_read: 1, rru: 4.0, ..Usage::default() });
+        let reported = ConsumedCapacity::builder().table_name("t").capacity_units(3.0).build();
+        m.batch_read(&[10, 10], Consistency::Eventual, std::slice::from_ref(&reported));
+        let u = m.usage();
+        assert_eq!((u.requests_read, u.rru, u.reported_rcu, u.requests_reported), (2, 5.0, 3.0, 1));
+        // A call that processed nothing (every key left for later) costs nothing but the request.
+        m.batch_read(&[], Consistency::Strong, &[]);
+        assert_eq!((m.usage().requests_read, m.usage().rru), (3, 5.0));
     }
 
     #[test]

@@ -238,6 +238,25 @@ pub fn check_transaction(ops: &[WriteOp]) -> Result<(), PortError> {
     Ok(())
 }
 
+/// Most keys one [`TableStore::get_many`] may ask for (DynamoDB BatchGetItem limit).
+pub const MAX_GET_MANY: usize = 100;
+
+/// The shape rules every adapter applies before [`TableStore::get_many`] (DynamoDB's own for BatchGetItem): at most
+/// [`MAX_GET_MANY`] keys, no key twice. An empty slice is allowed (it asks for nothing). Errors name positions,
+/// never keys (keys may hold identifiers).
+pub fn check_get_many(keys: &[ItemKey]) -> Result<(), PortError> {
+    if keys.len() > MAX_GET_MANY {
+        return Err(PortError::Invalid(format!("a get_many asks for at most {MAX_GET_MANY} keys, got {}", keys.len())));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    if let Some(index) = keys.iter().position(|key| !seen.insert(key)) {
+        return Err(PortError::Invalid(format!(
+            "a get_many may not ask for one key twice (key {index} repeats an earlier key)"
+        )));
+    }
+    Ok(())
+}
+
 /// Attribute names an [`Item`]'s `attrs` (and [`TableStore::add`]) may not use: the stored key, version and expiry.
 pub const RESERVED_ATTRIBUTES: [&str; 4] = ["pk", "sk", "v", "ttl"];
 
@@ -467,6 +486,12 @@ pub enum TransactError {
 
 pub trait TableStore: Send + Sync {
     fn get(&self, key: &ItemKey) -> impl Future<Output = Result<Option<Item>, PortError>> + Send;
+    /// The items of `keys`, in the order asked: `None` for a missing or expired item, like [`get`](Self::get) for
+    /// each key, but in as few round trips as the store allows (one SQL statement; one DynamoDB BatchGetItem, plus
+    /// retries of the keys it leaves unprocessed). An empty slice gives an empty vector without a call. Reads are as
+    /// consistent as `get`'s. Refused with [`PortError::Invalid`] (see [`check_get_many`]): more than
+    /// [`MAX_GET_MANY`] keys, and a key asked for twice.
+    fn get_many(&self, keys: &[ItemKey]) -> impl Future<Output = Result<Vec<Option<Item>>, PortError>> + Send;
     /// Items of partition `pk` whose sort key starts with `sk_prefix`, ascending by sort key, at most `limit`.
     fn query(
         &self,
@@ -532,6 +557,27 @@ mod add_number_tests {
         assert_eq!(add_number(Some(&json!(1.5)), 1), Some(json!(2.5)));
         assert_eq!(add_number(Some(&json!("7")), 1), None);
         assert_eq!(add_number(Some(&json!(null)), 1), None);
+    }
+}
+
+#[cfg(test)]
+mod get_many_tests {
+    use super::*;
+
+    #[test]
+    fn get_many_shapes() {
+        let keys: Vec<ItemKey> = (0..=MAX_GET_MANY).map(|i| ItemKey::new(format!("p#{i}"), "s")).collect();
+        assert_eq!(check_get_many(&[]), Ok(()));
+        assert_eq!(check_get_many(&keys[..MAX_GET_MANY]), Ok(()));
+        assert!(matches!(check_get_many(&keys), Err(PortError::Invalid(_))));
+        let mut twice = keys[..3].to_vec();
+        twice.push(ItemKey::new("p#secret@example.com", "s"));
+        twice.push(ItemKey::new("p#secret@example.com", "s"));
+        let Err(PortError::Invalid(why)) = check_get_many(&twice) else { panic!("a repeated key must be refused") };
+        assert!(why.contains("key 4"), "{why}");
+        assert!(!why.contains("secret"), "errors must not name keys: {why}");
+        // Same partition, other sort key, or the other way round: different keys.
+        assert_eq!(check_get_many(&[ItemKey::new("a", "b"), ItemKey::new("a", "c"), ItemKey::new("b", "b")]), Ok(()));
     }
 }
 

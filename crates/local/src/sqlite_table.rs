@@ -12,8 +12,9 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{Map, Value};
 use tributary_core::ports::{
-    add_number, check_add, check_index_values, check_scan, check_transaction, scan_segment, Condition, Item, ItemKey,
-    KeyPage, PortError, QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp, SPARSE_INDEXES,
+    add_number, check_add, check_get_many, check_index_values, check_scan, check_transaction, scan_segment, Condition,
+    Item, ItemKey, KeyPage, PortError, QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
+    SPARSE_INDEXES,
 };
 
 use crate::sqlite_queue::{now_ms, sqlite_error, Db};
@@ -92,6 +93,53 @@ fn scan_page(
         }
     }
     Ok(keys)
+}
+
+/// The statement of a [`TableStore::get_many`] of `n` keys: the keys as a `VALUES` list, each with its position,
+/// joined on the primary key, so that one statement reads them all by primary-key lookups. Parameters: `?1` the
+/// table, `?2` now (epoch seconds), then each key's partition and sort key. At most [`MAX_GET_MANY`] keys, so the
+/// text stays small (a few kB) and the parameters far below SQLite's limit.
+///
+/// [`MAX_GET_MANY`]: tributary_core::ports::MAX_GET_MANY
+fn get_many_sql(n: usize) -> String {
+    let values: Vec<String> = (0..n).map(|i| format!("({i}, ?{}, ?{})", 3 + 2 * i, 4 + 2 * i)).collect();
+    format!(
+        "WITH wanted(i, pk, sk) AS (VALUES {})
+         SELECT wanted.i, t.pk, t.sk, t.attrs, t.v, t.expires_at
+         FROM wanted JOIN tributary_table_items AS t ON t.tbl = ?1 AND t.pk = wanted.pk AND t.sk = wanted.sk
+         WHERE t.expires_at IS NULL OR t.expires_at > ?2",
+        values.join(", ")
+    )
+}
+
+/// The unexpired items of `keys` (distinct, checked by the caller), in the order asked, with one statement.
+fn get_many_rows(conn: &Connection, table: &str, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+    let err = |e| sqlite_error("get_many", e);
+    let now = now_s();
+    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 + 2 * keys.len());
+    params.push(&table);
+    params.push(&now);
+    for key in keys {
+        params.push(&key.pk);
+        params.push(&key.sk);
+    }
+    let mut stmt = conn.prepare_cached(&get_many_sql(keys.len())).map_err(err)?;
+    let rows = stmt
+        .query_map(params.as_slice(), |r| {
+            let at: i64 = r.get(0)?;
+            Ok((at, RawItem { pk: r.get(1)?, sk: r.get(2)?, attrs: r.get(3)?, v: r.get(4)?, expires_at: r.get(5)? }))
+        })
+        .map_err(err)?;
+    let mut out: Vec<Option<Item>> = vec![None; keys.len()];
+    for row in rows {
+        let (at, raw) = row.map_err(err)?;
+        let slot = usize::try_from(at)
+            .ok()
+            .and_then(|at| out.get_mut(at))
+            .ok_or_else(|| PortError::Unavailable("sqlite get_many: a row answered no key asked for".into()))?;
+        *slot = Some(raw.into_item()?);
+    }
+    Ok(out)
 }
 
 /// One logical table in a SQLite database file. Cheap to clone; clones share the connection.
@@ -381,6 +429,23 @@ impl TableStore for SqliteTable {
             .await
     }
 
+    /// One statement ([`get_many_sql`]) in one trip to the connection's thread.
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        check_get_many(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, key) in keys.iter().enumerate() {
+            validate_key(key).map_err(|e| match e {
+                PortError::Invalid(why) => PortError::Invalid(format!("key {i}: {why}")),
+                other => other,
+            })?;
+        }
+        let table = self.table.clone();
+        let keys = keys.to_vec();
+        self.db.call(move |conn| get_many_rows(conn, &table, &keys)).await
+    }
+
     /// Pages are exact: `next` is set only when another matching item follows.
     async fn query(
         &self,
@@ -492,6 +557,39 @@ mod tests {
                 assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{name:?}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn get_many_is_one_statement_of_primary_key_lookups() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t = SqliteTable::open(&dir.path().join("t.db"), "main").expect("open");
+        let plans =
+            t.db.call(|conn| {
+                let mut stmt = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {}", get_many_sql(tributary_core::ports::MAX_GET_MANY)))
+                    .map_err(|e| sqlite_error("plan", e))?;
+                let params: Vec<String> =
+                    (0..2 + 2 * tributary_core::ports::MAX_GET_MANY).map(|i| i.to_string()).collect();
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+                    .map_err(|e| sqlite_error("plan", e))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(|e| sqlite_error("plan", e))
+            })
+            .await
+            .expect("plan");
+        assert!(plans.iter().any(|p| p.contains("SEARCH t USING PRIMARY KEY (tbl=? AND pk=? AND sk=?)")), "{plans:?}");
+        assert!(!plans.iter().any(|p| p.starts_with("SCAN t")), "never a scan of the table: {plans:?}");
+    }
+
+    #[tokio::test]
+    async fn get_many_refuses_bad_keys_by_position() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t = SqliteTable::open(&dir.path().join("t.db"), "main").expect("open");
+        let keys = [ItemKey::new("p#ann@example.com", "a"), ItemKey::new("p", "b"), ItemKey::new("p", "")];
+        let r = t.get_many(&keys).await;
+        let Err(PortError::Invalid(why)) = r else { panic!("an empty sort key must be refused, got {r:?}") };
+        assert!(why.starts_with("key 2:") && !why.contains("ann"), "{why}");
+        assert_eq!(t.get_many(&keys[..2]).await, Ok(vec![None, None]));
     }
 
     #[tokio::test]

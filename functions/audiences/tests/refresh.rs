@@ -80,6 +80,9 @@ impl TableStore for Flaky {
     async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
         self.inner.get(key).await
     }
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        self.inner.get_many(keys).await
+    }
     async fn query(&self, pk: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
         self.inner.query(pk, prefix, after, limit).await
     }

@@ -135,6 +135,11 @@ impl TableStore for NoStatsTable {
     async fn get(&self, _: &ItemKey) -> Result<Option<Item>, PortError> {
         Ok(None)
     }
+    /// Finds nothing, like `get`; the shapes every store refuses are refused.
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        tributary_core::ports::check_get_many(keys)?;
+        Ok(vec![None; keys.len()])
+    }
     async fn query(&self, _: &str, _: &str, _: Option<&str>, _: usize) -> Result<QueryPage, PortError> {
         Ok(QueryPage { items: Vec::new(), next: None })
     }

@@ -525,6 +525,11 @@ impl TableStore for StatsTable {
     async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
         Ok(self.items.lock().unwrap().get(key).cloned())
     }
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        tributary_core::ports::check_get_many(keys)?;
+        let items = self.items.lock().unwrap();
+        Ok(keys.iter().map(|key| items.get(key).cloned()).collect())
+    }
     async fn query(&self, _: &str, _: &str, _: Option<&str>, _: usize) -> Result<QueryPage, PortError> {
         panic!("ingest never queries the table")
     }

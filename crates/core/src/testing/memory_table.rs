@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde_json::{Map, Value};
 
 use crate::ports::{
-    add_number, check_add, check_index_values, check_scan, check_transaction, scan_segment, Condition, Item, ItemKey,
-    KeyPage, PortError, QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
+    add_number, check_add, check_get_many, check_index_values, check_scan, check_transaction, scan_segment, Condition,
+    Item, ItemKey, KeyPage, PortError, QueryPage, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
 };
 
 #[derive(Default)]
@@ -107,6 +107,17 @@ impl TableStore for MemoryTable {
     async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
         let now = now_s();
         Ok(self.guard()?.items.get(key).filter(|i| live(i, now)).cloned())
+    }
+
+    /// One lock for all the keys, so the items come from one moment of the table.
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        check_get_many(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_s();
+        let state = self.guard()?;
+        Ok(keys.iter().map(|key| state.items.get(key).filter(|i| live(i, now)).cloned()).collect())
     }
 
     async fn query(
@@ -240,5 +251,21 @@ mod tests {
     #[tokio::test]
     async fn memory_table_passes_the_table_store_contract() {
         super::super::table_store_contract(&super::MemoryTable::default()).await;
+    }
+
+    #[tokio::test]
+    async fn get_many_fails_like_get() {
+        use crate::ports::{ItemKey, PortError, TableStore};
+        let t = super::MemoryTable::default();
+        t.put(ItemKey::new("p", "a"), serde_json::Map::new());
+        let keys = [ItemKey::new("p", "b"), ItemKey::new("p", "a")];
+        let down = PortError::Unavailable("down".into());
+        t.fail_with(Some(down.clone()));
+        assert_eq!(t.get_many(&keys).await, Err(down));
+        // Nothing asked, nothing called.
+        assert_eq!(t.get_many(&[]).await, Ok(Vec::new()));
+        t.fail_with(None);
+        let got = t.get_many(&keys).await.expect("get_many");
+        assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [false, true]);
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 
 use crate::ports::{
-    Condition, Item, ItemKey, PortError, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp,
+    Condition, Item, ItemKey, PortError, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp, MAX_GET_MANY,
     MAX_INDEX_VALUE_BYTES, MAX_SCAN_SEGMENTS, MAX_TRANSACT_ITEMS, ROOT_PROFILES,
 };
 
@@ -106,6 +106,9 @@ pub async fn table_store_contract_with<T: TableStore>(t: &T, options: ContractOp
     transaction_limits(t).await;
     expiry(t).await;
     attribute_round_trip(t).await;
+    get_many(t).await;
+    get_many_limits(t).await;
+    get_many_past_one_response(t).await;
     adds(t, options).await;
     // Last: it lists every indexed item of the table, and the cases above index none.
     index_scans(t).await;
@@ -524,6 +527,151 @@ async fn attribute_round_trip<T: TableStore>(t: &T) {
     let odd = item("attrs#ünï code/with:odd|chars", "sk with spaces#🎉", 1, json!({"ok": true}));
     write_ok(t, put(odd.clone(), Condition::NotExists), ctx).await;
     assert_eq!(get_ok(t, &odd.key.pk, &odd.key.sk, ctx).await, Some(odd), "table store contract [{ctx}]: unicode keys");
+}
+
+async fn get_many_ok<T: TableStore>(t: &T, keys: &[ItemKey], ctx: &str) -> Vec<Option<Item>> {
+    let got = t
+        .get_many(keys)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: get_many of {} keys failed: {e}", keys.len()));
+    assert_eq!(got.len(), keys.len(), "table store contract [{ctx}]: get_many must answer once per key asked");
+    got
+}
+
+/// `get` of every key, one by one: what `get_many` must agree with.
+async fn get_each<T: TableStore>(t: &T, keys: &[ItemKey], ctx: &str) -> Vec<Option<Item>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        out.push(get_ok(t, &k.pk, &k.sk, ctx).await);
+    }
+    out
+}
+
+async fn get_many<T: TableStore>(t: &T) {
+    let ctx = "get_many";
+    let now = now_epoch_s();
+    assert_eq!(get_many_ok(t, &[], ctx).await, Vec::new(), "table store contract [{ctx}]: no keys, no items");
+
+    // Two partitions, written out of the order they are asked in; one item expired, one expiring later.
+    let a = item("gm#1", "a", 1, json!({"name": "Ann", "tags": ["x", "y"]}));
+    let b = item("gm#1", "b", 7, json!({"n": 12.5, "m": {"k": null}, "ok": true}));
+    let c = item("gm#2", "a", 1 << 40, json!({}));
+    let mut later = item("gm#2", "later", 2, json!({"live": true}));
+    later.expires_at = Some(now + 3600);
+    let mut expired = item("gm#2", "expired", 3, json!({"old": true}));
+    expired.expires_at = Some(now - 3600);
+    for it in [&c, &expired, &b, &later, &a] {
+        write_ok(t, put(it.clone(), Condition::NotExists), ctx).await;
+    }
+    let missing = |pk: &str, sk: &str| ItemKey::new(pk, sk);
+    let keys = vec![
+        c.key.clone(),
+        missing("gm#1", "c"),
+        a.key.clone(),
+        expired.key.clone(),
+        missing("gm#1", "a#"),
+        later.key.clone(),
+        missing("gm#3", "a"),
+        b.key.clone(),
+    ];
+    let expected = vec![Some(c.clone()), None, Some(a.clone()), None, None, Some(later.clone()), None, Some(b.clone())];
+    assert_eq!(
+        get_many_ok(t, &keys, ctx).await,
+        expected,
+        "table store contract [{ctx}]: items in the order asked, None for missing and expired ones in between"
+    );
+    assert_eq!(
+        get_many_ok(t, &keys, ctx).await,
+        get_each(t, &keys, ctx).await,
+        "table store contract [{ctx}]: get_many must agree with get for every key"
+    );
+    let mut reversed = keys.clone();
+    reversed.reverse();
+    let mut expected_reversed = expected;
+    expected_reversed.reverse();
+    assert_eq!(
+        get_many_ok(t, &reversed, ctx).await,
+        expected_reversed,
+        "table store contract [{ctx}]: the same keys in another order"
+    );
+    assert_eq!(get_many_ok(t, std::slice::from_ref(&a.key), ctx).await, vec![Some(a)], "table store contract [{ctx}]");
+    assert_eq!(
+        get_many_ok(t, &[expired.key.clone(), missing("gm#4", "x")], ctx).await,
+        vec![None, None],
+        "table store contract [{ctx}]: nothing found"
+    );
+}
+
+async fn get_many_limits<T: TableStore>(t: &T) {
+    let ctx = "get_many of 100 keys";
+    let now = now_epoch_s();
+    // 50 items over 7 partitions (one expired) in one transaction, asked for between 50 missing keys.
+    let stored: Vec<Item> = (0..MAX_GET_MANY / 2)
+        .map(|i| {
+            let mut it = item(&format!("gml#{}", i % 7), &format!("i#{i:03}"), i as u64, json!({"i": i}));
+            if i == 20 {
+                it.expires_at = Some(now - 60);
+            }
+            it
+        })
+        .collect();
+    let ops = stored.iter().map(|it| put(it.clone(), Condition::NotExists)).collect();
+    t.transact(ops).await.unwrap_or_else(|e| panic!("table store contract [{ctx}]: transaction failed: {e}"));
+    let mut keys = Vec::with_capacity(MAX_GET_MANY);
+    let mut expected = Vec::with_capacity(MAX_GET_MANY);
+    for (i, it) in stored.iter().enumerate() {
+        keys.push(ItemKey::new(format!("gml#{}", i % 7), format!("j#{i:03}")));
+        expected.push(None);
+        keys.push(it.key.clone());
+        expected.push(if i == 20 { None } else { Some(it.clone()) });
+    }
+    let got = get_many_ok(t, &keys, ctx).await;
+    assert_eq!(got, expected, "table store contract [{ctx}]: {MAX_GET_MANY} keys, every other one missing");
+    assert_eq!(got, get_each(t, &keys, ctx).await, "table store contract [{ctx}]: get_many must agree with get");
+
+    let ctx = "get_many refused";
+    let mut over = keys.clone();
+    over.push(ItemKey::new("gml#over", "x"));
+    let r = t.get_many(&over).await;
+    assert!(
+        matches!(r, Err(PortError::Invalid(_))),
+        "table store contract [{ctx}]: {} keys must be refused with PortError::Invalid, got {r:?}",
+        MAX_GET_MANY + 1
+    );
+    for twice in [
+        vec![keys[1].clone(), keys[3].clone(), keys[1].clone()],
+        vec![keys[0].clone(), keys[0].clone()],
+        vec![stored[20].key.clone(), keys[5].clone(), stored[20].key.clone()],
+    ] {
+        let r = t.get_many(&twice).await;
+        assert!(
+            matches!(r, Err(PortError::Invalid(_))),
+            "table store contract [{ctx}]: a key asked for twice (present, missing or expired) must be refused with \
+             PortError::Invalid, got {r:?}"
+        );
+    }
+}
+
+/// More than one DynamoDB BatchGetItem response holds (16 MB): the store must still answer every key.
+async fn get_many_past_one_response<T: TableStore>(t: &T) {
+    let ctx = "get_many of 17 MB";
+    const ITEMS: usize = 45;
+    const BLOB: usize = 380_000;
+    let mut keys = Vec::with_capacity(ITEMS + 1);
+    for i in 0..ITEMS {
+        let blob =
+            super::pseudo_random_bytes(BLOB / 2, i as u64 + 1).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        write_ok(t, put(item("gmb#1", &format!("i#{i:02}"), 1, json!({ "blob": blob })), Condition::None), ctx).await;
+        keys.push(ItemKey::new("gmb#1", format!("i#{i:02}")));
+    }
+    keys.insert(ITEMS / 2, ItemKey::new("gmb#1", "missing"));
+    let got = get_many_ok(t, &keys, ctx).await;
+    let each = get_each(t, &keys, ctx).await;
+    for (i, (g, e)) in got.iter().zip(&each).enumerate() {
+        // Compared without printing: each item holds 380 kB.
+        assert!(g == e, "table store contract [{ctx}]: key {i} ({:?}) differs from its get", keys[i]);
+        assert_eq!(g.is_some(), i != ITEMS / 2, "table store contract [{ctx}]: key {i} ({:?})", keys[i]);
+    }
 }
 
 fn deltas(d: &[(&str, i64)]) -> Vec<(String, i64)> {
