@@ -43,6 +43,14 @@ pub enum BenchCommand {
         #[arg(long)]
         memory_mb: Option<u64>,
     },
+    /// A full audience pass (read, evaluate, memberships) vs a plain read of the same root profiles.
+    Audiences {
+        /// Root profiles in the store.
+        #[arg(long, default_value_t = 20_000)]
+        profiles: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// Ingest core with governance (a 20-event tracking plan + every PII detector, hashing) vs the same without.
     Governance {
         /// Events per batch.
@@ -65,6 +73,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Import { rows, rounds, memory_mb } => {
             crate::bench_import::import_bench(rows.max(1), rounds, memory_mb)
+        }
+        BenchCommand::Audiences { profiles, rounds } => {
+            crate::bench_audiences::audiences_bench(profiles.max(1), rounds.max(1))
         }
         BenchCommand::Deliver { events, rounds, concurrency } => {
             crate::bench_deliver::deliver_bench(events, rounds.max(1), concurrency.clamp(1, 512))

@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod audiences;
 mod bench;
+mod bench_audiences;
 mod bench_deliver;
 mod bench_import;
 mod import;

@@ -28,7 +28,8 @@ use tributary_core::delivery::{DeliveryEnvelope, Handoff};
 use tributary_core::lambda::{send_all, SendRetry};
 use tributary_core::metrics::{Emf, MetricsSink};
 use tributary_core::ports::{
-    Condition, Item, ItemKey, OutgoingMessage, PortError, Queue, TableStore, TransactError, WriteOp, ROOT_PROFILES,
+    Condition, Item, ItemKey, OutgoingMessage, PortError, Queue, TableStore, TransactError, WriteOp, MAX_GET_MANY,
+    ROOT_PROFILES,
 };
 use tributary_core::profile::changes::ProfileChanges;
 use tributary_core::profile::layout::{profile_key, PROFILE_SK};
@@ -364,11 +365,28 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
     }
 
     /// Evaluates `profiles`, a few at a time. The number evaluated, and the changes made.
+    /// Each profile's document and membership are read in batches (one `get_many` per 50 profiles); a profile
+    /// whose membership moved under the evaluation is read again on its own.
     async fn refresh_all(&self, profiles: Vec<String>, now: i64) -> Result<(u64, Changed), RefreshError> {
         let n = profiles.len() as u64;
         let mut total = Changed::default();
-        let mut results = stream::iter(profiles)
-            .map(|p| async move { self.refresh(&p, now).await })
+        let batches: Vec<Vec<String>> = profiles.chunks(MAX_GET_MANY / 2).map(<[String]>::to_vec).collect();
+        let mut results = stream::iter(batches)
+            .map(|batch| async move {
+                let keys: Vec<ItemKey> = batch.iter().flat_map(|p| [profile_key(p), membership_key(p)]).collect();
+                let mut items = self.table.get_many(&keys).await?.into_iter();
+                let mut changed = Changed::default();
+                for profile in &batch {
+                    let (doc, state) = (items.next().flatten(), items.next().flatten());
+                    let c = match self.try_refresh(profile, doc, state, now).await {
+                        Err(RefreshError::Port(PortError::ConditionFailed(_))) => self.refresh(profile, now).await?,
+                        other => other?,
+                    };
+                    changed.entered += c.entered;
+                    changed.exited += c.exited;
+                }
+                Ok::<_, RefreshError>(changed)
+            })
             .buffer_unordered(self.settings.concurrency.max(1));
         let mut first_error = None;
         while let Some(r) = results.next().await {
@@ -391,7 +409,9 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
     /// Brings one profile's memberships up to date. Retries when a concurrent write moved its membership item.
     async fn refresh(&self, profile: &str, now: i64) -> Result<Changed, RefreshError> {
         for _ in 0..5 {
-            match self.try_refresh(profile, now).await {
+            let (doc_key, state_key) = (profile_key(profile), membership_key(profile));
+            let (doc, state) = futures::try_join!(self.table.get(&doc_key), self.table.get(&state_key))?;
+            match self.try_refresh(profile, doc, state, now).await {
                 Err(RefreshError::Port(PortError::ConditionFailed(_))) => continue,
                 other => return other,
             }
@@ -399,9 +419,15 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
         Err(RefreshError::Port(PortError::Unavailable("membership kept changing under the refresh".into())))
     }
 
-    async fn try_refresh(&self, profile: &str, now: i64) -> Result<Changed, RefreshError> {
-        let (doc_key, state_key) = (profile_key(profile), membership_key(profile));
-        let (doc_item, state_item) = futures::try_join!(self.table.get(&doc_key), self.table.get(&state_key))?;
+    /// Evaluates one profile from its document and membership items as read; `ConditionFailed` when the
+    /// membership changed since.
+    async fn try_refresh(
+        &self,
+        profile: &str,
+        doc_item: Option<Item>,
+        state_item: Option<Item>,
+        now: i64,
+    ) -> Result<Changed, RefreshError> {
         let doc = match &doc_item {
             Some(item) => Some(
                 ProfileDoc::from_attrs(&item.attrs)
