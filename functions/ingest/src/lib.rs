@@ -32,10 +32,11 @@ use tributary_core::governance::quarantine::{self, QuarantineRecord};
 use tributary_core::governance::stats::{self, RequestStats};
 use tributary_core::governance::{PiiKind, ViolationKind};
 use tributary_core::ingest::{self, Limits, Processed, RequestContext, RequestError, Route};
+use tributary_core::lambda::{send_all, SendRetry};
 use tributary_core::metrics::Emf;
 use tributary_core::ports::{
     Item, ItemKey, ObjectMeta, ObjectStore, OutgoingMessage, PortError, QueryPage, Queue, TableStore, TransactError,
-    WriteOp, MAX_SEND_BATCH,
+    WriteOp,
 };
 
 /// Largest events-queue message we write. SQS accepts 1 MiB, but each 64 KiB chunk is billed as one request;
@@ -575,41 +576,16 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
 
     /// Sends every packed message, ≤ 10 per call, retrying the entries the queue refused with backoff.
     async fn enqueue(&self, bodies: Vec<String>) -> Result<(), RequestError> {
-        let mut pending: Vec<OutgoingMessage> =
+        let messages =
             bodies.into_iter().enumerate().map(|(i, body)| OutgoingMessage { id: i.to_string(), body }).collect();
-        let mut delay = self.settings.send_backoff;
-        for attempt in 1..=self.settings.send_attempts.max(1) {
-            let mut failed_ids = Vec::new();
-            let mut fatal = false;
-            for chunk in pending.chunks(MAX_SEND_BATCH) {
-                match self.queue.send_batch(chunk).await {
-                    Ok(failures) => {
-                        fatal |= failures.iter().any(|f| !f.retryable);
-                        failed_ids.extend(failures.into_iter().map(|f| f.id));
-                    }
-                    Err(e) => {
-                        fatal |= !e.is_retryable();
-                        failed_ids.extend(chunk.iter().map(|m| m.id.clone()));
-                    }
-                }
+        let retry = SendRetry { attempts: self.settings.send_attempts, backoff: self.settings.send_backoff };
+        send_all(&self.queue, messages, retry, tokio::time::sleep).await.map_err(|e| {
+            tracing::warn!(error = %e, "Events queue refused messages.");
+            RequestError {
+                status: 503,
+                code: "queue_unavailable",
+                message: "events could not be queued; retry the request".into(),
             }
-            if failed_ids.is_empty() {
-                return Ok(());
-            }
-            tracing::warn!(attempt, failed = failed_ids.len(), fatal, "Events queue refused messages.");
-            pending.retain(|m| failed_ids.contains(&m.id));
-            if fatal {
-                break;
-            }
-            if attempt < self.settings.send_attempts {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-        Err(RequestError {
-            status: 503,
-            code: "queue_unavailable",
-            message: "events could not be queued; retry the request".into(),
         })
     }
 
