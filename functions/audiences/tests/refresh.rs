@@ -461,3 +461,15 @@ async fn incremental_refreshes_match_a_full_evaluation() {
         }
     }
 }
+
+/// The scheduler's payloads (`events/scheduler/`, also what `cargo lambda invoke` sends) read as the handler expects.
+#[test]
+fn scheduler_payloads_are_refresh_requests() {
+    let read = |name: &str| {
+        let path = format!("{}/../../events/scheduler/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str::<RefreshRequest>(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    assert_eq!(read("audiences-refresh.json"), RefreshRequest { full: false });
+    assert_eq!(read("audiences-full-pass.json"), RefreshRequest { full: true });
+}
