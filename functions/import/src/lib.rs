@@ -26,16 +26,16 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::governance::policy::{Governance, Outcome as GovernOutcome};
 use tributary_core::import::{
-    file_hash, import_object, reason, row_to_event, state_key, CheckedMapping, Format, Header, ImportError,
-    ImportObject, ImportState, ImportStatus, RowReject, Rows,
+    file_hash, import_object, reason, state_key, CheckedMapping, FileMapping, Format, Header, ImportError,
+    ImportObject, ImportState, ImportStatus, Row, RowReject, Rows,
 };
-use tributary_core::ingest::pack;
+use tributary_core::ingest::Envelope;
 use tributary_core::metrics::{Emf, MetricsSink};
 use tributary_core::ports::{
     Condition, Item, ObjectStore, OutgoingMessage, PortError, Queue, TableStore, WriteOp, MAX_SEND_BATCH,
@@ -627,7 +627,11 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
             state.offset = rows.position().0;
         }
 
-        let mut events: Vec<Map<String, Value>> = Vec::with_capacity(s.batch_rows);
+        let mapping = self.mapping.for_file(rows.header(), &self.object.file, received);
+        // Only a source with a tracking plan or a PII policy needs its events as JSON objects.
+        let governance = self.p.governance.get(&source).and_then(|g| g.as_ref().ok()).filter(|g| !g.is_noop());
+        let mut row = Row::default();
+        let mut events = Pending::default();
         let mut rejects: Vec<RowReject> = Vec::new();
         let mut since_checkpoint = 0u64;
         let mut this_run = 0u64;
@@ -654,25 +658,14 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
                     Err(end) => end,
                 };
             }
-            let next = rows.next();
-            let Some(item) = next else { break };
-            match item {
+            let read = match rows.read_into(&mut row) {
+                Ok(Some(read)) => read,
+                Ok(None) => break,
                 Err(e) => return import_error_end(e, self.object.gzip),
-                Ok(Ok(row)) => match self.event(&row, received) {
-                    Ok(event) => {
-                        counts.1 += 1;
-                        events.push(event);
-                    }
-                    Err(r) => {
-                        counts.2 += 1;
-                        *reasons.entry(r.reason.to_string()).or_default() += 1;
-                        if listed < s.max_listed_rejects {
-                            listed += 1;
-                            rejects.push(r);
-                        }
-                    }
-                },
-                Ok(Err(r)) => {
+            };
+            match read.and_then(|()| event(&mapping, governance, &row, &mut events)) {
+                Ok(()) => counts.1 += 1,
+                Err(r) => {
                     counts.2 += 1;
                     *reasons.entry(r.reason.to_string()).or_default() += 1;
                     if listed < s.max_listed_rejects {
@@ -728,34 +721,13 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
         End::Done
     }
 
-    /// The row's event, governed by the source's tracking plan and PII policy.
-    fn event(
-        &self,
-        row: &tributary_core::import::Row,
-        received: OffsetDateTime,
-    ) -> Result<Map<String, Value>, RowReject> {
-        let mut event = row_to_event(self.mapping, row, &self.object.file, received)?;
-        if let Some(Ok(g)) = self.p.governance.get(self.object.source_id.as_str()) {
-            match g.govern(&mut event).outcome {
-                GovernOutcome::Accept => {}
-                GovernOutcome::Drop { .. } => {
-                    return Err(RowReject { row: row.number(), column: None, reason: reason::PII_DROPPED })
-                }
-                GovernOutcome::Quarantine { .. } => {
-                    return Err(RowReject { row: row.number(), column: None, reason: reason::TRACKING_PLAN })
-                }
-            }
-        }
-        Ok(event)
-    }
-
     /// Sends the pending events, then writes the rejects part and the checkpoint (renewing the lease).
     #[allow(clippy::too_many_arguments)] // the run's running totals, kept apart from the stored state until written
     fn checkpoint<R: io::BufRead>(
         &mut self,
         state: &mut ImportState,
         rows: &Rows<R>,
-        events: &mut Vec<Map<String, Value>>,
+        events: &mut Pending,
         rejects: &mut Vec<RowReject>,
         part_start: u64,
         counts: (u64, u64, u64),
@@ -793,11 +765,14 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
     }
 
     /// Packs and sends the events (≤ 10 messages per call), retrying what the queue refused a few times.
-    fn send(&self, source: &str, events: &mut Vec<Map<String, Value>>) -> Result<(), String> {
+    fn send(&self, source: &str, events: &mut Pending) -> Result<(), String> {
         if events.is_empty() {
             return Ok(());
         }
-        let bodies = pack(source, events, self.p.settings.max_message_bytes);
+        let bodies = Envelope::pack_with(source, events.iter(), self.p.settings.max_message_bytes, |buf, event| {
+            buf.extend_from_slice(event);
+            Ok(())
+        });
         let mut pending: Vec<OutgoingMessage> =
             bodies.into_iter().enumerate().map(|(i, body)| OutgoingMessage { id: i.to_string(), body }).collect();
         let mut delay = Duration::from_millis(100);
@@ -828,6 +803,72 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
             delay *= 2;
         }
         Err("the events queue refused messages".into())
+    }
+}
+
+/// Writes the row's event to `events`, governed by the source's tracking plan and PII policy when it has them.
+fn event(
+    mapping: &FileMapping<'_>,
+    governance: Option<&Governance>,
+    row: &Row,
+    events: &mut Pending,
+) -> Result<(), RowReject> {
+    let event = mapping.event(row)?;
+    let Some(g) = governance else {
+        events.push(|buf| event.write_json(buf));
+        return Ok(());
+    };
+    let mut event = event.to_map();
+    match g.govern(&mut event).outcome {
+        GovernOutcome::Accept => {}
+        GovernOutcome::Drop { .. } => {
+            return Err(RowReject { row: row.number(), column: None, reason: reason::PII_DROPPED })
+        }
+        GovernOutcome::Quarantine { .. } => {
+            return Err(RowReject { row: row.number(), column: None, reason: reason::TRACKING_PLAN })
+        }
+    }
+    events.push(|buf| serde_json::to_writer(buf, &event));
+    Ok(())
+}
+
+/// The events read since the last flush, each serialized as it was read (a row's event borrows from the row,
+/// which the next row overwrites), packed into events-queue messages at the flush.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Where each event ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Pending {
+    /// Adds the event that `write` appends to the buffer.
+    fn push(&mut self, write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) {
+        let start = self.bytes.len();
+        if write(&mut self.bytes).is_err() {
+            // Cannot happen for an event written to memory; keep its place valid regardless, as packing does.
+            self.bytes.truncate(start);
+            self.bytes.extend_from_slice(b"{}");
+        }
+        self.ends.push(self.bytes.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| self.bytes.get(start..end).unwrap_or_default())
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
     }
 }
 

@@ -1,16 +1,19 @@
 //! A source's import mapping (which column is which identifier or typed trait, and which event a row becomes)
 //! and the conversion of one row into a normalized-shaped Segment event.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use time::format_description::OwnedFormatItem;
+use time::parsing::Parsed;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
-use super::rows::{Cell, Format, Header, ParseOptions, Row, MAX_COLUMNS};
-use super::{reason, FileId, RowReject};
+use super::event::{ExternalId, ImportEvent, TraitName, TraitValue};
+use super::rows::{Cell, Column, Format, Header, ParseOptions, Row, MAX_COLUMNS};
+use super::{reason, FileId, MessageIds, RowReject};
 use crate::identity::{IdType, Identifier, RejectReason};
 use crate::ingest::timestamp::{format_timestamp, parse_timestamp};
 
@@ -159,6 +162,8 @@ pub struct CheckedMapping {
     format: Format,
     delimiter: Option<u8>,
     columns: Vec<(String, Target)>,
+    /// The trait names, sorted: the order in which events list traits.
+    trait_names: Vec<TraitName>,
     event: Kind,
     timestamp_column: Option<String>,
     default_country_code: Option<String>,
@@ -167,7 +172,12 @@ pub struct CheckedMapping {
 #[derive(Debug, Clone)]
 enum Target {
     Id(IdType),
-    Trait { name: String, kind: Typed },
+    /// `slot`: the index of `name` in [`CheckedMapping::trait_names`].
+    Trait {
+        name: String,
+        slot: usize,
+        kind: Typed,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -263,10 +273,16 @@ impl ImportMapping {
                         (TraitType::Number, None) => Typed::Number,
                         (TraitType::Bool, None) => Typed::Bool,
                     };
-                    Target::Trait { name, kind }
+                    Target::Trait { name, slot: 0, kind }
                 }
             };
             columns.push((column.clone(), target));
+        }
+        let trait_names: Vec<TraitName> = trait_names.into_iter().map(TraitName::new).collect();
+        for (_, target) in &mut columns {
+            if let Target::Trait { name, slot, .. } = target {
+                *slot = trait_names.partition_point(|n| n.name < *name);
+            }
         }
         if !columns.iter().any(|(_, t)| matches!(t, Target::Id(_))) {
             return refuse("at least one column must be mapped to an identifier");
@@ -298,6 +314,7 @@ impl ImportMapping {
             format: self.format,
             delimiter,
             columns,
+            trait_names,
             event,
             timestamp_column: timestamp_column.clone(),
             default_country_code: self.default_country_code.clone(),
@@ -332,143 +349,171 @@ impl CheckedMapping {
     }
 }
 
-/// Turns one row into a normalized-shaped Segment event:
-///
-/// - `messageId`: [`FileId::message_id`] of the row, so a reprocessed file yields the same ids;
-/// - `type`: `identify` or `track` (with `event`);
-/// - `userId` from the `user_id` column; never an `anonymousId`;
-/// - the other identifiers in `context.externalIds` (`{id, type, collection: "users"}`, hashed ones with
-///   `encoding: "sha256"` and the raw type), normalized as identity resolution does; raw email and phone also as
-///   `email`/`phone` traits (`traits` for identify, `context.traits` for track, where identity resolution looks);
-/// - typed values in `traits` (identify) or `properties` (track);
-/// - `timestamp` from the timestamp column or `received_at`, `receivedAt`, `context.library`.
-///
-/// Empty values are skipped (a column that is empty in a row says nothing), but a present value that does not
-/// fit its column rejects the whole row: the first problem in column-name order, then the event name and
-/// timestamp columns, then `no_identifier`.
+/// One row's event ([`FileMapping::event`]) as a JSON object. The rows of a whole file go through the mapping
+/// bound to the file once, with [`CheckedMapping::for_file`].
 pub fn row_to_event(
     mapping: &CheckedMapping,
     row: &Row,
     file: &FileId,
     received_at: OffsetDateTime,
 ) -> Result<Map<String, Value>, RowReject> {
-    let number = row.number();
-    let reject = |column: &str, reason| RowReject::at(number, column, reason);
-    let cc = mapping.default_country_code.as_deref();
-
-    let mut user_id = None;
-    let mut external_ids = Vec::new();
-    let mut person = Map::new();
-    let mut values = Map::new();
-    for (column, target) in &mapping.columns {
-        let cell = match row.get(column) {
-            Cell::Missing => return Err(reject(column, reason::MISSING_COLUMN)),
-            Cell::Empty => continue,
-            cell => cell,
-        };
-        match target {
-            Target::Id(kind) => {
-                let raw = id_text(cell).ok_or_else(|| reject(column, reason::WRONG_TYPE))?;
-                let Some(id) = identifier(kind, &raw, cc).map_err(|r| reject(column, r))? else {
-                    continue;
-                };
-                match id.kind {
-                    IdType::UserId => user_id = Some(id.value),
-                    IdType::Email | IdType::Phone => {
-                        let name = id.kind.name();
-                        if !person.contains_key(name.as_ref()) {
-                            person.insert(name.to_string(), Value::String(id.value.clone()));
-                        }
-                        external_ids.push(external_id(&name, None, id.value));
-                    }
-                    IdType::EmailSha256 | IdType::PhoneSha256 => {
-                        let raw_name = id.kind.raw_form().map(|k| k.name()).unwrap_or_default();
-                        external_ids.push(external_id(&raw_name, Some("sha256"), id.value));
-                    }
-                    IdType::External(ref name) => external_ids.push(external_id(name, None, id.value.clone())),
-                    IdType::AnonymousId | IdType::DeviceId => {}
-                }
-            }
-            Target::Trait { name, kind } => {
-                let value = typed(kind, cell).map_err(|r| reject(column, r))?;
-                values.insert(name.clone(), value);
-            }
-        }
-    }
-
-    let event_name = match &mapping.event {
-        Kind::Identify => None,
-        Kind::TrackNamed(name) => Some(name.clone()),
-        Kind::TrackColumn(column) => match row.get(column) {
-            Cell::Text(s) => Some(s.trim().to_string()),
-            Cell::Missing | Cell::Empty => return Err(reject(column, reason::MISSING_COLUMN)),
-            Cell::Value(_) => return Err(reject(column, reason::WRONG_TYPE)),
-        },
-    };
-    let timestamp = match &mapping.timestamp_column {
-        None => received_at,
-        Some(column) => match row.get(column) {
-            Cell::Text(s) => parse_timestamp(s).ok_or_else(|| reject(column, reason::BAD_DATE))?,
-            Cell::Missing | Cell::Empty => return Err(reject(column, reason::MISSING_COLUMN)),
-            Cell::Value(_) => return Err(reject(column, reason::WRONG_TYPE)),
-        },
-    };
-    if user_id.is_none() && external_ids.is_empty() {
-        return Err(RowReject::new(number, reason::NO_IDENTIFIER));
-    }
-
-    let mut context = Map::new();
-    context.insert("library".into(), serde_json::json!({ "name": LIBRARY_NAME }));
-    if !external_ids.is_empty() {
-        context.insert("externalIds".into(), Value::Array(external_ids));
-    }
-    let mut event = Map::new();
-    event.insert("messageId".into(), Value::String(file.message_id(number)));
-    match event_name {
-        None => {
-            event.insert("type".into(), Value::String("identify".into()));
-            // Identifier traits first, so a mapped trait can never stand in for them (check() forbids the names).
-            person.extend(values);
-            if !person.is_empty() {
-                event.insert("traits".into(), Value::Object(person));
-            }
-        }
-        Some(name) => {
-            event.insert("type".into(), Value::String("track".into()));
-            event.insert("event".into(), Value::String(name));
-            if !values.is_empty() {
-                event.insert("properties".into(), Value::Object(values));
-            }
-            if !person.is_empty() {
-                context.insert("traits".into(), Value::Object(person));
-            }
-        }
-    }
-    if let Some(id) = user_id {
-        event.insert("userId".into(), Value::String(id));
-    }
-    event.insert("context".into(), Value::Object(context));
-    event.insert("timestamp".into(), Value::String(format_timestamp(timestamp)));
-    event.insert("receivedAt".into(), Value::String(format_timestamp(received_at)));
-    Ok(event)
+    mapping.for_file(row.header(), file, received_at).event(row).map(|event| event.to_map())
 }
 
-fn external_id(kind: &str, encoding: Option<&str>, id: String) -> Value {
-    let mut entry = Map::new();
-    entry.insert("id".into(), Value::String(id));
-    entry.insert("type".into(), Value::String(kind.to_string()));
-    if let Some(encoding) = encoding {
-        entry.insert("encoding".into(), Value::String(encoding.to_string()));
+/// A [`CheckedMapping`] bound to one file: the columns found in the file's header, the file's messageIds and the
+/// import time, each worked out once for all the file's rows.
+#[derive(Debug)]
+pub struct FileMapping<'m> {
+    mapping: &'m CheckedMapping,
+    /// The mapping's columns, in its order.
+    columns: Vec<Column<'m>>,
+    event: EventName<'m>,
+    timestamp_column: Option<Column<'m>>,
+    ids: MessageIds,
+    received_at: String,
+}
+
+#[derive(Debug)]
+enum EventName<'m> {
+    Identify,
+    Named(&'m str),
+    Column(Column<'m>),
+}
+
+impl CheckedMapping {
+    /// The mapping for the rows of `file`, whose CSV header is `header` (`None` for JSON Lines), imported at
+    /// `received_at`.
+    pub fn for_file<'m>(
+        &'m self,
+        header: Option<&Header>,
+        file: &FileId,
+        received_at: OffsetDateTime,
+    ) -> FileMapping<'m> {
+        let column = |name: &'m str| Column::new(name, header);
+        let event = match &self.event {
+            Kind::Identify => EventName::Identify,
+            Kind::TrackNamed(name) => EventName::Named(name),
+            Kind::TrackColumn(name) => EventName::Column(column(name)),
+        };
+        FileMapping {
+            mapping: self,
+            columns: self.columns.iter().map(|(name, _)| column(name)).collect(),
+            event,
+            timestamp_column: self.timestamp_column.as_deref().map(column),
+            ids: MessageIds::new(file),
+            received_at: format_timestamp(received_at),
+        }
     }
-    entry.insert("collection".into(), Value::String("users".into()));
-    Value::Object(entry)
+}
+
+impl FileMapping<'_> {
+    /// Turns one row into a normalized-shaped Segment event:
+    ///
+    /// - `messageId`: [`FileId::message_id`] of the row, so a reprocessed file yields the same ids;
+    /// - `type`: `identify` or `track` (with `event`);
+    /// - `userId` from the `user_id` column; never an `anonymousId`;
+    /// - the other identifiers in `context.externalIds` (`{id, type, collection: "users"}`, hashed ones with
+    ///   `encoding: "sha256"` and the raw type), normalized as identity resolution does; raw email and phone also
+    ///   as `email`/`phone` traits (`traits` for identify, `context.traits` for track, where identity resolution
+    ///   looks);
+    /// - typed values in `traits` (identify) or `properties` (track);
+    /// - `timestamp` from the timestamp column or the import time, `receivedAt`, `context.library`.
+    ///
+    /// Empty values are skipped (a column that is empty in a row says nothing), but a present value that does not
+    /// fit its column rejects the whole row: the first problem in column-name order, then the event name and
+    /// timestamp columns, then `no_identifier`.
+    pub fn event<'r>(&'r self, row: &'r Row) -> Result<ImportEvent<'r>, RowReject> {
+        let number = row.number();
+        let reject = |column: Column<'_>, reason| RowReject::at(number, column.name(), reason);
+        let cc = self.mapping.default_country_code.as_deref();
+
+        let mut user_id = None;
+        let mut external_ids = Vec::new();
+        let (mut email, mut phone) = (None, None);
+        let mut values = Vec::new();
+        values.resize_with(self.mapping.trait_names.len(), || None);
+        for ((_, target), &column) in self.mapping.columns.iter().zip(&self.columns) {
+            let cell = match row.cell(column) {
+                Cell::Missing => return Err(reject(column, reason::MISSING_COLUMN)),
+                Cell::Empty => continue,
+                cell => cell,
+            };
+            match target {
+                Target::Id(kind) => {
+                    let raw = id_text(cell).ok_or_else(|| reject(column, reason::WRONG_TYPE))?;
+                    let Some(id) = identifier(kind, &raw, cc).map_err(|r| reject(column, r))? else {
+                        continue;
+                    };
+                    let (kind, hashed) = match kind {
+                        IdType::UserId => {
+                            user_id = Some(id.value);
+                            continue;
+                        }
+                        IdType::Email => {
+                            email.get_or_insert(external_ids.len());
+                            ("email", false)
+                        }
+                        IdType::Phone => {
+                            phone.get_or_insert(external_ids.len());
+                            ("phone", false)
+                        }
+                        IdType::EmailSha256 => ("email", true),
+                        IdType::PhoneSha256 => ("phone", true),
+                        IdType::External(name) => (name.as_str(), false),
+                        // `check` refuses them.
+                        IdType::AnonymousId | IdType::DeviceId => continue,
+                    };
+                    external_ids.push(ExternalId { id: id.value, kind, hashed });
+                }
+                Target::Trait { slot, kind, .. } => {
+                    let value = typed(kind, cell).map_err(|r| reject(column, r))?;
+                    if let Some(place) = values.get_mut(*slot) {
+                        *place = Some(value);
+                    }
+                }
+            }
+        }
+
+        let name = match self.event {
+            EventName::Identify => None,
+            EventName::Named(name) => Some(name),
+            EventName::Column(column) => match row.cell(column) {
+                Cell::Text(s) => Some(s.trim()),
+                Cell::Missing | Cell::Empty => return Err(reject(column, reason::MISSING_COLUMN)),
+                Cell::Value(_) => return Err(reject(column, reason::WRONG_TYPE)),
+            },
+        };
+        let timestamp = match self.timestamp_column {
+            None => None,
+            Some(column) => match row.cell(column) {
+                Cell::Text(s) => Some(parse_timestamp(s).ok_or_else(|| reject(column, reason::BAD_DATE))?),
+                Cell::Missing | Cell::Empty => return Err(reject(column, reason::MISSING_COLUMN)),
+                Cell::Value(_) => return Err(reject(column, reason::WRONG_TYPE)),
+            },
+        };
+        if user_id.is_none() && external_ids.is_empty() {
+            return Err(RowReject::new(number, reason::NO_IDENTIFIER));
+        }
+        Ok(ImportEvent {
+            message_id: self.ids.get(number),
+            name,
+            user_id,
+            external_ids,
+            email,
+            phone,
+            trait_names: &self.mapping.trait_names,
+            values,
+            timestamp,
+            received_at: &self.received_at,
+        })
+    }
 }
 
 /// An identifier's text: a string, or an integer (ids and phones often come as JSON numbers).
-fn id_text(cell: Cell<'_>) -> Option<String> {
+fn id_text(cell: Cell<'_>) -> Option<Cow<'_, str>> {
     match cell {
-        Cell::Text(s) => Some(s.to_string()),
-        Cell::Value(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Cell::Text(s) => Some(Cow::Borrowed(s)),
+        Cell::Value(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -498,16 +543,16 @@ fn identifier(kind: &IdType, raw: &str, cc: Option<&str>) -> Result<Option<Ident
     }
 }
 
-fn typed(kind: &Typed, cell: Cell<'_>) -> Result<Value, &'static str> {
+fn typed<'r>(kind: &Typed, cell: Cell<'r>) -> Result<TraitValue<'r>, &'static str> {
     let wrong = reason::WRONG_TYPE;
     match (kind, cell) {
-        (Typed::String, Cell::Text(s)) => Ok(Value::String(s.to_string())),
-        (Typed::String, Cell::Value(v @ (Value::Number(_) | Value::Bool(_)))) => Ok(Value::String(v.to_string())),
-        (Typed::Number, Cell::Text(s)) => parse_number(s.trim()).map(Value::Number).ok_or(wrong),
-        (Typed::Number, Cell::Value(Value::Number(n))) => Ok(Value::Number(n.clone())),
-        (Typed::Bool, Cell::Text(s)) => parse_bool(s.trim()).map(Value::Bool).ok_or(wrong),
-        (Typed::Bool, Cell::Value(Value::Bool(b))) => Ok(Value::Bool(*b)),
-        (Typed::Date(format), Cell::Text(s)) => parse_date(s.trim(), format).map(Value::String).ok_or(reason::BAD_DATE),
+        (Typed::String, Cell::Text(s)) => Ok(TraitValue::Text(s)),
+        (Typed::String, Cell::Value(v @ (Value::Number(_) | Value::Bool(_)))) => Ok(TraitValue::JsonText(v)),
+        (Typed::Number, Cell::Text(s)) => parse_number(s.trim()).map(TraitValue::Number).ok_or(wrong),
+        (Typed::Number, Cell::Value(Value::Number(n))) => Ok(TraitValue::Number(n.clone())),
+        (Typed::Bool, Cell::Text(s)) => parse_bool(s.trim()).map(TraitValue::Bool).ok_or(wrong),
+        (Typed::Bool, Cell::Value(Value::Bool(b))) => Ok(TraitValue::Bool(*b)),
+        (Typed::Date(format), Cell::Text(s)) => parse_date(s.trim(), format).ok_or(reason::BAD_DATE),
         _ => Err(wrong),
     }
 }
@@ -524,27 +569,33 @@ fn parse_number(s: &str) -> Option<Number> {
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "1" => Some(true),
-        "false" | "no" | "0" => Some(false),
-        _ => None,
+    let is = |word: &str| s.eq_ignore_ascii_case(word);
+    if is("true") || is("yes") || is("1") {
+        Some(true)
+    } else if is("false") || is("no") || is("0") {
+        Some(false)
+    } else {
+        None
     }
 }
 
-/// The most precise reading the format allows: with an offset, without one (UTC), or a date alone.
-fn parse_date(s: &str, format: &OwnedFormatItem) -> Option<String> {
-    let at = OffsetDateTime::parse(s, format)
+/// The most precise reading the format allows: with an offset, without one (UTC), or a date alone. The text is
+/// parsed once; the fields it held decide which of the three it is.
+fn parse_date(s: &str, format: &OwnedFormatItem) -> Option<TraitValue<'static>> {
+    let mut parsed = Parsed::new();
+    if !parsed.parse_item(s.as_bytes(), format).ok()?.is_empty() {
+        return None;
+    }
+    let at = OffsetDateTime::try_from(parsed)
         .ok()
-        .or_else(|| PrimitiveDateTime::parse(s, format).ok().map(PrimitiveDateTime::assume_utc));
+        .or_else(|| PrimitiveDateTime::try_from(parsed).ok().map(PrimitiveDateTime::assume_utc));
     if let Some(at) = at {
         // `checked_`: converting a year-1 or year-9999 instant to UTC may leave the supported range.
         let utc = at.checked_to_offset(time::UtcOffset::UTC)?;
-        return (1..=9999).contains(&utc.year()).then(|| format_timestamp(utc));
+        return (1..=9999).contains(&utc.year()).then_some(TraitValue::Instant(utc));
     }
-    let date = Date::parse(s, format).ok()?;
-    (1..=9999)
-        .contains(&date.year())
-        .then(|| format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day()))
+    let date = Date::try_from(parsed).ok()?;
+    (1..=9999).contains(&date.year()).then_some(TraitValue::Date(date))
 }
 
 #[cfg(test)]
@@ -660,6 +711,91 @@ default_country_code: "1"
                 "user_id:u-1".to_string(),
             ]
         );
+    }
+
+    /// Every accepted row's event as written by hand, as serialized, and as its JSON object serialized.
+    fn three_forms(mapping: &CheckedMapping, text: &str) -> Vec<[String; 3]> {
+        let mut rows = Rows::new(text.as_bytes(), mapping.parse_options()).unwrap();
+        let file = mapping.for_file(rows.header(), &file("v1"), RECEIVED);
+        let mut row = Row::default();
+        let mut out = Vec::new();
+        while let Some(read) = rows.read_into(&mut row).unwrap() {
+            if let Ok(event) = read.map_err(|_| ()).and_then(|()| file.event(&row).map_err(|_| ())) {
+                let mut written = Vec::new();
+                event.write_json(&mut written).unwrap();
+                out.push([
+                    String::from_utf8(written).unwrap(),
+                    serde_json::to_string(&event).unwrap(),
+                    serde_json::to_string(&event.to_map()).unwrap(),
+                ]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn typed_events_write_what_their_json_objects_write() {
+        let hash = "a".repeat(64);
+        let crm = format!(
+            "{CRM_HEADER}u-1, Ada@Example.COM ,(415) 555-0100,sha256:{hash},b-9,gold,42.5,Yes,31/12/1990,2025-02-01 08:30\n\
+             ,b@x.io,,,,,,,,\n\
+             u-3,,+44 20 7946 0958,,,\"q \"\"x\"\"\",-0,no,,\n\
+             ,,,{hash},,,1e3,,01/02/2000,\n\
+             u-5,,,,ext-only,\"\u{e9}\\\t\u{1}\",,,,\n"
+        );
+        let track_csv = mapping(
+            r#"
+format: csv
+columns:
+  uid: { identifier: user_id }
+  mail: { identifier: email }
+  alt: { identifier: email }
+  tel: { identifier: phone }
+  ph: { identifier: phone_sha256 }
+  amount: { type: number }
+  aaa: { type: string }
+  zzz: { type: bool }
+  day: { type: date, format: "%Y-%m-%d" }
+event: { type: track, event_column: ev, timestamp_column: ts }
+default_country_code: "44"
+"#,
+        );
+        let track_text = format!(
+            "uid,mail,alt,tel,ph,amount,aaa,zzz,day,ev,ts\n\
+             u,a@x.io,b@x.io,020 7946 0958,{hash},1.5,x,true,2025-01-02, Bought ,2025-01-02T03:04:05+01:00\n\
+             ,,b@x.io,,,,,,,Viewed,2025-01-02\n\
+             ,,,,{hash},,,,,Hashed only,2025-01-02\n\
+             u,,,,,,,false,,Flag,2025-01-02\n"
+        );
+        let jsonl = mapping(
+            r#"
+format: jsonl
+columns:
+  uid: { identifier: user_id }
+  ext: { identifier: "ext:loyalty" }
+  email: { identifier: email }
+  amount: { type: number }
+  label: { type: string }
+  flag: { type: bool }
+  seen: { type: date, format: "%Y-%m-%d %H:%M" }
+event: { type: identify }
+"#,
+        );
+        let jsonl_text = [
+            r#"{"uid": 12, "ext": 99, "amount": 18446744073709551615, "label": 2.50, "flag": true}"#,
+            r#"{"uid": "u", "email": "E@x.io", "amount": "-1.5", "label": false, "seen": "2025-02-01 08:30"}"#,
+            r#"{"ext": "L-1", "label": "\u00e9\n\"", "amount": 1e300}"#,
+        ]
+        .join("\n");
+        let cases = [(mapping(CRM), crm, 5), (track_csv, track_text, 4), (jsonl, jsonl_text, 3)];
+        for (m, text, rows) in cases {
+            let events = three_forms(&m, &text);
+            assert_eq!(events.len(), rows, "{text}");
+            for [written, serialized, map] in events {
+                assert_eq!(written, map);
+                assert_eq!(serialized, map);
+            }
+        }
     }
 
     #[test]
@@ -838,18 +974,93 @@ event: { type: identify, timestamp_column: ts }
         assert!(first.iter().zip(&other).all(|(a, b)| a != b));
     }
 
+    fn strftime(format: &str) -> OwnedFormatItem {
+        time::format_description::parse_strftime_owned(format).unwrap()
+    }
+
+    /// A date as an event writes it.
+    fn date_text(s: &str, format: &str) -> Option<String> {
+        parse_date(s, &strftime(format)).map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().to_string())
+    }
+
     #[test]
     fn dates_in_several_formats() {
-        let fmt = |f: &str| time::format_description::parse_strftime_owned(f).unwrap();
-        assert_eq!(parse_date("2024-02-29", &fmt("%Y-%m-%d")).as_deref(), Some("2024-02-29"));
-        assert_eq!(parse_date("2023-02-29", &fmt("%Y-%m-%d")), None);
-        assert_eq!(parse_date("05/01/2024 13:45", &fmt("%d/%m/%Y %H:%M")).as_deref(), Some("2024-01-05T13:45:00.000Z"));
+        assert_eq!(date_text("2024-02-29", "%Y-%m-%d").as_deref(), Some("2024-02-29"));
+        assert_eq!(date_text("0001-01-01", "%Y-%m-%d").as_deref(), Some("0001-01-01"));
+        assert_eq!(date_text("2023-02-29", "%Y-%m-%d"), None);
+        assert_eq!(date_text("05/01/2024 13:45", "%d/%m/%Y %H:%M").as_deref(), Some("2024-01-05T13:45:00.000Z"));
         assert_eq!(
-            parse_date("2024-01-05T13:45:00+0200", &fmt("%Y-%m-%dT%H:%M:%S%z")).as_deref(),
+            date_text("2024-01-05T13:45:00+0200", "%Y-%m-%dT%H:%M:%S%z").as_deref(),
             Some("2024-01-05T11:45:00.000Z")
         );
-        assert_eq!(parse_date("0000-01-01", &fmt("%Y-%m-%d")), None);
-        assert_eq!(parse_date("2024-01-05 trailing", &fmt("%Y-%m-%d")), None);
+        assert_eq!(date_text("0000-01-01", "%Y-%m-%d"), None);
+        assert_eq!(date_text("2024-01-05 trailing", "%Y-%m-%d"), None);
+    }
+
+    /// Dates as they were first read: as an instant with an offset, else without one, else as a date alone.
+    fn reference_date(s: &str, format: &OwnedFormatItem) -> Option<String> {
+        let at = OffsetDateTime::parse(s, format)
+            .ok()
+            .or_else(|| PrimitiveDateTime::parse(s, format).ok().map(PrimitiveDateTime::assume_utc));
+        if let Some(at) = at {
+            let utc = at.checked_to_offset(time::UtcOffset::UTC)?;
+            return (1..=9999).contains(&utc.year()).then(|| format_timestamp(utc));
+        }
+        let date = Date::parse(s, format).ok()?;
+        (1..=9999)
+            .contains(&date.year())
+            .then(|| format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day()))
+    }
+
+    #[test]
+    fn one_parse_reads_dates_as_three_did() {
+        let formats = [
+            "%Y-%m-%d",
+            "%d/%m/%Y",
+            "%d/%m/%Y %H:%M",
+            "%Y-%m-%d %H:%M",
+            "%Y-%m-%dT%H:%M:%S%z",
+            "%Y-%m-%d %z",
+            "%F %T",
+            "%s",
+            "%Y-%j",
+            "%G-W%V-%u",
+            "%I:%M %p %d.%m.%Y",
+            "%H:%M",
+            "%Y",
+            "%c",
+        ];
+        let inputs = [
+            "2024-02-29",
+            "2023-02-29",
+            "0000-01-01",
+            "9999-12-31",
+            "31/12/1990",
+            "05/01/2024 13:45",
+            "2025-02-01 08:30",
+            "9999-12-31 23:59",
+            "2024-01-05T13:45:00+0200",
+            "0001-01-01T00:30:00+0100",
+            "9999-12-31T23:30:00-0100",
+            "2024-01-05 +0200",
+            "2024-01-05 13:45:00",
+            "1735689600",
+            "-62135596801",
+            "2024-060",
+            "2024-W09-4",
+            "01:45 PM 05.01.2024",
+            "13:45",
+            "2024",
+            "Fri Jan  5 13:45:00 2024",
+            "",
+            "garbage",
+        ];
+        for format in formats {
+            let compiled = strftime(format);
+            for input in inputs {
+                assert_eq!(date_text(input, format), reference_date(input, &compiled), "{input:?} as {format}");
+            }
+        }
     }
 
     #[test]

@@ -2,28 +2,34 @@
 //! normalized-shaped Segment events.
 //!
 //! Flow for one file: [`ImportMapping::check`] (once per source) → [`Rows::new`] over any `BufRead` (the S3 stream
-//! and gunzip are wrapped around it by the caller) → [`CheckedMapping::check_header`] → for each row,
-//! [`row_to_event`]. Problems with one row are [`RowReject`]s (row number, mapped column, reason) and never stop
-//! the file; only I/O failures and an unusable CSV header are [`ImportError`]s.
+//! and gunzip are wrapped around it by the caller) → [`CheckedMapping::check_header`] → [`CheckedMapping::for_file`]
+//! → for each row, [`FileMapping::event`], an [`ImportEvent`] that serializes straight to JSON ([`row_to_event`]
+//! gives one row's event as a JSON object). Problems with one row are [`RowReject`]s (row number, mapped column,
+//! reason) and never stop the file; only I/O failures and an unusable CSV header are [`ImportError`]s.
 //!
 //! Nothing here quotes a value from the file: rejects and errors name a row, a column of the mapping (or a header
 //! position) and a reason, because import files are full of personal data.
 
+mod event;
 mod mapping;
 pub mod object;
 mod rows;
 
+pub use event::ImportEvent;
 pub use mapping::{
-    row_to_event, CheckedMapping, ColumnMapping, EventSpec, ImportMapping, MappingError, TraitMapping, TraitType,
-    LIBRARY_NAME,
+    row_to_event, CheckedMapping, ColumnMapping, EventSpec, FileMapping, ImportMapping, MappingError, TraitMapping,
+    TraitType, LIBRARY_NAME,
 };
 pub use object::{
     encode_notification_key, file_hash, import_object, source_pk, source_states, state_key, ImportObject, ImportState,
     ImportStatus, ObjectError, IMPORTS_PREFIX,
 };
-pub use rows::{Cell, Format, Header, ParseOptions, Row, Rows, MAX_COLUMNS, MAX_RECORD_BYTES};
+pub use rows::{Cell, Column, Format, Header, ParseOptions, Row, Rows, MAX_COLUMNS, MAX_RECORD_BYTES};
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The reasons a row is rejected. Stable names: they are counted and reported per file.
 pub mod reason {
@@ -115,27 +121,102 @@ pub struct FileId {
 impl FileId {
     /// The `messageId` of row `row`: the first 32 hex characters of a SHA-256 over the file's identity and the row,
     /// so reprocessing the same object version yields the same ids (and dedup drops them), while a new version
-    /// of the object is imported afresh.
+    /// of the object is imported afresh. [`MessageIds`] gives the same ids for many rows of a file.
     pub fn message_id(&self, row: u64) -> String {
-        let mut bytes = Vec::with_capacity(self.bucket.len() + self.key.len() + 64);
-        bytes.extend_from_slice(b"tributary-import:v1\0");
-        bytes.extend_from_slice(self.bucket.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(self.key.as_bytes());
-        bytes.push(0);
+        MessageIds::new(self).get(row).as_str().to_string()
+    }
+}
+
+/// The `messageId`s of one file's rows ([`FileId::message_id`]), with the file's part of the hash done once.
+#[derive(Clone)]
+pub struct MessageIds {
+    /// The hash state after the file's identity: each row's id continues from a copy of it.
+    file: Sha256,
+}
+
+impl MessageIds {
+    pub fn new(file: &FileId) -> MessageIds {
+        let mut hash = Sha256::new();
+        hash.update(b"tributary-import:v1\0");
+        hash.update(file.bucket.as_bytes());
+        hash.update([0]);
+        hash.update(file.key.as_bytes());
+        hash.update([0]);
         // Tagged so that "no version" and an empty version id cannot collide.
-        match &self.version {
+        match &file.version {
             Some(v) => {
-                bytes.push(b'v');
-                bytes.extend_from_slice(v.as_bytes());
+                hash.update(b"v");
+                hash.update(v.as_bytes());
             }
-            None => bytes.push(b'-'),
+            None => hash.update(b"-"),
         }
-        bytes.push(0);
-        bytes.extend_from_slice(row.to_string().as_bytes());
-        let mut id = crate::sha256_hex(&bytes);
-        id.truncate(32);
-        id
+        hash.update([0]);
+        MessageIds { file: hash }
+    }
+
+    /// The `messageId` of row `row`.
+    pub fn get(&self, row: u64) -> MessageId {
+        let mut hash = self.file.clone();
+        let mut digits = [0u8; 20];
+        hash.update(decimal(row, &mut digits));
+        let digest = hash.finalize();
+        let mut id = [0u8; 32];
+        for (pair, byte) in id.chunks_exact_mut(2).zip(&digest) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        MessageId(id)
+    }
+}
+
+impl fmt::Debug for MessageIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageIds").finish_non_exhaustive()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `n` in decimal, as `n.to_string()` writes it, in the tail of `buf` (`u64::MAX` has 20 digits).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    for slot in buf.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[start..]
+}
+
+/// A row's `messageId`: 32 lowercase hex characters, held without an allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId([u8; 32]);
+
+impl MessageId {
+    pub fn as_str(&self) -> &str {
+        // Only ever hex digits, which are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -162,6 +243,39 @@ mod tests {
         let a = FileId { bucket: "ab".into(), key: "c".into(), version: None };
         let b = FileId { bucket: "a".into(), key: "bc".into(), version: None };
         assert_ne!(a.message_id(1), b.message_id(1));
+    }
+
+    /// The ids as they were first defined: one hash over the whole message, the row in decimal.
+    fn reference_id(file: &FileId, row: u64) -> String {
+        let mut bytes = b"tributary-import:v1\0".to_vec();
+        bytes.extend_from_slice(file.bucket.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(file.key.as_bytes());
+        bytes.push(0);
+        match &file.version {
+            Some(v) => {
+                bytes.push(b'v');
+                bytes.extend_from_slice(v.as_bytes());
+            }
+            None => bytes.push(b'-'),
+        }
+        bytes.push(0);
+        bytes.extend_from_slice(row.to_string().as_bytes());
+        crate::sha256_hex(&bytes)[..32].to_string()
+    }
+
+    #[test]
+    fn message_ids_match_their_definition() {
+        let long_key = FileId { bucket: "b".into(), key: "k/".repeat(100), version: Some("v".repeat(70)) };
+        for f in [file(Some("v1")), file(None), file(Some("")), long_key] {
+            let ids = MessageIds::new(&f);
+            for row in [0, 1, 9, 10, 99, 100, 12_345, 1 << 32, u64::MAX - 1, u64::MAX] {
+                let expected = reference_id(&f, row);
+                assert_eq!(ids.get(row).as_str(), expected, "{f:?} row {row}");
+                assert_eq!(f.message_id(row), expected);
+            }
+        }
+        assert_eq!(serde_json::to_value(MessageIds::new(&file(None)).get(3)).unwrap(), reference_id(&file(None), 3));
     }
 
     #[test]

@@ -2,15 +2,15 @@
 //!
 //! A record is framed byte by byte from the `BufRead` (quote-aware for CSV, so quoted fields may hold delimiters
 //! and newlines) into a buffer that never grows past [`ParseOptions::max_record_bytes`]: a longer record is
-//! skipped to its end and rejected, so memory stays bounded whatever the file. Framing also checks the quoting;
-//! the `csv` crate then decodes the fields of a well-formed record.
+//! skipped to its end and rejected, so memory stays bounded whatever the file. Framing also checks the quoting, so
+//! decoding the fields of a well-formed record is only splitting it and unquoting (as the `csv` crate reads it).
 //!
 //! Rows are numbered from 1 (the first record after the CSV header, the first line of a JSON Lines file). Blank
 //! records are skipped but counted, so row numbers stay line numbers as long as no quoted field spans lines.
 //! [`Rows::position`] after any row is a checkpoint from which [`Rows::resume`] continues with the same rows.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, Cursor, SeekFrom};
+use std::io::{self, BufRead};
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -96,6 +96,25 @@ impl Header {
     }
 }
 
+/// A column looked up once per file, so that each row is read by position rather than by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column<'a> {
+    name: &'a str,
+    /// The CSV header's position of the column: `None` when the header has none, and for JSON Lines.
+    position: Option<usize>,
+}
+
+impl<'a> Column<'a> {
+    /// The column `name` of a file with `header` (`None` for JSON Lines, whose rows are read by key).
+    pub fn new(name: &'a str, header: Option<&Header>) -> Column<'a> {
+        Column { name, position: header.and_then(|h| h.position(name)) }
+    }
+
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+}
+
 /// One parsed record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -105,8 +124,15 @@ pub struct Row {
 
 #[derive(Debug, Clone, PartialEq)]
 enum RowData {
-    Csv { header: Arc<Header>, fields: Vec<String> },
+    Csv { header: Arc<Header>, fields: Fields },
     Json(Map<String, Value>),
+}
+
+impl Default for Row {
+    /// A row to read into with [`Rows::read_into`]; it holds no values until then.
+    fn default() -> Row {
+        Row { number: 0, data: RowData::Json(Map::new()) }
+    }
 }
 
 /// What a row holds for a column.
@@ -125,7 +151,11 @@ pub enum Cell<'a> {
 impl Row {
     /// A CSV record; `fields` are matched to `header` by position.
     pub fn csv(number: u64, header: Arc<Header>, fields: Vec<String>) -> Row {
-        Row { number, data: RowData::Csv { header, fields } }
+        let mut record = Fields::default();
+        for field in &fields {
+            record.push(field);
+        }
+        Row { number, data: RowData::Csv { header, fields: record } }
     }
 
     /// A JSON Lines record.
@@ -137,7 +167,21 @@ impl Row {
         self.number
     }
 
+    /// The CSV header the row's fields are matched to (`None` for JSON Lines).
+    pub fn header(&self) -> Option<&Header> {
+        match &self.data {
+            RowData::Csv { header, .. } => Some(header),
+            RowData::Json(_) => None,
+        }
+    }
+
+    /// What the row holds for the column named `column`. [`Row::cell`] reads a column found once per file.
     pub fn get(&self, column: &str) -> Cell<'_> {
+        self.cell(Column::new(column, self.header()))
+    }
+
+    /// What the row holds for a column found in the header of the row's own file.
+    pub fn cell(&self, column: Column<'_>) -> Cell<'_> {
         fn text(s: &str) -> Cell<'_> {
             if s.trim().is_empty() {
                 Cell::Empty
@@ -146,11 +190,11 @@ impl Row {
             }
         }
         match &self.data {
-            RowData::Csv { header, fields } => match header.position(column).and_then(|i| fields.get(i)) {
+            RowData::Csv { fields, .. } => match column.position.and_then(|i| fields.get(i)) {
                 Some(s) => text(s),
                 None => Cell::Missing,
             },
-            RowData::Json(object) => match object.get(column) {
+            RowData::Json(object) => match object.get(column.name) {
                 None | Some(Value::Null) => Cell::Empty,
                 Some(Value::String(s)) => text(s),
                 Some(v) => Cell::Value(v),
@@ -165,7 +209,6 @@ pub struct Rows<R> {
     reader: R,
     opts: ParseOptions,
     header: Option<Arc<Header>>,
-    decoder: Option<Decoder>,
     scanner: Scanner,
     buf: Vec<u8>,
     offset: u64,
@@ -217,17 +260,7 @@ impl<R: BufRead> Rows<R> {
             Format::Csv => Scanner::csv(delimiter, opts.max_columns),
             Format::Jsonl => Scanner::lines(),
         };
-        Rows {
-            reader,
-            opts,
-            decoder: header.as_ref().map(|h| Decoder::new(h.delimiter)),
-            header,
-            scanner,
-            buf: Vec::new(),
-            offset,
-            row,
-            done: false,
-        }
+        Rows { reader, opts, header, scanner, buf: Vec::new(), offset, row, done: false }
     }
 
     /// The CSV header (`None` for JSON Lines and for an empty CSV file).
@@ -263,10 +296,10 @@ impl<R: BufRead> Rows<R> {
                 d
             }
         };
-        let mut decoder = Decoder::new(delimiter);
-        let names = decoder.decode(&mut self.buf).map_err(header_error)?;
-        self.header = Some(Arc::new(Header::new(names, delimiter)?));
-        self.decoder = Some(decoder);
+        let text = std::str::from_utf8(&self.buf).map_err(|_| header_error(reason::INVALID_UTF8))?;
+        let mut names = Fields::default();
+        names.decode(text, delimiter);
+        self.header = Some(Arc::new(Header::new(names.iter().map(str::to_string).collect(), delimiter)?));
         self.scanner = Scanner::csv(Some(delimiter), self.opts.max_columns);
         Ok(())
     }
@@ -290,8 +323,7 @@ impl<R: BufRead> Rows<R> {
                 self.scanner.at_eof();
                 break;
             }
-            let scanner = &mut self.scanner;
-            let (used, ended) = match chunk.iter().position(|&b| scanner.step(b)) {
+            let (used, ended) = match self.scanner.scan(chunk) {
                 Some(i) => (i + 1, true),
                 None => (chunk.len(), false),
             };
@@ -322,15 +354,27 @@ impl<R: BufRead> Rows<R> {
         Ok(Some(self.scanner.problem))
     }
 
-    fn next_row(&mut self) -> Result<Option<Result<Row, RowReject>>, ImportError> {
+    /// Reads the next row into `row`, reusing its buffers (the iterator allocates each row it yields). `Ok(None)`
+    /// at the end of the file; after a rejected row, what `row` holds is unspecified. Like the iterator, it yields
+    /// nothing more after the end or an error.
+    pub fn read_into(&mut self, row: &mut Row) -> Result<Option<Result<(), RowReject>>, ImportError> {
+        if self.done {
+            return Ok(None);
+        }
+        let read = self.next_row(row);
+        self.done = !matches!(read, Ok(Some(_)));
+        read
+    }
+
+    fn next_row(&mut self, row: &mut Row) -> Result<Option<Result<(), RowReject>>, ImportError> {
         loop {
             let Some(problem) = self.frame()? else {
                 return Ok(None);
             };
             self.row += 1;
-            let row = self.row;
+            let number = self.row;
             if let Some(reason) = problem {
-                return Ok(Some(Err(RowReject::new(row, reason))));
+                return Ok(Some(Err(RowReject::new(number, reason))));
             }
             if self.buf.iter().all(u8::is_ascii_whitespace)
                 && (self.opts.format == Format::Jsonl || self.buf.is_empty())
@@ -338,33 +382,44 @@ impl<R: BufRead> Rows<R> {
                 continue;
             }
             return Ok(Some(match self.opts.format {
-                Format::Csv => self.csv_row(row),
-                Format::Jsonl => self.json_row(row),
+                Format::Csv => self.csv_row(number, row),
+                Format::Jsonl => self.json_row(number, row),
             }));
         }
     }
 
-    fn csv_row(&mut self, row: u64) -> Result<Row, RowReject> {
-        let (Some(header), Some(decoder)) = (&self.header, &mut self.decoder) else {
+    fn csv_row(&mut self, number: u64, row: &mut Row) -> Result<(), RowReject> {
+        let Some(header) = &self.header else {
             // Unreachable: CSV rows are only read once a header is known.
-            return Err(RowReject::new(row, reason::WRONG_COLUMN_COUNT));
+            return Err(RowReject::new(number, reason::WRONG_COLUMN_COUNT));
         };
-        let fields = decoder.decode(&mut self.buf).map_err(|r| RowReject::new(row, r))?;
-        if fields.len() != header.names.len() {
-            return Err(RowReject::new(row, reason::WRONG_COLUMN_COUNT));
+        let text = std::str::from_utf8(&self.buf).map_err(|_| RowReject::new(number, reason::INVALID_UTF8))?;
+        // The fields are decoded into the buffer `row` already holds, so its allocations are reused.
+        let mut fields = match std::mem::take(row).data {
+            RowData::Csv { fields, .. } => fields,
+            RowData::Json(_) => Fields::default(),
+        };
+        fields.decode(text, header.delimiter);
+        let columns = fields.len();
+        *row = Row { number, data: RowData::Csv { header: Arc::clone(header), fields } };
+        if columns != header.names.len() {
+            return Err(RowReject::new(number, reason::WRONG_COLUMN_COUNT));
         }
-        Ok(Row::csv(row, header.clone(), fields))
+        Ok(())
     }
 
-    fn json_row(&self, row: u64) -> Result<Row, RowReject> {
-        let text = std::str::from_utf8(&self.buf).map_err(|_| RowReject::new(row, reason::INVALID_UTF8))?;
+    fn json_row(&self, number: u64, row: &mut Row) -> Result<(), RowReject> {
+        let text = std::str::from_utf8(&self.buf).map_err(|_| RowReject::new(number, reason::INVALID_UTF8))?;
         match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(object)) if object.len() > self.opts.max_columns => {
-                Err(RowReject::new(row, reason::TOO_MANY_COLUMNS))
+                Err(RowReject::new(number, reason::TOO_MANY_COLUMNS))
             }
-            Ok(Value::Object(object)) => Ok(Row::json(row, object)),
-            Ok(_) => Err(RowReject::new(row, reason::NOT_AN_OBJECT)),
-            Err(_) => Err(RowReject::new(row, reason::INVALID_JSON)),
+            Ok(Value::Object(object)) => {
+                *row = Row::json(number, object);
+                Ok(())
+            }
+            Ok(_) => Err(RowReject::new(number, reason::NOT_AN_OBJECT)),
+            Err(_) => Err(RowReject::new(number, reason::INVALID_JSON)),
         }
     }
 }
@@ -373,20 +428,9 @@ impl<R: BufRead> Iterator for Rows<R> {
     type Item = Result<Result<Row, RowReject>, ImportError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match self.next_row() {
-            Ok(Some(item)) => Some(Ok(item)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let mut row = Row::default();
+        let read = self.read_into(&mut row).transpose()?;
+        Some(read.map(|item| item.map(|()| row)))
     }
 }
 
@@ -487,6 +531,44 @@ impl Scanner {
         }
     }
 
+    /// Feeds `bytes` up to the `\n` that ends the record: its index, or `None` when it is not among them.
+    fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        let delimiter = match self.delimiter {
+            Some(d) if self.csv => d,
+            _ if self.csv => return bytes.iter().position(|&b| self.step(b)),
+            _ => return bytes.iter().position(|&b| b == b'\n'),
+        };
+        let mut at = 0;
+        loop {
+            let rest = bytes.get(at..)?;
+            if self.state == State::FieldStart && rest.first().is_some_and(|&b| b != b'"') {
+                // Whatever its first byte, a field that does not open with a quote is unquoted.
+                self.state = State::Unquoted;
+            }
+            // Runs of bytes that leave the state as it is are skipped in one tight loop: inside a quoted field, all
+            // but a quote; inside an unquoted one, all but the delimiter and the line end.
+            match self.state {
+                State::Unquoted => {
+                    at += rest.iter().position(|&b| b == delimiter || b == b'\n')?;
+                    if bytes.get(at) == Some(&b'\n') {
+                        return Some(at);
+                    }
+                    self.next_field();
+                }
+                State::Quoted => {
+                    at += rest.iter().position(|&b| b == b'"')?;
+                    self.state = State::QuoteSeen;
+                }
+                _ => {
+                    if self.step(*bytes.get(at)?) {
+                        return Some(at);
+                    }
+                }
+            }
+            at += 1;
+        }
+    }
+
     /// Feeds one byte; `true` when it is the `\n` that ends the record.
     fn step(&mut self, b: u8) -> bool {
         if !self.csv {
@@ -560,53 +642,88 @@ impl Scanner {
     }
 }
 
-/// Decodes the fields of one framed record with the `csv` crate, reusing one reader (and its buffers) for all.
-struct Decoder {
-    reader: csv::Reader<Cursor<Vec<u8>>>,
-    record: csv::ByteRecord,
+/// The fields of a CSV record, in one buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Fields {
+    text: String,
+    /// Where each field ends in `text`.
+    ends: Vec<usize>,
 }
 
-impl Decoder {
-    fn new(delimiter: u8) -> Decoder {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(delimiter)
-            // Framing already removed the line ending; a lone `\r` is data.
-            .terminator(csv::Terminator::Any(b'\n'))
-            .from_reader(Cursor::new(Vec::new()));
-        // Headers are ours: known (empty) headers stop `seek_raw` from reading a record to find them.
-        reader.set_byte_headers(csv::ByteRecord::new());
-        Decoder { reader, record: csv::ByteRecord::new() }
+impl Fields {
+    fn len(&self) -> usize {
+        self.ends.len()
     }
 
-    /// The fields of the record in `bytes` (given back afterwards, so its allocation is reused).
-    fn decode(&mut self, bytes: &mut Vec<u8>) -> Result<Vec<String>, &'static str> {
-        if std::str::from_utf8(bytes).is_err() {
-            return Err(reason::INVALID_UTF8);
+    fn get(&self, i: usize) -> Option<&str> {
+        let start = match i.checked_sub(1) {
+            Some(before) => *self.ends.get(before)?,
+            None => 0,
+        };
+        self.text.get(start..*self.ends.get(i)?)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    fn push(&mut self, field: &str) {
+        self.text.push_str(field);
+        self.ends.push(self.text.len());
+    }
+
+    /// Decodes a record that framing found well-formed, as the `csv` crate reads it: fields end at `delimiter`; a
+    /// field that opens with a quote holds what is up to the closing quote, `""` standing for `"`; any other quote
+    /// is data.
+    fn decode(&mut self, record: &str, delimiter: u8) {
+        self.text.clear();
+        self.ends.clear();
+        let mut rest = record;
+        loop {
+            if let Some(quoted) = rest.strip_prefix('"') {
+                rest = self.unquote(quoted);
+            }
+            // After a closing quote, framing leaves only the delimiter or the end of the record.
+            let (data, next) = split_at_byte(rest, delimiter);
+            self.push(data);
+            match next {
+                Some(next) => rest = next,
+                None => return,
+            }
         }
-        std::mem::swap(self.reader.get_mut().get_mut(), bytes);
-        let read = self
-            .reader
-            .seek_raw(SeekFrom::Start(0), csv::Position::new())
-            .and_then(|()| self.reader.read_byte_record(&mut self.record));
-        std::mem::swap(self.reader.get_mut().get_mut(), bytes);
-        match read {
-            Ok(true) => {}
-            // Framing hands over only well-formed, non-empty records; anything else is a quoting problem.
-            Ok(false) | Err(_) => return Err(reason::BROKEN_QUOTING),
+    }
+
+    /// Appends the text of a quoted field, `quoted` starting after its opening quote; what follows the closing quote.
+    fn unquote<'r>(&mut self, mut quoted: &'r str) -> &'r str {
+        while let (text, Some(after)) = split_at_byte(quoted, b'"') {
+            self.text.push_str(text);
+            match after.strip_prefix('"') {
+                Some(more) => {
+                    self.text.push('"');
+                    quoted = more;
+                }
+                None => return after,
+            }
         }
-        self.record
-            .iter()
-            .map(|field| std::str::from_utf8(field).map(str::to_string).map_err(|_| reason::INVALID_UTF8))
-            .collect()
+        // Unclosed (framing rejects such a record): the rest is the field's.
+        self.text.push_str(quoted);
+        ""
+    }
+}
+
+/// `s` up to the first `byte` (ASCII), and what follows it if there is one: `str::split_once` for one byte, which
+/// for the short fields of a record is quicker as a plain loop than as a `char` search.
+fn split_at_byte(s: &str, byte: u8) -> (&str, Option<&str>) {
+    match s.bytes().position(|b| b == byte).and_then(|i| Some((s.get(..i)?, s.get(i + 1..)?))) {
+        Some((before, after)) => (before, Some(after)),
+        None => (s, None),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufReader, Read};
+    use std::io::{BufReader, Cursor, Read};
 
     type Item = Result<Vec<String>, (u64, &'static str)>;
 
@@ -616,7 +733,7 @@ mod tests {
 
     fn fields(row: &Row) -> Vec<String> {
         match &row.data {
-            RowData::Csv { fields, .. } => fields.clone(),
+            RowData::Csv { fields, .. } => fields.iter().map(String::from).collect(),
             RowData::Json(m) => vec![serde_json::to_string(m).unwrap()],
         }
     }
@@ -776,6 +893,40 @@ mod tests {
     }
 
     #[test]
+    fn columns_found_once_read_like_names() {
+        let header = Header::new(vec!["a".into(), "b".into(), "".into()], b',').unwrap();
+        let row = Row::csv(1, Arc::new(header.clone()), vec!["x".into(), " ".into(), "z".into()]);
+        for name in ["a", "b", "c", ""] {
+            assert_eq!(row.cell(Column::new(name, Some(&header))), row.get(name), "{name}");
+        }
+        assert_eq!(row.cell(Column::new("a", None)), Cell::Missing);
+        let object = serde_json::json!({"s": "x", "n": 1});
+        let row = Row::json(1, object.as_object().unwrap().clone());
+        for name in ["s", "n", "absent"] {
+            assert_eq!(row.cell(Column::new(name, None)), row.get(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn reading_into_one_row_gives_what_the_iterator_gives() {
+        let mut csv = b"id;note\n1;\"a;\nb\"\n\n2;x;y\n3;\"\"\"q\"\"\"\n4;\xff\n5;z".to_vec();
+        csv.extend_from_slice(b"\n6;\"unclosed\n7;ok");
+        let jsonl = b"{\"a\":1}\n\nbad\n{\"b\":\"\xc3\xa9\"}\n[]\n{\"c\":3}".to_vec();
+        for (format, bytes) in [(Format::Csv, csv), (Format::Jsonl, jsonl)] {
+            let iterated: Vec<_> = Rows::new(&bytes[..], opts(format, None)).unwrap().map(Result::unwrap).collect();
+            let mut rows = Rows::new(&bytes[..], opts(format, None)).unwrap();
+            let mut row = Row::default();
+            let mut read = Vec::new();
+            while let Some(item) = rows.read_into(&mut row).unwrap() {
+                read.push(item.map(|()| row.clone()));
+            }
+            assert_eq!(read, iterated, "{format:?}");
+            assert!(read.iter().any(Result::is_err) && read.iter().filter(|r| r.is_ok()).count() >= 3);
+            assert!(rows.read_into(&mut row).unwrap().is_none(), "nothing after the end");
+        }
+    }
+
+    #[test]
     fn header_errors_name_positions_not_values() {
         let err = |text: &[u8]| Rows::new(text, opts(Format::Csv, None)).err().map(|e| e.to_string());
         assert_eq!(err(b"a,b,a\n").as_deref(), Some("unusable CSV header: duplicate_column (column 3)"));
@@ -913,6 +1064,99 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// Every record's end, field count and problem, scanning `bytes` in chunks of `chunk` bytes.
+    fn records(mut scanner: Scanner, bytes: &[u8], chunk: usize) -> Vec<(usize, usize, Option<&'static str>)> {
+        let mut out = Vec::new();
+        for (n, mut piece) in bytes.chunks(chunk).enumerate() {
+            let mut offset = n * chunk;
+            while let Some(i) = scanner.scan(piece) {
+                out.push((offset + i, scanner.fields, scanner.problem));
+                scanner.reset();
+                piece = &piece[i + 1..];
+                offset += i + 1;
+            }
+        }
+        scanner.at_eof();
+        out.push((bytes.len(), scanner.fields, scanner.problem));
+        out
+    }
+
+    #[test]
+    fn scanning_runs_of_bytes_finds_what_stepping_byte_by_byte_finds() {
+        for seed in 0..200u64 {
+            let bytes = garbage(seed, 500 + (seed as usize * 31) % 1500);
+            for delimiter in DELIMITERS {
+                let scanner = || Scanner::csv(Some(delimiter), 8);
+                let mut stepping = scanner();
+                let mut expected = Vec::new();
+                for (i, &b) in bytes.iter().enumerate() {
+                    if stepping.step(b) {
+                        expected.push((i, stepping.fields, stepping.problem));
+                        stepping.reset();
+                    }
+                }
+                stepping.at_eof();
+                expected.push((bytes.len(), stepping.fields, stepping.problem));
+                for chunk in [1, 2, 7, 64, bytes.len()] {
+                    assert_eq!(records(scanner(), &bytes, chunk), expected, "seed {seed}, chunk {chunk}");
+                }
+            }
+        }
+    }
+
+    /// The fields of a record as the `csv` crate reads it.
+    fn csv_crate_fields(record: &[u8], delimiter: u8) -> Vec<String> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(delimiter)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_reader(record);
+        let mut fields = csv::StringRecord::new();
+        assert!(reader.read_record(&mut fields).unwrap());
+        fields.iter().map(String::from).collect()
+    }
+
+    #[test]
+    fn fields_decode_as_the_csv_crate_reads_them() {
+        const ALPHABET: &[&str] =
+            &["a", "b", "\"", "\"\"", ",", ";", "\t", "\n", "\r", " ", "\u{e9}", "\u{1F600}", "x y"];
+        let mut decoded = 0;
+        for seed in 0..400u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let text: String = (0..300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ALPHABET[(x % ALPHABET.len() as u64) as usize]
+                })
+                .collect();
+            for delimiter in DELIMITERS {
+                let o = ParseOptions { delimiter: Some(delimiter), ..opts(Format::Csv, None) };
+                let mut rows =
+                    Rows::resume(text.as_bytes(), o, Some(Header::new(vec!["a".into()], delimiter).unwrap()), 0, 0)
+                        .unwrap();
+                while let Some(problem) = rows.frame().unwrap() {
+                    if problem.is_some() || rows.buf.is_empty() {
+                        continue;
+                    }
+                    let mut fields = Fields::default();
+                    fields.decode(std::str::from_utf8(&rows.buf).unwrap(), delimiter);
+                    let ours: Vec<String> = fields.iter().map(String::from).collect();
+                    assert_eq!(
+                        ours,
+                        csv_crate_fields(&rows.buf, delimiter),
+                        "{:?}",
+                        String::from_utf8_lossy(&rows.buf)
+                    );
+                    decoded += 1;
+                }
+            }
+        }
+        assert!(decoded > 1000, "only {decoded} records were well-formed");
     }
 
     #[test]

@@ -24,43 +24,56 @@ pub struct Envelope {
 /// dropped. Each event is serialized exactly once, straight into the envelope being built; the envelope's
 /// frame is written by hand around them, so the result is exactly what serializing an [`Envelope`] gives.
 pub fn pack(source_id: &str, events: &[Map<String, Value>], max_message_bytes: usize) -> Vec<String> {
-    let mut header = Vec::with_capacity(source_id.len() + 32);
-    header.extend_from_slice(b"{\"v\":");
-    header.extend_from_slice(ENVELOPE_VERSION.to_string().as_bytes());
-    header.extend_from_slice(b",\"sourceId\":");
-    write_json(&mut header, source_id);
-    header.extend_from_slice(b",\"events\":[");
-    const FOOTER: &[u8] = b"]}";
+    Envelope::pack_with(source_id, events, max_message_bytes, |buf, event| serde_json::to_writer(buf, event))
+}
 
-    let mut out = Vec::new();
-    let mut current = new_buffer(&header, max_message_bytes);
-    let mut count = 0usize; // events in `current`
-    for event in events {
-        let start = current.len();
+impl Envelope {
+    /// [`pack`] for events in any form: `write` appends one event to the envelope being built, as one JSON
+    /// value (an already serialized event is copied in as it is). Should `write` fail, `{}` takes the event's
+    /// place, so the envelope stays valid JSON.
+    pub fn pack_with<T>(
+        source_id: &str,
+        events: impl IntoIterator<Item = T>,
+        max_message_bytes: usize,
+        mut write: impl FnMut(&mut Vec<u8>, T) -> serde_json::Result<()>,
+    ) -> Vec<String> {
+        let mut header = Vec::with_capacity(source_id.len() + 32);
+        header.extend_from_slice(b"{\"v\":");
+        header.extend_from_slice(ENVELOPE_VERSION.to_string().as_bytes());
+        header.extend_from_slice(b",\"sourceId\":");
+        write_json(&mut header, source_id);
+        header.extend_from_slice(b",\"events\":[");
+        const FOOTER: &[u8] = b"]}";
+
+        let mut out = Vec::new();
+        let mut current = new_buffer(&header, max_message_bytes);
+        let mut count = 0usize; // events in `current`
+        for event in events {
+            let start = current.len();
+            if count > 0 {
+                current.push(b',');
+            }
+            let event_start = current.len();
+            if write(&mut current, event).is_err() {
+                current.truncate(event_start);
+                current.extend_from_slice(b"{}");
+            }
+            if count > 0 && current.len() + FOOTER.len() > max_message_bytes {
+                // Does not fit: close the envelope without it and start the next one with it.
+                let mut next = new_buffer(&header, max_message_bytes);
+                next.extend_from_slice(&current[event_start..]);
+                current.truncate(start);
+                out.push(finish(current, FOOTER));
+                current = next;
+                count = 0;
+            }
+            count += 1;
+        }
         if count > 0 {
-            current.push(b',');
-        }
-        let event_start = current.len();
-        if serde_json::to_writer(&mut current, event).is_err() {
-            // Cannot happen for a `Map<String, Value>` written to memory; keep the envelope valid regardless.
-            current.truncate(event_start);
-            current.extend_from_slice(b"{}");
-        }
-        if count > 0 && current.len() + FOOTER.len() > max_message_bytes {
-            // Does not fit: close the envelope without it and start the next one with it.
-            let mut next = new_buffer(&header, max_message_bytes);
-            next.extend_from_slice(&current[event_start..]);
-            current.truncate(start);
             out.push(finish(current, FOOTER));
-            current = next;
-            count = 0;
         }
-        count += 1;
+        out
     }
-    if count > 0 {
-        out.push(finish(current, FOOTER));
-    }
-    out
 }
 
 fn new_buffer(header: &[u8], max_message_bytes: usize) -> Vec<u8> {
@@ -71,7 +84,7 @@ fn new_buffer(header: &[u8], max_message_bytes: usize) -> Vec<u8> {
 
 fn finish(mut buf: Vec<u8>, footer: &[u8]) -> String {
     buf.extend_from_slice(footer);
-    // serde_json only writes UTF-8, so this never takes the lossy branch.
+    // Events are written as JSON, which is UTF-8, so this never takes the lossy branch.
     String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
@@ -201,6 +214,30 @@ mod tests {
         assert_eq!(unpack(&msgs).len(), 4);
         // Even a zero bound packs everything, one per envelope.
         assert_eq!(unpack(&pack("src-\"1\"", &events, 0)).len(), 4);
+    }
+
+    #[test]
+    fn packing_serialized_events_gives_the_same_envelopes() {
+        let events: Vec<_> = (0..120).map(|i| event(i, (i * 53) % 700)).collect();
+        let serialized: Vec<Vec<u8>> = events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect();
+        for max in [0usize, 300, 2048, 256 * 1024] {
+            let copied = Envelope::pack_with("src-\"1\"", &serialized, max, |buf, event| {
+                buf.extend_from_slice(event);
+                Ok(())
+            });
+            assert_eq!(copied, pack("src-\"1\"", &events, max), "max {max}");
+        }
+        // A failed write leaves `{}` in the event's place.
+        let failing = Envelope::pack_with("src-\"1\"", [1, 2], 1024, |buf, i| {
+            buf.extend_from_slice(b"{\"partial");
+            if i == 1 {
+                Err(serde::ser::Error::custom("no"))
+            } else {
+                buf.extend_from_slice(b"\":1}");
+                Ok(())
+            }
+        });
+        assert_eq!(unpack(&failing), vec![json!({}), json!({"partial": 1})]);
     }
 
     #[test]
