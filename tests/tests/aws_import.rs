@@ -6,7 +6,6 @@
 //! Mirrors `functions/import/tests/import.rs` (the embedded adapters).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,44 +16,9 @@ use tributary_core::import::{encode_notification_key, state_key, FileId, ImportS
 use tributary_core::ingest::Envelope;
 use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::{ObjectStore, OutgoingMessage, Queue, ReceivedMessage, TableStore};
+use tributary_core::testing::{gzip, partner_csv, IMPORT_WORKSPACE};
 use tributary_import::{Import, ImportSettings};
 use tributary_tests::aws_env;
-
-/// The workspace of the embedded test: a 2P partner CSV source and a 3P JSONL feed, both with import mappings.
-const WORKSPACE: &str = r#"
-workspace: import-test
-consent:
-  purposes:
-    - { id: analytics }
-    - { id: advertising }
-sources:
-  - id: partner
-    write_key_sha256: []
-    class: 2P
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      delimiter: ","
-      columns:
-        email: { identifier: email }
-        plan: { type: string }
-        score: { type: number }
-        vip: { type: bool }
-        signup: { type: date, format: "%Y-%m-%d" }
-      event: { type: identify }
-  - id: feed
-    write_key_sha256: []
-    class: 3P
-    consent_basis: legitimate_interests
-    permitted_purposes: [analytics]
-    import:
-      format: jsonl
-      columns:
-        uid: { identifier: user_id }
-        amount: { type: number }
-      event: { type: track, event_name: Purchase }
-"#;
 
 type Handler = Import<DynamoTable, SqsQueue, S3Store, MemoryMetrics>;
 
@@ -89,7 +53,7 @@ async fn stack(aws: &AwsClients, bucket: &str, now: Option<i64>, tune: impl FnOn
     let events = admin::create_queue(aws, &aws_env::unique("events"), None).await.expect("create the events queue");
     let imports = admin::create_queue(aws, &aws_env::unique("import"), None).await.expect("create the import queue");
     let imports_arn = admin::queue_arn(aws, &imports).await.expect("import queue ARN");
-    let workspace: WorkspaceConfig = tributary_core::config::load(WORKSPACE).expect("workspace");
+    let workspace: WorkspaceConfig = tributary_core::config::load(IMPORT_WORKSPACE).expect("workspace");
     let mut settings = ImportSettings::new(bucket);
     tune(&mut settings);
     // Built as the Lambda builds it (functions/import/src/main.rs): the bucket root as the object store.
@@ -147,28 +111,6 @@ async fn drain(queue: &SqsQueue, what: &str) -> Vec<String> {
             out.push(m.body);
         }
     }
-}
-
-fn gzip(text: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(text).expect("gzip");
-    enc.finish().expect("gzip")
-}
-
-/// The partner file of the embedded test: `rows` valid rows after the header.
-fn partner_csv(rows: usize) -> Vec<u8> {
-    let mut text = String::from("email,plan,score,vip,signup\n");
-    for i in 0..rows {
-        let plan = ["free", "pro", "team"][i % 3];
-        text.push_str(&format!(
-            "user{i}@example.com,{plan},{}.5,{},2026-0{}-1{}\n",
-            i % 100,
-            i % 2 == 0,
-            1 + i % 9,
-            i % 10
-        ));
-    }
-    text.into_bytes()
 }
 
 impl Stack {
@@ -257,7 +199,7 @@ async fn a_100k_row_gzip_csv_imports_fully_on_aws_and_a_duplicate_notification_c
     let aws = aws_env::clients().await;
     let bucket = bucket(&aws).await;
     let s = stack(&aws, &bucket, None, |_| {}).await;
-    let note = s.put(BIG, gzip(&partner_csv(BIG_ROWS as usize)), "9f3c4b1e0d2a5f6e7d8c9b0a1f2e3d4c").await;
+    let note = s.put(BIG, gzip(&partner_csv(BIG_ROWS)), "9f3c4b1e0d2a5f6e7d8c9b0a1f2e3d4c").await;
 
     let started = Instant::now();
     assert_eq!(s.run(&note).await, 1, "one invocation, no continuation");

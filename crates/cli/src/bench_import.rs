@@ -16,33 +16,12 @@ use aws_lambda_events::sqs::SqsEvent;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
-use tributary_core::testing::MemoryTable;
+use tributary_core::testing::{partner_row, MemoryTable, IMPORT_WORKSPACE, PARTNER_HEADER};
 use tributary_import::{Import, ImportSettings};
 use tributary_local::dir_store::DirStore;
 use tributary_local::runtime::{local_notification, sqs_event};
 
 const BUCKET: &str = tributary_local::runtime::LOCAL_IMPORT_BUCKET;
-
-const WORKSPACE: &str = r#"
-workspace: bench
-consent:
-  purposes: [{ id: analytics }]
-sources:
-  - id: partner
-    write_key_sha256: []
-    class: 2P
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      columns:
-        email: { identifier: email }
-        plan: { type: string }
-        score: { type: number }
-        vip: { type: bool }
-        signup: { type: date, format: "%Y-%m-%d" }
-      event: { type: identify }
-"#;
 
 /// An events queue that counts what it is sent and keeps nothing.
 #[derive(Clone, Default)]
@@ -70,17 +49,10 @@ impl Queue for CountingQueue {
 /// Writes a partner CSV of at least `rows` rows (or `bytes` bytes, whichever is given) to `path`; the row count.
 fn write_csv(path: &Path, rows: Option<u64>, bytes: Option<u64>) -> anyhow::Result<u64> {
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    w.write_all(b"email,plan,score,vip,signup\n")?;
+    w.write_all(PARTNER_HEADER.as_bytes())?;
     let (mut n, mut written) = (0u64, 0u64);
     while rows.is_some_and(|r| n < r) || bytes.is_some_and(|b| written < b) {
-        let line = format!(
-            "user{n}@example.com,{},{}.5,{},2026-0{}-1{}\n",
-            ["free", "pro", "team"][(n % 3) as usize],
-            n % 100,
-            n % 2 == 0,
-            1 + n % 9,
-            n % 10
-        );
+        let line = partner_row(n);
         w.write_all(line.as_bytes())?;
         written += line.len() as u64;
         n += 1;
@@ -117,7 +89,7 @@ impl Bench {
         std::fs::create_dir_all(file.parent().unwrap_or(&root))?;
         let rows = write_csv(&file, rows, bytes)?;
         let store = DirStore::open(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let workspace = Arc::new(tributary_core::config::load(WORKSPACE).map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        let workspace = Arc::new(tributary_core::config::load(IMPORT_WORKSPACE).map_err(|e| anyhow::anyhow!("{e:?}"))?);
         Ok(Bench { _dir: dir, store, workspace, file, rows })
     }
 

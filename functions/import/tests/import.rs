@@ -2,7 +2,6 @@
 //! whole files, forced continuations, duplicate notifications, reject reports and malformed files.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,60 +12,13 @@ use tributary_core::import::{encode_notification_key, state_key, FileId, ImportS
 use tributary_core::ingest::Envelope;
 use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::{ObjectStore, Queue, ReceivedMessage, TableStore};
-use tributary_core::testing::MemoryTable;
+use tributary_core::testing::{gzip, partner_csv, MemoryTable, IMPORT_WORKSPACE};
 use tributary_import::{Import, ImportSettings};
 use tributary_local::dir_store::DirStore;
 use tributary_local::runtime::sqs_event;
 use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
 
 const BUCKET: &str = "drop";
-
-const WORKSPACE: &str = r#"
-workspace: import-test
-consent:
-  purposes:
-    - { id: analytics }
-    - { id: advertising }
-sources:
-  - id: partner
-    write_key_sha256: []
-    class: 2P
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      delimiter: ","
-      columns:
-        email: { identifier: email }
-        plan: { type: string }
-        score: { type: number }
-        vip: { type: bool }
-        signup: { type: date, format: "%Y-%m-%d" }
-      event: { type: identify }
-  - id: leads
-    write_key_sha256: []
-    class: 2P
-    consent_basis: consent
-    permitted_purposes: [analytics]
-    pii: { detect: [card], action: drop_event }
-    import:
-      format: csv
-      columns:
-        email: { identifier: email }
-        note: { type: string }
-      event: { type: identify }
-  - id: feed
-    write_key_sha256: []
-    class: 3P
-    consent_basis: legitimate_interests
-    permitted_purposes: [analytics]
-    import:
-      format: jsonl
-      columns:
-        uid: { identifier: user_id }
-        amount: { type: number }
-      event: { type: track, event_name: Purchase }
-"#;
 
 type Handler = Import<MemoryTable, SqliteQueue, DirStore, MemoryMetrics>;
 
@@ -92,7 +44,7 @@ fn stack_at(now: Option<i64>, tune: impl FnOnce(&mut ImportSettings)) -> Stack {
     let queue = |name: &str| SqliteQueue::open(&db, name, QueueOptions::default()).expect("queue");
     let root = dir.path().join("objects").join(BUCKET);
     std::fs::create_dir_all(&root).expect("bucket dir");
-    let workspace: WorkspaceConfig = tributary_core::config::load(WORKSPACE).expect("workspace");
+    let workspace: WorkspaceConfig = tributary_core::config::load(IMPORT_WORKSPACE).expect("workspace");
     let mut settings = ImportSettings::new(BUCKET);
     tune(&mut settings);
     let import = Import::new(
@@ -198,27 +150,6 @@ impl Stack {
     async fn text(&self, key: &str) -> String {
         String::from_utf8(self.store.get(key).await.expect("get").expect("object")).expect("utf8")
     }
-}
-
-fn gzip(text: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(text).expect("gzip");
-    enc.finish().expect("gzip")
-}
-
-fn partner_csv(rows: usize) -> Vec<u8> {
-    let mut text = String::from("email,plan,score,vip,signup\n");
-    for i in 0..rows {
-        let plan = ["free", "pro", "team"][i % 3];
-        text.push_str(&format!(
-            "user{i}@example.com,{plan},{}.5,{},2026-0{}-1{}\n",
-            i % 100,
-            i % 2 == 0,
-            1 + i % 9,
-            i % 10
-        ));
-    }
-    text.into_bytes()
 }
 
 const BIG: &str = "imports/partner/2026/full list.csv.gz";

@@ -6,11 +6,13 @@
 //! messages that may arrive split across receives, approximate counts that are exact on an idle queue. Each suite
 //! takes a few seconds, not minutes.
 
+mod imports;
 mod memory_table;
 mod object_store;
 mod queue;
 mod table_store;
 
+pub use imports::{gzip, partner_csv, partner_row, IMPORT_WORKSPACE, PARTNER_HEADER};
 pub use memory_table::MemoryTable;
 pub use object_store::object_store_contract;
 pub use queue::{queue_contract, queue_dlq_contract};
