@@ -36,10 +36,9 @@ use tributary_core::import::{
     ImportObject, ImportState, ImportStatus, Row, RowReject, Rows,
 };
 use tributary_core::ingest::Envelope;
+use tributary_core::lambda::{send_all, SendRetry};
 use tributary_core::metrics::{Emf, MetricsSink};
-use tributary_core::ports::{
-    Condition, Item, ObjectStore, OutgoingMessage, PortError, Queue, TableStore, WriteOp, MAX_SEND_BATCH,
-};
+use tributary_core::ports::{Condition, Item, ObjectStore, OutgoingMessage, PortError, Queue, TableStore, WriteOp};
 
 use report::{part_key, parts_prefix, reject_lines, report_key, Summary, REJECTS_HEADER};
 
@@ -773,36 +772,17 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
             buf.extend_from_slice(event);
             Ok(())
         });
-        let mut pending: Vec<OutgoingMessage> =
+        let messages: Vec<OutgoingMessage> =
             bodies.into_iter().enumerate().map(|(i, body)| OutgoingMessage { id: i.to_string(), body }).collect();
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=4 {
-            let mut failed = Vec::new();
-            let mut fatal = false;
-            for chunk in pending.chunks(MAX_SEND_BATCH) {
-                match self.handle.block_on(self.p.events.send_batch(chunk)) {
-                    Ok(f) => {
-                        fatal |= f.iter().any(|f| !f.retryable);
-                        failed.extend(f.into_iter().map(|f| f.id));
-                    }
-                    Err(e) => {
-                        fatal |= !e.is_retryable();
-                        failed.extend(chunk.iter().map(|m| m.id.clone()));
-                    }
-                }
-            }
-            if failed.is_empty() {
+        let retry = SendRetry { attempts: 4, backoff: Duration::from_millis(100) };
+        // On the blocking reader thread: the runtime's handle drives the sends and the backoff's timer.
+        match self.handle.block_on(send_all(&self.p.events, messages, retry, tokio::time::sleep)) {
+            Ok(()) => {
                 events.clear();
-                return Ok(());
+                Ok(())
             }
-            pending.retain(|m| failed.contains(&m.id));
-            if fatal || attempt == 4 {
-                break;
-            }
-            std::thread::sleep(delay);
-            delay *= 2;
+            Err(e) => Err(format!("the events queue refused messages: {e}")),
         }
-        Err("the events queue refused messages".into())
     }
 }
 
