@@ -459,6 +459,23 @@ async fn incremental_refreshes_match_a_full_evaluation() {
                 }
             }
         }
+        // After the last incremental run, a full pass over every root finds nothing to change.
+        run(&a, false).await;
+        let before: Vec<(String, BTreeSet<String>)> = {
+            let mut v = Vec::new();
+            for p in w.roots().await {
+                let m = w.membership(&p).await;
+                v.push((p, m));
+            }
+            v
+        };
+        let full = run(&a, true).await;
+        assert!(full.full_pass_done, "seed {seed}: {full:?}");
+        assert_eq!(full.evaluated as usize, before.len(), "seed {seed}: every root evaluated");
+        assert_eq!((full.entered, full.exited), (0, 0), "seed {seed}: the full pass agrees with the incremental runs");
+        for (p, m) in before {
+            assert_eq!(w.membership(&p).await, m, "seed {seed}: profile {p}");
+        }
     }
 }
 
