@@ -132,6 +132,8 @@ pub struct Serve {
     config_path: PathBuf,
     data_dir: PathBuf,
     http: reqwest::Client,
+    /// Extra environment variables of the server process.
+    env: Vec<(String, String)>,
     // Last, so the directory is removed after the child is gone.
     _dir: tempfile::TempDir,
 }
@@ -144,13 +146,19 @@ impl Serve {
 
     /// Starts `tributary serve` with the given workspace config (YAML) and an empty data directory.
     pub fn start_with_config(config: &str) -> Serve {
+        Serve::start_with_env(config, &[])
+    }
+
+    /// Like [`Serve::start_with_config`], with extra environment variables for the server process.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::Builder::new().prefix("tributary-test-").tempdir().expect("temporary directory");
         let config_path = dir.path().join("workspace.yaml");
         std::fs::write(&config_path, config).expect("write the workspace config");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create the data directory");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
-        let mut serve = Serve { child: None, base_url: String::new(), config_path, data_dir, http, _dir: dir };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut serve = Serve { child: None, base_url: String::new(), config_path, data_dir, http, env, _dir: dir };
         serve.spawn();
         serve
     }
@@ -269,6 +277,7 @@ impl Serve {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("piped stdout");
 

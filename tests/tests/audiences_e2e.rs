@@ -140,7 +140,8 @@ async fn memberships_follow_traits_and_time_and_consent_keeps_ads_out() {
     let (receiver, log) = start_receiver().await;
     let cfg = config(&receiver);
     tributary_core::config::load(&cfg).expect("the test workspace must load");
-    let server = Serve::start_with_config(&cfg);
+    // The local schedule stays out of the way (an hour): the test runs each refresh itself and reads its report.
+    let server = Serve::start_with_env(&cfg, &[("TRIBUTARY_AUDIENCE_INTERVAL_SECS", "3600")]);
 
     // Ann allows advertising, Bob does not; both are on the pro plan.
     let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("now");

@@ -17,7 +17,7 @@ use tributary_core::ports::{
     Item, ItemKey, KeyPage, PortError, QueryPage, Queue, SparseIndex, TableStore, TransactError, WriteOp,
 };
 use tributary_core::profile::layout::profile_key;
-use tributary_core::profile::membership::{membership_key, Membership};
+use tributary_core::profile::membership::{membership_key, Membership, RUN_PK, RUN_SK};
 use tributary_core::profile::ProfileDoc;
 use tributary_core::testing::MemoryTable;
 use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
@@ -411,13 +411,20 @@ async fn a_run_retried_after_sending_sends_the_same_message_ids() {
 }
 
 #[tokio::test]
-async fn a_second_run_waits_for_the_lease() {
+async fn a_run_waits_for_another_runs_lease_and_takes_over_an_expired_one() {
     let w = World::new();
     let a = w.refresher(workspace(false));
-    let b = w.refresher(workspace(false));
-    let (x, y) = tokio::join!(run(&a, false), run(&b, false));
-    assert!(x.busy != y.busy, "exactly one of two concurrent runs works: {x:?} {y:?}");
-    assert!(!run(&b, false).await.busy, "the lease is given back");
+    // A run elsewhere holds the lease for ten more minutes.
+    let mut state = serde_json::Map::new();
+    state.insert("lease_until".into(), json!(w.now() + 600_000));
+    w.table.put(ItemKey::new(RUN_PK, RUN_SK), state);
+    let r = run(&a, false).await;
+    assert!(r.busy && r.evaluated == 0 && !r.full_pass, "{r:?}");
+    // That run died without giving the lease back: once it has expired, the next run works.
+    w.advance(600_001);
+    let r = run(&a, false).await;
+    assert!(!r.busy && r.full_pass_done, "{r:?}");
+    assert!(!run(&a, false).await.busy, "a finished run gives the lease back");
 }
 
 /// Incremental refreshes over a random sequence of updates keep the same memberships a full evaluation gives.
