@@ -32,8 +32,8 @@ use tokio::runtime::Handle;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::governance::policy::{Governance, Outcome as GovernOutcome};
 use tributary_core::import::{
-    file_hash, import_object, reason, state_key, CheckedMapping, FileMapping, Format, Header, ImportError,
-    ImportObject, ImportState, ImportStatus, Row, RowReject, Rows,
+    file_hash, import_object, reason, state_key, CheckedMapping, EventBuffers, FileMapping, Format, Header,
+    ImportError, ImportObject, ImportState, ImportStatus, Row, RowReject, Rows,
 };
 use tributary_core::ingest::Envelope;
 use tributary_core::lambda::{send_all, SendRetry};
@@ -630,6 +630,7 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
         // Only a source with a tracking plan or a PII policy needs its events as JSON objects.
         let governance = self.p.governance.get(&source).and_then(|g| g.as_ref().ok()).filter(|g| !g.is_noop());
         let mut row = Row::default();
+        let mut buffers = EventBuffers::default();
         let mut events = Pending::default();
         let mut rejects: Vec<RowReject> = Vec::new();
         let mut since_checkpoint = 0u64;
@@ -662,7 +663,7 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
                 Ok(None) => break,
                 Err(e) => return import_error_end(e, self.object.gzip),
             };
-            match read.and_then(|()| event(&mapping, governance, &row, &mut events)) {
+            match read.and_then(|()| event(&mapping, governance, &row, &mut events, &mut buffers)) {
                 Ok(()) => counts.1 += 1,
                 Err(r) => {
                     counts.2 += 1;
@@ -792,13 +793,17 @@ fn event(
     governance: Option<&Governance>,
     row: &Row,
     events: &mut Pending,
+    buffers: &mut EventBuffers,
 ) -> Result<(), RowReject> {
-    let event = mapping.event(row)?;
+    let event = mapping.event_in(row, buffers)?;
     let Some(g) = governance else {
         events.push(|buf| event.write_json(buf));
+        event.recycle(buffers);
         return Ok(());
     };
-    let mut event = event.to_map();
+    let map = event.to_map();
+    event.recycle(buffers);
+    let mut event = map;
     match g.govern(&mut event).outcome {
         GovernOutcome::Accept => {}
         GovernOutcome::Drop { .. } => {

@@ -34,6 +34,34 @@ pub struct ImportEvent<'a> {
     pub(super) received_at: &'a str,
 }
 
+/// The allocations of an event's lists, kept from one row's event to the next ([`super::FileMapping::event_in`],
+/// [`ImportEvent::recycle`]). Always empty between rows.
+#[derive(Debug, Default)]
+pub struct EventBuffers {
+    external_ids: Vec<ExternalId<'static>>,
+    values: Vec<Option<TraitValue<'static>>>,
+}
+
+impl EventBuffers {
+    /// The (empty) lists for the next event.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn take<'a>(&mut self) -> (Vec<ExternalId<'a>>, Vec<Option<TraitValue<'a>>>) {
+        (recycled(std::mem::take(&mut self.external_ids)), recycled(std::mem::take(&mut self.values)))
+    }
+
+    /// Keeps the allocations of an event's lists, dropping what they hold.
+    pub(super) fn keep(&mut self, external_ids: Vec<ExternalId<'_>>, values: Vec<Option<TraitValue<'_>>>) {
+        self.external_ids = recycled(external_ids);
+        self.values = recycled(values);
+    }
+}
+
+/// `list` emptied, as a list of another type. For types of the same size and alignment (here the same type with
+/// another lifetime) the standard library collects in place, so the allocation is kept.
+fn recycled<A, B>(list: Vec<A>) -> Vec<B> {
+    list.into_iter().filter_map(|_| None).collect()
+}
+
 /// A typed trait's name, also as a JSON string, written once for all events.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct TraitName {
@@ -81,6 +109,11 @@ impl ImportEvent<'_> {
             // Cannot happen: the event is an object with string keys and finite numbers.
             _ => Map::new(),
         }
+    }
+
+    /// Gives the allocations of the event's lists back for the next event ([`super::FileMapping::event_in`]).
+    pub fn recycle(self, buffers: &mut EventBuffers) {
+        buffers.keep(self.external_ids, self.values);
     }
 
     /// Appends the event's JSON to `out`.
@@ -153,7 +186,7 @@ impl ImportEvent<'_> {
             }
             out.extend_from_slice(key.as_bytes());
             out.push(b':');
-            serde_json::to_writer(&mut *out, &value)
+            value.write_json(out)
         })?;
         out.push(b'}');
         Ok(())
@@ -296,6 +329,33 @@ enum TraitEntry<'v, 'a> {
     Value(&'v TraitValue<'a>),
 }
 
+impl TraitEntry<'_, '_> {
+    /// Appends the JSON of the entry, the bytes `Serialize` gives, without going through a serializer.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            TraitEntry::Id(id) => write_str(out, id),
+            TraitEntry::Value(TraitValue::Text(s)) => write_str(out, s),
+            TraitEntry::Value(TraitValue::Bool(b)) => {
+                out.extend_from_slice(if *b { b"true" } else { b"false" });
+                Ok(())
+            }
+            TraitEntry::Value(TraitValue::Date(date)) => {
+                out.push(b'"');
+                out.extend_from_slice(&date_text(*date));
+                out.push(b'"');
+                Ok(())
+            }
+            TraitEntry::Value(TraitValue::Instant(at)) => {
+                write_plain(out, &format_timestamp(*at));
+                Ok(())
+            }
+            TraitEntry::Value(value @ (TraitValue::Number(_) | TraitValue::JsonText(_))) => {
+                serde_json::to_writer(out, value)
+            }
+        }
+    }
+}
+
 impl Serialize for TraitEntry<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -313,16 +373,22 @@ impl Serialize for TraitValue<'_> {
             TraitValue::Number(n) => n.serialize(serializer),
             TraitValue::Bool(b) => serializer.serialize_bool(*b),
             TraitValue::Date(date) => {
-                let mut text = *b"0000-00-00";
-                write_digits(&mut text[..4], date.year().unsigned_abs());
-                write_digits(&mut text[5..7], u8::from(date.month()).into());
-                write_digits(&mut text[8..], date.day().into());
+                let text = date_text(*date);
                 // Only ever ASCII digits and dashes.
                 serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
             }
             TraitValue::Instant(at) => serializer.serialize_str(&format_timestamp(*at)),
         }
     }
+}
+
+/// A date as `YYYY-MM-DD` (years 1 to 9999).
+fn date_text(date: Date) -> [u8; 10] {
+    let mut text = *b"0000-00-00";
+    write_digits(&mut text[..4], date.year().unsigned_abs());
+    write_digits(&mut text[5..7], u8::from(date.month()).into());
+    write_digits(&mut text[8..], date.day().into());
+    text
 }
 
 /// Writes the low decimal digits of `n` into `out`, zero-padded.
@@ -335,7 +401,16 @@ fn write_digits(out: &mut [u8], mut n: u32) {
 
 /// Writes `s` as a JSON string, escaped as `serde_json` escapes it.
 fn write_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
-    serde_json::to_writer(out, s)
+    // `serde_json` escapes `"`, `\\` and the control characters below a space, and nothing else: text without them
+    // is written as it is.
+    if s.bytes().any(|b| b < b' ' || b == b'"' || b == b'\\') {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
 /// Writes `s` as a JSON string without looking for what to escape: for our own text that never needs it (hex

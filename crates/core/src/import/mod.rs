@@ -15,7 +15,7 @@ mod mapping;
 pub mod object;
 mod rows;
 
-pub use event::ImportEvent;
+pub use event::{EventBuffers, ImportEvent};
 pub use mapping::{
     row_to_event, CheckedMapping, ColumnMapping, EventSpec, FileMapping, ImportMapping, MappingError, TraitMapping,
     TraitType, LIBRARY_NAME,
