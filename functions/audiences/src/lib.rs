@@ -148,11 +148,28 @@ struct Segment {
     done: bool,
 }
 
-/// The change one profile's evaluation made.
+/// What evaluating some profiles did: how many, and the memberships entered and exited.
 #[derive(Debug, Default, Clone, Copy)]
 struct Changed {
+    evaluated: u64,
     entered: u64,
     exited: u64,
+}
+
+impl std::ops::AddAssign for Changed {
+    fn add_assign(&mut self, other: Changed) {
+        self.evaluated += other.evaluated;
+        self.entered += other.entered;
+        self.exited += other.exited;
+    }
+}
+
+impl RefreshReport {
+    fn count(&mut self, c: Changed) {
+        self.evaluated += c.evaluated;
+        self.entered += c.entered;
+        self.exited += c.exited;
+    }
 }
 
 pub struct Audiences<T: TableStore, Q: Queue, M: MetricsSink> {
@@ -243,10 +260,9 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
         if let Some(pass) = state.full.as_mut() {
             report.full_pass = true;
             let total = pass.segments.len() as u32;
-            let evaluated = std::sync::atomic::AtomicU64::new(0);
             let changed = std::sync::Mutex::new(Changed::default());
             let segments = pass.segments.iter_mut().enumerate().map(|(n, segment)| {
-                let (evaluated, changed) = (&evaluated, &changed);
+                let changed = &changed;
                 async move {
                     while !segment.done && !out_of_time() {
                         let page = self
@@ -255,10 +271,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
                             .await?;
                         let ids: Vec<String> = page.keys.iter().filter_map(profile_of_key).collect();
                         let c = self.refresh_all(ids, now).await?;
-                        evaluated.fetch_add(c.0, std::sync::atomic::Ordering::Relaxed);
                         if let Ok(mut total) = changed.lock() {
-                            total.entered += c.1.entered;
-                            total.exited += c.1.exited;
+                            *total += c;
                         }
                         segment.done = page.next.is_none();
                         segment.cursor = page.next;
@@ -267,10 +281,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
                 }
             });
             let results = futures::future::join_all(segments).await;
-            report.evaluated += evaluated.into_inner();
             if let Ok(c) = changed.into_inner() {
-                report.entered += c.entered;
-                report.exited += c.exited;
+                report.count(c);
             }
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
             if pass.segments.iter().all(|s| s.done) {
@@ -307,10 +319,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
             let ids: BTreeSet<String> =
                 messages.iter().filter_map(|m| ProfileChanges::parse(&m.body)).flat_map(|c| c.profiles).collect();
             report.changed += ids.len() as u64;
-            let (evaluated, c) = self.refresh_all(ids.into_iter().collect(), now).await?;
-            report.evaluated += evaluated;
-            report.entered += c.entered;
-            report.exited += c.exited;
+            report.count(self.refresh_all(ids.into_iter().collect(), now).await?);
             // Foreign bodies are dropped too: they can never be read as changes.
             for m in &messages {
                 self.changes.delete(&m.receipt_handle).await?;
@@ -346,10 +355,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
                     .collect();
                 let reached_future = due.len() < page.items.len();
                 report.due += due.len() as u64;
-                let (evaluated, c) = self.refresh_all(due.iter().map(|(_, p)| p.clone()).collect(), now).await?;
-                report.evaluated += evaluated;
-                report.entered += c.entered;
-                report.exited += c.exited;
+                report.count(self.refresh_all(due.iter().map(|(_, p)| p.clone()).collect(), now).await?);
                 // An evaluation moves the profile's due item; one left behind (a stale time) goes now.
                 for (key, _) in &due {
                     let delete = WriteOp::Delete { key: key.clone(), condition: Condition::None };
@@ -364,12 +370,11 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
         Ok(())
     }
 
-    /// Evaluates `profiles`, a few at a time. The number evaluated, and the changes made.
+    /// Evaluates `profiles`, a few at a time.
     /// Each profile's document and membership are read in batches (one `get_many` per 50 profiles); a profile
     /// whose membership moved under the evaluation is read again on its own.
-    async fn refresh_all(&self, profiles: Vec<String>, now: i64) -> Result<(u64, Changed), RefreshError> {
-        let n = profiles.len() as u64;
-        let mut total = Changed::default();
+    async fn refresh_all(&self, profiles: Vec<String>, now: i64) -> Result<Changed, RefreshError> {
+        let mut total = Changed { evaluated: profiles.len() as u64, ..Changed::default() };
         let batches: Vec<Vec<String>> = profiles.chunks(MAX_GET_MANY / 2).map(<[String]>::to_vec).collect();
         let mut results = stream::iter(batches)
             .map(|batch| async move {
@@ -378,12 +383,10 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
                 let mut changed = Changed::default();
                 for profile in &batch {
                     let (doc, state) = (items.next().flatten(), items.next().flatten());
-                    let c = match self.try_refresh(profile, doc, state, now).await {
+                    changed += match self.try_refresh(profile, doc, state, now).await {
                         Err(RefreshError::Port(PortError::ConditionFailed(_))) => self.refresh(profile, now).await?,
                         other => other?,
                     };
-                    changed.entered += c.entered;
-                    changed.exited += c.exited;
                 }
                 Ok::<_, RefreshError>(changed)
             })
@@ -391,10 +394,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
         let mut first_error = None;
         while let Some(r) = results.next().await {
             match r {
-                Ok(c) => {
-                    total.entered += c.entered;
-                    total.exited += c.exited;
-                }
+                Ok(c) => total += c,
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -402,7 +402,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok((n, total)),
+            None => Ok(total),
         }
     }
 
@@ -513,7 +513,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Audiences<T, Q, M> {
             }
         }
         self.commit(ops).await?;
-        Ok(Changed { entered: entered.len() as u64, exited: exited.len() as u64 })
+        // `evaluated` is counted once per profile by `refresh_all`.
+        Ok(Changed { entered: entered.len() as u64, exited: exited.len() as u64, ..Changed::default() })
     }
 
     async fn commit(&self, ops: Vec<WriteOp>) -> Result<(), RefreshError> {
