@@ -197,14 +197,18 @@ impl SourceId {
     }
 }
 
+/// The rule of source and audience ids: 1-64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
+pub(crate) fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 impl TryFrom<String> for SourceId {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok {
+        if is_valid_id(&s) {
             Ok(SourceId(s))
         } else {
             Err(format!("invalid source id {s:?}: use 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit"))

@@ -72,11 +72,7 @@ impl JsonSchema for AudienceId {
 impl TryFrom<String> for AudienceId {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok {
+        if crate::config::is_valid_id(&s) {
             Ok(AudienceId(s))
         } else {
             Err(format!("invalid audience id {s:?}: use 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit"))
