@@ -90,8 +90,8 @@ fn preview(args: &PreviewArgs) -> anyhow::Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("the default workspace does not load"))?,
     };
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let config = match parse_definition(&text, &workspace) {
-        Ok(config) => config,
+    let set = match parse_definition(&text, &workspace) {
+        Ok(set) => set,
         Err(problems) => {
             let file = args.file.display();
             for p in &problems {
@@ -107,11 +107,6 @@ fn preview(args: &PreviewArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    // `parse_definition` has compiled it already; compiling again gives the compiled form.
-    let set = AudienceSet::compile(std::slice::from_ref(&config), &workspace.consent).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("{}: {e}", args.file.display())).collect();
-        anyhow::anyhow!(lines.join("\n"))
-    })?;
     let audience = set.audiences().first().context("the definition compiled to no audience")?;
 
     let tables = DataDir(args.data_dir.clone()).tables();
@@ -233,8 +228,9 @@ struct Problem {
 }
 
 /// Reads and checks one audience definition: its shape (with the line and column of a problem), its rules, and
-/// the consent purposes and destinations it names against `workspace`, as `tributary config check` would.
-fn parse_definition(definition: &str, workspace: &WorkspaceConfig) -> Result<AudienceConfig, Vec<Problem>> {
+/// the consent purposes and destinations it names against `workspace`, as `tributary config check` would. The
+/// definition compiled, alone in its set.
+fn parse_definition(definition: &str, workspace: &WorkspaceConfig) -> Result<AudienceSet, Vec<Problem>> {
     let definition = definition.trim_start_matches('\u{feff}');
     let blank = |line: &str| {
         let line = line.trim();
@@ -252,16 +248,19 @@ fn parse_definition(definition: &str, workspace: &WorkspaceConfig) -> Result<Aud
         }
         vec![Problem { location, message }]
     })?;
-    let mut problems: Vec<Problem> = match AudienceSet::compile(std::slice::from_ref(&config), &workspace.consent) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors
-            .iter()
-            .map(|e| {
-                let text = e.to_string();
-                let message = text.strip_prefix("audiences[0].").unwrap_or(&text).to_string();
-                Problem { location: None, message }
-            })
-            .collect(),
+    let (set, mut problems) = match AudienceSet::compile(std::slice::from_ref(&config), &workspace.consent) {
+        Ok(set) => (Some(set), Vec::new()),
+        Err(errors) => (
+            None,
+            errors
+                .iter()
+                .map(|e| {
+                    let text = e.to_string();
+                    let message = text.strip_prefix("audiences[0].").unwrap_or(&text).to_string();
+                    Problem { location: None, message }
+                })
+                .collect(),
+        ),
     };
     for (k, d) in config.destinations.iter().enumerate() {
         if !workspace.destinations.iter().any(|x| &x.id == d) {
@@ -271,10 +270,9 @@ fn parse_definition(definition: &str, workspace: &WorkspaceConfig) -> Result<Aud
             });
         }
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
+    match set {
+        Some(set) if problems.is_empty() => Ok(set),
+        _ => Err(problems),
     }
 }
 
@@ -290,13 +288,13 @@ mod tests {
     fn a_definition_parses_as_a_workspace_entry() {
         let ws = workspace("consent:\n  purposes: [{ id: advertising, aliases: [\"Werbung ✓\", \"😀\"] }]\n");
         let yaml = "---\n# EU buyers\nid: eu\nname: EU\nrule:\n  all:\n    - { trait: country, equals: DE }\n    - { consent: advertising }\n";
-        let cfg = parse_definition(yaml, &ws).expect("parses");
-        assert_eq!(cfg.id.as_str(), "eu");
+        let set = parse_definition(yaml, &ws).expect("parses");
+        assert_eq!(set.audiences()[0].id(), "eu");
         let json = r#"{
   "id": "eu",
   "rule": { "any": [ { "trait": "country", "equals": "DE" }, { "has_identifier": "email" } ] }
 }"#;
-        assert_eq!(parse_definition(json, &ws).expect("json parses").id.as_str(), "eu");
+        assert_eq!(parse_definition(json, &ws).expect("json parses").audiences()[0].id(), "eu");
     }
 
     #[test]
