@@ -10,19 +10,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
 use serde_json::{json, Value};
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::identity::Identifier;
 use tributary_core::metrics::MemoryMetrics;
-use tributary_core::ports::{
-    FailedEntry, Item, ItemKey, OutgoingMessage, PortError, QueryPage, Queue, ReceivedMessage, TableStore,
-    TransactError, WriteOp,
-};
+use tributary_core::ports::{Item, ItemKey, PortError, QueryPage, TableStore, TransactError, WriteOp};
 use tributary_core::profile::layout::{identity_key, identity_profile, message_hash, profile_key};
 use tributary_core::profile::ProfileDoc;
+use tributary_core::testing::CountingQueue;
 use tributary_stitch::{Stitch, StitchSettings};
 
 use crate::people::{self, GenEvent};
@@ -202,35 +199,6 @@ impl<T: TableStore> TableStore for Shared<T> {
         limit: usize,
     ) -> Result<tributary_core::ports::KeyPage, PortError> {
         self.0.scan_index(index, segment, total_segments, cursor, limit).await
-    }
-}
-
-/// A delivery queue that accepts and counts hand-offs (delivery is not under test here).
-#[derive(Default, Clone)]
-pub struct CountingQueue(pub Arc<Mutex<usize>>);
-
-impl Queue for CountingQueue {
-    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
-        if let Ok(mut n) = self.0.lock() {
-            *n += messages.len();
-        }
-        Ok(Vec::new())
-    }
-
-    async fn receive(&self, _: usize, _: Duration, _: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
-        Ok(Vec::new())
-    }
-
-    async fn delete(&self, _: &str) -> Result<(), PortError> {
-        Ok(())
-    }
-
-    async fn change_visibility(&self, _: &str, _: Duration) -> Result<(), PortError> {
-        Ok(())
-    }
-
-    async fn approximate_len(&self) -> Result<u64, PortError> {
-        Ok(0)
     }
 }
 

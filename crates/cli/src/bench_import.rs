@@ -8,43 +8,19 @@
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_lambda_events::sqs::SqsEvent;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::metrics::MemoryMetrics;
-use tributary_core::ports::{FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
-use tributary_core::testing::{partner_row, MemoryTable, IMPORT_WORKSPACE, PARTNER_HEADER};
+use tributary_core::ports::ReceivedMessage;
+use tributary_core::testing::{partner_row, CountingQueue, MemoryTable, IMPORT_WORKSPACE, PARTNER_HEADER};
 use tributary_import::{Import, ImportSettings};
 use tributary_local::dir_store::DirStore;
 use tributary_local::runtime::{local_notification, sqs_event};
 
 const BUCKET: &str = tributary_local::runtime::LOCAL_IMPORT_BUCKET;
-
-/// An events queue that counts what it is sent and keeps nothing.
-#[derive(Clone, Default)]
-struct CountingQueue(Arc<AtomicU64>);
-
-impl Queue for CountingQueue {
-    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, PortError> {
-        self.0.fetch_add(messages.len() as u64, Ordering::Relaxed);
-        Ok(Vec::new())
-    }
-    async fn receive(&self, _: usize, _: Duration, _: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
-        Ok(Vec::new())
-    }
-    async fn delete(&self, _: &str) -> Result<(), PortError> {
-        Ok(())
-    }
-    async fn change_visibility(&self, _: &str, _: Duration) -> Result<(), PortError> {
-        Ok(())
-    }
-    async fn approximate_len(&self) -> Result<u64, PortError> {
-        Ok(0)
-    }
-}
 
 /// Writes a partner CSV of at least `rows` rows (or `bytes` bytes, whichever is given) to `path`; the row count.
 fn write_csv(path: &Path, rows: Option<u64>, bytes: Option<u64>) -> anyhow::Result<u64> {
@@ -122,7 +98,7 @@ impl Bench {
         let resp = import.handle(event, None).await;
         let secs = start.elapsed().as_secs_f64();
         anyhow::ensure!(resp.batch_item_failures.is_empty(), "the import failed");
-        anyhow::ensure!(queue.0.load(Ordering::Relaxed) > 0, "nothing was sent");
+        anyhow::ensure!(queue.sent() > 0, "nothing was sent");
         Ok(self.rows as f64 / secs)
     }
 

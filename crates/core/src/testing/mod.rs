@@ -6,12 +6,14 @@
 //! messages that may arrive split across receives, approximate counts that are exact on an idle queue. Each suite
 //! takes a few seconds, not minutes.
 
+mod counting_queue;
 mod imports;
 mod memory_table;
 mod object_store;
 mod queue;
 mod table_store;
 
+pub use counting_queue::CountingQueue;
 pub use imports::{gzip, partner_csv, partner_row, IMPORT_WORKSPACE, PARTNER_HEADER};
 pub use memory_table::MemoryTable;
 pub use object_store::object_store_contract;
