@@ -55,7 +55,7 @@ use tributary_profile_api::ProfileApi;
 use tributary_stitch::{Stitch, StitchSettings};
 
 use crate::dir_store::DirStore;
-use crate::sqlite_queue::{QueueOptions, SqliteQueue};
+use crate::sqlite_queue::{now_ms, QueueOptions, SqliteQueue};
 use crate::sqlite_table::SqliteTable;
 
 /// Names of the local queues, as the SAM template names them on AWS.
@@ -675,10 +675,6 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
 // ---------------------------------------------------------------------------------------------------------------
 // The audience schedules
 // ---------------------------------------------------------------------------------------------------------------
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
 
 /// Plays the two EventBridge schedules: an incremental run every interval, a full pass once a day.
 async fn schedule_audiences<M: MetricsSink + 'static>(
