@@ -68,6 +68,7 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
             ..Default::default()
         },
         audiences: Vec::new(),
+        dsr: Default::default(),
     };
     let base = format!("http://127.0.0.1:{}", addr.port());
     let destinations = resolve_destinations(&workspace, &|n| (n == LOCAL_URL_VAR).then(|| base.clone()))?;

@@ -53,6 +53,10 @@ pub struct WorkspaceConfig {
     /// Audiences: named rules over traits, recent events, consent and identifiers, evaluated per profile.
     #[serde(default)]
     pub audiences: Vec<crate::audience::AudienceConfig>,
+    /// Data subject requests (OpenDSR): the processor domain and controller id in answers, the waiting period and
+    /// the promised completion time.
+    #[serde(default)]
+    pub dsr: crate::dsr::DsrSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -422,6 +426,9 @@ fn check(cfg: &WorkspaceConfig, text: &str) -> Vec<ConfigError> {
     }
     if let Err(m) = cfg.delivery.check() {
         err(line("delivery:"), format!("delivery: {m}"));
+    }
+    if let Err(m) = cfg.dsr.check() {
+        err(line("dsr:"), format!("dsr: {m}"));
     }
     for (i, a) in cfg.audiences.iter().enumerate() {
         let at = line(&format!("id: {}", a.id));

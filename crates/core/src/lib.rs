@@ -4,6 +4,7 @@
 pub mod audience;
 pub mod config;
 pub mod delivery;
+pub mod dsr;
 pub mod event;
 pub mod governance;
 pub mod identity;

@@ -165,6 +165,7 @@ pub fn demo_workspace(data: &DataDir) -> anyhow::Result<(WorkspaceConfig, DemoKe
         destinations: vec![local_sink_destination()],
         delivery: DeliverySettings { allow_private_hosts: vec!["127.0.0.1".into()], ..Default::default() },
         audiences: Vec::new(),
+        dsr: Default::default(),
     };
     Ok((cfg, keys))
 }
