@@ -8,6 +8,7 @@
 //! event of an erased person is recognised at no extra cost and dropped; the tombstone's key is the identity
 //! item's (a hash of `type:value`), so it holds no value. Lifting a suppression deletes the tombstones.
 
+pub mod ports;
 pub mod record;
 pub mod request;
 
@@ -19,6 +20,7 @@ pub use record::{
     discovery_body, request_key, rfc3339, waiting_key, AuditRow, DsrRecord, ExportResult, RequestStatus, StatusChange,
     StoreReceipt, SubjectKey, TransitionError,
 };
+pub use ports::{signature_headers, ResultLinks, Signer};
 pub use request::{parse_create, Api, CreateRequest, FieldError, IdentityFormat, Regulation, RequestType};
 
 /// Attribute of a suppressed identity item: the request that erased it.
