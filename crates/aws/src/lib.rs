@@ -1,6 +1,7 @@
 //! AWS adapters of Tributary's ports: [`SqsQueue`] ([`Queue`](tributary_core::ports::Queue)), [`S3Store`]
 //! ([`ObjectStore`](tributary_core::ports::ObjectStore)) and [`DynamoTable`]
-//! ([`TableStore`](tributary_core::ports::TableStore)), plus [`admin`] helpers that create resources for tests and
+//! ([`TableStore`](tributary_core::ports::TableStore)), [`S3Links`] (presigned
+//! [`ResultLinks`](tributary_core::dsr::ResultLinks)), plus [`admin`] helpers that create resources for tests and
 //! local tooling.
 //!
 //! This is the only crate that names `aws_sdk_*` types, and none of them appears in its public API: callers build
@@ -21,15 +22,17 @@ pub mod admin;
 mod billing;
 mod dynamo;
 mod error;
+mod links;
 mod s3;
 mod sqs;
 mod workspace;
 
 pub use billing::Usage;
 pub use dynamo::DynamoTable;
+pub use links::{S3Links, MAX_LINK_LIFETIME};
 pub use s3::S3Store;
 pub use sqs::SqsQueue;
-pub use workspace::load_workspace;
+pub use workspace::{load_workspace, read_location};
 
 /// Logging for a Lambda function: JSON lines without a timestamp (CloudWatch stamps every line), level from
 /// `RUST_LOG` (default `info`). Every function's `main` calls it first.
@@ -95,6 +98,12 @@ impl AwsClients {
     /// Objects in `bucket`, every key under `prefix` (`""` for the bucket root; a trailing `/` is added).
     pub fn s3_store(&self, bucket: impl Into<String>, prefix: impl Into<String>) -> S3Store {
         S3Store::new(self.s3.clone(), bucket.into(), &prefix.into())
+    }
+
+    /// Presigned download links ([`ResultLinks`](tributary_core::dsr::ResultLinks)) to objects in `bucket` under
+    /// `prefix` (`""` for the bucket root), e.g. DSR exports in the results bucket.
+    pub fn s3_links(&self, bucket: impl Into<String>, prefix: impl Into<String>) -> S3Links {
+        S3Links::new(self.s3.clone(), bucket.into(), &prefix.into())
     }
 
     /// The DynamoDB table `name`, with string keys `pk` (hash) and `sk` (range).

@@ -2,6 +2,7 @@
 //! runtime that turns HTTP requests and queue batches into the same Lambda events the real handlers receive.
 
 pub mod dir_store;
+pub mod dsr;
 pub mod quarantine;
 pub mod runtime;
 pub mod sqlite_queue;

@@ -50,11 +50,14 @@ use tributary_core::ports::{Condition, Item, ItemKey, PortError, Queue, Received
 use tributary_deliver::export::ExportSender;
 use tributary_deliver::http::HttpSender;
 use tributary_deliver::{resolve_destinations, Deliver, DeliverSettings, Senders};
+use tributary_dsr_api::{DsrApi, RsaSigner};
+use tributary_dsr_worker::{DsrWorker, Holdings, HttpClient, ObjectPlace, WorkerSettings};
 use tributary_ingest::{AuthMode, Ingest, IngestSettings, MetricsSink};
 use tributary_profile_api::ProfileApi;
 use tributary_stitch::{Stitch, StitchSettings};
 
 use crate::dir_store::DirStore;
+use crate::dsr::LocalLinks;
 use crate::sqlite_queue::{now_ms, QueueOptions, SqliteQueue};
 use crate::sqlite_table::SqliteTable;
 
@@ -68,6 +71,11 @@ pub const IMPORT_DLQ: &str = "imports-dlq";
 /// The profile change feed stitch writes and the audience refresh drains.
 pub const CHANGES_QUEUE: &str = "profile-changes";
 pub const CHANGES_DLQ: &str = "profile-changes-dlq";
+/// The DSR worker's queue and its DLQ, as the SAM template names them.
+pub const DSR_QUEUE: &str = "dsr";
+pub const DSR_DLQ: &str = "dsr-dlq";
+/// How often the waiting list of data subject requests is swept (the AWS schedule: every hour).
+pub const DSR_SWEEP: Duration = Duration::from_secs(60);
 /// How often the local audience refresh runs (the AWS schedule defaults to 15 minutes; locally, sooner is handier).
 pub const AUDIENCE_INTERVAL: Duration = Duration::from_secs(15);
 /// How often a local run is a full pass.
@@ -484,7 +492,14 @@ struct AppState<M: MetricsSink> {
     requests: Mutex<Vec<RequestRecord>>,
     /// The audience refresh and how far its clock runs ahead of the wall clock (ms); `None` without audiences.
     audiences: Option<(Arc<LocalAudiences<M>>, Arc<AtomicI64>)>,
+    dsr: LocalDsrApi,
+    /// Checks `/_local/results/…` links; the objects they point into.
+    links: LocalLinks,
+    objects: DirStore,
 }
+
+type LocalDsrApi = DsrApi<SqliteTable, SqliteQueue, Arc<RsaSigner>, LocalLinks>;
+type LocalDsrWorker = DsrWorker<SqliteTable, SqliteQueue, DirStore, Arc<RsaSigner>, LocalLinks, HttpClient>;
 
 /// A running local platform.
 pub struct Platform {
@@ -504,6 +519,10 @@ pub struct PlatformOptions {
 pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) -> anyhow::Result<Platform> {
     let data = DataDir(opts.data_dir.clone());
     std::fs::create_dir_all(&data.0).with_context(|| format!("creating data dir {}", data.0.display()))?;
+    // Bound first, so `${TRIBUTARY_LOCAL_URL}` and the DSR links name the real port.
+    let listener = tokio::net::TcpListener::bind(opts.addr).await.with_context(|| format!("binding {}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    let local_url = format!("http://127.0.0.1:{}", addr.port());
     let objects = DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
     let open_queue = |name: &str, options: QueueOptions| {
         SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
@@ -555,7 +574,31 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         tasks.push(tokio::spawn(schedule_audiences(refresh.clone(), shutdown_rx.clone())));
         Some((refresh, offset))
     };
-    let state = Arc::new(AppState { ingest, profiles: profile_api, sink, requests: Mutex::new(Vec::new()), audiences });
+    // Data subject requests: the API answers on the HTTP front, the worker runs on the `dsr` queue.
+    let dsr_options = || QueueOptions { dead_letter: Some((DSR_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
+    let signer = Arc::new(
+        RsaSigner::from_pem(&crate::dsr::signing_pem(&data.0, &workspace.dsr.processor_domain)?)
+            .map_err(|e| anyhow::anyhow!("DSR signing key in {}: {e}", data.0.display()))?,
+    );
+    let links = LocalLinks::new(local_url.clone(), crate::dsr::links_secret(&data.0)?);
+    let dsr = DsrApi::new(
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        open_queue(DSR_QUEUE, dsr_options())?,
+        signer.clone(),
+        links.clone(),
+        workspace.clone(),
+        None,
+    );
+    let state = Arc::new(AppState {
+        ingest,
+        profiles: profile_api,
+        sink,
+        requests: Mutex::new(Vec::new()),
+        audiences,
+        dsr,
+        links: links.clone(),
+        objects: DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+    });
 
     // events → stitch → delivery.
     let stitch = Stitch::new(
@@ -582,12 +625,10 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         shutdown_rx.clone(),
     )));
 
-    // delivery → destinations. The listener is bound already, so `${TRIBUTARY_LOCAL_URL}` names its real port.
-    let listener = tokio::net::TcpListener::bind(opts.addr).await.with_context(|| format!("binding {}", opts.addr))?;
-    let addr = listener.local_addr()?;
-    let local_url = format!("http://127.0.0.1:{}", addr.port());
+    // delivery → destinations.
+    let sink_url = local_url.clone();
     let lookup =
-        move |name: &str| if name == LOCAL_URL_VAR { Some(local_url.clone()) } else { std::env::var(name).ok() };
+        move |name: &str| if name == LOCAL_URL_VAR { Some(sink_url.clone()) } else { std::env::var(name).ok() };
     let destinations = resolve_destinations(&workspace, &lookup).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Export buckets are directories under `objects/exports/`.
     let mut exports = std::collections::BTreeMap::new();
@@ -597,6 +638,7 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         exports.insert(bucket, store);
     }
     let http = HttpSender::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?;
+    let dsr_destinations = destinations.clone();
     let deliver = Deliver::new(
         SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
         open_queue(DELIVERY_QUEUE, delivery_options())?,
@@ -653,11 +695,68 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         shutdown_rx.clone(),
     )));
 
+    // The DSR worker: every store it searches is this process's own (DLQs, and under `objects/` the quarantine,
+    // partner files, import reports and export buckets).
+    let mut holdings = Holdings::default();
+    for name in [EVENTS_DLQ, DELIVERY_DLQ, CHANGES_DLQ] {
+        holdings.queues.push((name.to_string(), open_queue(name, QueueOptions::default())?));
+    }
+    // Deliveries still waiting would reach destinations after the erasure (and after their deletion call).
+    holdings.queues.push((DELIVERY_QUEUE.to_string(), open_queue(DELIVERY_QUEUE, delivery_options())?));
+    for (name, prefix, partner_files) in [
+        ("quarantine", "quarantine/", false),
+        ("import_files", "imports/", true),
+        ("import_reports", "import-reports/", false),
+        ("exports", "exports/", false),
+    ] {
+        holdings.objects.push(ObjectPlace {
+            name: name.into(),
+            store: DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+            prefix: prefix.into(),
+            whole_files: partner_files,
+            imports: partner_files,
+        });
+    }
+    let worker: LocalDsrWorker = DsrWorker::new(
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        open_queue(DSR_QUEUE, dsr_options())?,
+        DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+        signer,
+        links,
+        HttpClient::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?,
+        workspace.clone(),
+        WorkerSettings {
+            backoff_base: Duration::from_secs(2),
+            // Shorter only to watch a link expire (tests); never longer than the 7 days of the AWS lifecycle rule.
+            results_ttl: std::env::var("TRIBUTARY_DSR_RESULTS_TTL_SECS")
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .map_or(WorkerSettings::default().results_ttl, Duration::from_secs),
+            ..WorkerSettings::default()
+        },
+    )
+    .with_holdings(holdings)
+    .with_destinations(dsr_destinations);
+    let worker = Arc::new(worker);
+    let w = worker.clone();
+    let handler: SqsHandler = Arc::new(move |event| {
+        let w = w.clone();
+        Box::pin(async move { Ok(w.handle(event).await) })
+    });
+    tasks.push(tokio::spawn(run_trigger(
+        open_queue(DSR_QUEUE, dsr_options())?,
+        handler,
+        TriggerSettings::for_queue(DSR_QUEUE),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(sweep_dsr(worker, shutdown_rx.clone())));
+
     let app = Router::new()
         .route("/_local/events", get(local_events::<M>))
         .route("/_local/sink", axum::routing::post(local_sink::<M>))
         .route("/_local/requests", get(local_requests::<M>))
         .route("/_local/audiences/refresh", axum::routing::post(local_audience_refresh::<M>))
+        .route("/_local/results/{*key}", get(local_results::<M>))
         .fallback(front::<M>)
         .with_state(state);
     let mut rx = shutdown_rx.clone();
@@ -892,9 +991,17 @@ async fn front<M: MetricsSink + 'static>(
                 return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
         };
-    // The routes API Gateway sends to the profile API; everything else is the tracking API's.
-    if parts.uri.path().starts_with("/v1/profiles/") || parts.uri.path().starts_with("/v1/sources/") {
+    // The routes API Gateway sends to the profile and DSR APIs; everything else is the tracking API's.
+    let path = parts.uri.path();
+    if path.starts_with("/v1/profiles/")
+        || path.starts_with("/v1/sources/")
+        || path.starts_with("/v1/suppressions/")
+        || path == "/v1/audit"
+    {
         return http_response(state.profiles.handle(event).await);
+    }
+    if path.starts_with("/opendsr/") || path.starts_with("/opengdpr_requests") {
+        return http_response(state.dsr.handle(event).await);
     }
     let resp = state.ingest.handle(event).await;
     if parts.uri.path().contains("/v1/") {
@@ -935,11 +1042,67 @@ async fn local_sink<M: MetricsSink + 'static>(
     body: axum::body::Bytes,
 ) -> Response {
     let source = headers.get("x-tributary-source").and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+    // A forwarded erasure: this receiver supports deletion, and deletes what it holds of the person.
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        if v.get("type").and_then(Value::as_str) == Some("delete") {
+            return match crate::dsr::sink_delete(&state.sink, &v).await {
+                Ok(n) => axum::Json(json!({ "deleted": n })).into_response(),
+                Err(e) => (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({"code": "store_unavailable", "message": e.to_string()})),
+                )
+                    .into_response(),
+            };
+        }
+    }
     match sink_store(&state.sink, source, &body).await {
         Ok(n) => axum::Json(json!({ "received": n })).into_response(),
         Err(e) => {
             (http::StatusCode::BAD_REQUEST, axum::Json(json!({"code": "invalid_delivery", "message": e.to_string()})))
                 .into_response()
+        }
+    }
+}
+
+/// Serves an export behind a link the DSR API handed out, while the link is valid.
+async fn local_results<M: MetricsSink + 'static>(
+    State(state): State<Arc<AppState<M>>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let refuse = |status: http::StatusCode, code: &str, message: &str| {
+        (status, axum::Json(json!({"code": code, "message": message}))).into_response()
+    };
+    let expires = q.get("expires").and_then(|e| e.parse::<i64>().ok());
+    let (Some(expires), Some(sig)) = (expires, q.get("sig")) else {
+        return refuse(http::StatusCode::FORBIDDEN, "bad_signature", "the link is incomplete");
+    };
+    match state.links.check(&key, expires, sig, now_ms()) {
+        Ok(()) => {}
+        Err(code) => return refuse(http::StatusCode::FORBIDDEN, code, "this link is not valid (or no longer)"),
+    }
+    use tributary_core::ports::ObjectStore;
+    match state.objects.get(&key).await {
+        Ok(Some(bytes)) => ([(http::header::CONTENT_TYPE, "application/gzip")], bytes).into_response(),
+        Ok(None) => refuse(http::StatusCode::NOT_FOUND, "not_found", "the export no longer exists"),
+        Err(e) => refuse(http::StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e.to_string()),
+    }
+}
+
+/// Plays the schedule that sweeps the DSR waiting list.
+async fn sweep_dsr(worker: Arc<LocalDsrWorker>, mut shutdown: watch::Receiver<bool>) {
+    let every = std::env::var("TRIBUTARY_DSR_SWEEP_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(DSR_SWEEP, Duration::from_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = worker.sweep().await {
+            tracing::warn!(error = %e, "DSR sweep failed; the next one tries again.");
         }
     }
 }

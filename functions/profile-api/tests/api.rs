@@ -1,5 +1,6 @@
 //! The profile API handler over an in-memory table seeded with the layout helpers: a profile with a merged one,
-//! looked up every way, paged, and refused every way, with no identifier value ever echoed in an error.
+//! looked up every way, paged, and refused every way, with no identifier value ever echoed in an error; every
+//! profile read audited (fail closed), the scopes of every route, and the suppression routes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,13 +8,18 @@ use std::sync::Arc;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use serde_json::{json, Map, Value};
+use std::sync::Mutex;
 use time::macros::datetime;
 use time::OffsetDateTime;
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
 use tributary_core::delivery::{receipt_key, Receipt, ReceiptStatus};
 use tributary_core::governance::stats;
 use tributary_core::identity::{IdType, Identifier};
-use tributary_core::ports::{ItemKey, PortError};
+
+use tributary_core::dsr::{tombstone_attrs, AuditRow};
+use tributary_core::ports::{
+    Condition, Item, ItemKey, KeyPage, PortError, QueryPage, SparseIndex, TableStore, TransactError, WriteOp,
+};
 use tributary_core::profile::layout;
 use tributary_core::profile::{ConsentEntry, EventRow, LedgerOp, LedgerRow, ProfileDoc, Stamp, TraitEntry};
 use tributary_profile_api::ProfileApi;
@@ -428,24 +434,34 @@ async fn refusals_carry_codes_and_never_the_identifier() {
 
 #[tokio::test]
 async fn store_failures_map_to_503_and_500() {
-    let table = seeded();
-    let api = api(table.clone());
-    table.fail_with(Some(PortError::Throttled("slow down".into())));
+    let table = Faulty::new(seeded());
+    let api = ProfileApi::new(table.clone(), Arc::new(workspace()));
+    // Reads fail, the audit log still takes rows: the failure is answered (and audited).
+    table.fail_reads(Some(PortError::Throttled("slow down".into())));
     let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
     assert_error(&resp, 503, "unavailable", &["u-42"]);
     assert_eq!(resp.headers.get("retry-after").unwrap(), "1");
 
-    table.fail_with(Some(PortError::Invalid("bad request".into())));
+    table.fail_reads(Some(PortError::Invalid("bad request".into())));
     let resp = api.handle(get("/v1/profiles/user_id:u-42/events")).await;
     assert_error(&resp, 500, "internal", &["u-42"]);
+    // Two rows (the same millisecond, maybe: their order is the nonces').
+    let mut outcomes: Vec<String> = audit_rows(&table.inner).iter().map(|r| r.outcome.clone()).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["500", "503"]);
 
     // An undecodable document is a 500 that does not name the lookup.
-    table.fail_with(None);
+    table.fail_reads(None);
     let mut bad = Map::new();
     bad.insert("created_at".into(), json!("not a number"));
-    table.put(layout::profile_key(ROOT), bad);
+    table.inner.put(layout::profile_key(ROOT), bad);
     let resp = api.handle(get("/v1/profiles/email:ann%2Bnews%40example.com")).await;
     assert_error(&resp, 500, "internal", &["ann"]);
+
+    // With the whole table down, the audit row cannot be written either: the answer says so.
+    table.inner.fail_with(Some(PortError::Unavailable("down".into())));
+    let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
+    assert_error(&resp, 503, "audit_unavailable", &["u-42"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -728,4 +744,544 @@ async fn source_imports_are_listed_newest_first_with_counts() {
         "forbidden",
         &[],
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Audit log, scopes, suppressions
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A table that fails on demand: reads (get, get_many, query) with one error, writes of audit rows with another,
+/// and that can slip a write in right before the next transaction (a concurrent writer winning a race).
+#[derive(Clone, Default)]
+struct Faulty {
+    inner: MemTable,
+    reads: Arc<Mutex<Option<PortError>>>,
+    audit: Arc<Mutex<Option<PortError>>>,
+    before_transact: Arc<Mutex<Vec<WriteOp>>>,
+}
+
+impl Faulty {
+    fn new(inner: MemTable) -> Self {
+        Faulty { inner, ..Faulty::default() }
+    }
+
+    fn fail_reads(&self, e: Option<PortError>) {
+        *self.reads.lock().unwrap() = e;
+    }
+
+    fn fail_audit(&self, e: Option<PortError>) {
+        *self.audit.lock().unwrap() = e;
+    }
+
+    fn read_error(&self) -> Result<(), PortError> {
+        self.reads.lock().unwrap().clone().map_or(Ok(()), Err)
+    }
+
+    fn audit_error(&self, keys: &[&ItemKey]) -> Result<(), PortError> {
+        let failing = self.audit.lock().unwrap().clone();
+        match failing {
+            Some(e) if keys.iter().any(|k| k.pk.starts_with("audit#")) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl TableStore for Faulty {
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        self.read_error()?;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        self.read_error()?;
+        self.inner.get_many(keys).await
+    }
+    async fn query(&self, pk: &str, sk: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
+        self.read_error()?;
+        self.inner.query(pk, sk, after, limit).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
+        self.audit_error(&ops.iter().map(WriteOp::key).collect::<Vec<_>>())?;
+        let slipped = std::mem::take(&mut *self.before_transact.lock().unwrap());
+        for op in slipped {
+            self.inner.write(op).await.expect("the slipped-in write");
+        }
+        self.inner.transact(ops).await
+    }
+    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
+        self.audit_error(&[op.key()])?;
+        self.inner.write(op).await
+    }
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: Map<String, Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        self.inner.add(key, deltas, set, expires_at).await
+    }
+    async fn scan_index(
+        &self,
+        index: &SparseIndex,
+        segment: u32,
+        total: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, PortError> {
+        self.inner.scan_index(index, segment, total, cursor, limit).await
+    }
+}
+
+/// Every audit row in the table, in key order (oldest first).
+fn audit_rows(table: &MemTable) -> Vec<AuditRow> {
+    audit_items(table).iter().map(|i| AuditRow::from_attrs(&i.attrs).expect("an audit row")).collect()
+}
+
+fn audit_items(table: &MemTable) -> Vec<Item> {
+    table.items().into_iter().filter(|i| i.key.pk.starts_with("audit#")).collect()
+}
+
+/// Asserts no audit row holds any of `secrets` (case-insensitively), in any attribute or key.
+fn assert_audit_holds_no(table: &MemTable, secrets: &[&str]) {
+    for item in audit_items(table) {
+        let text = format!("{:?} {}", item.key, Value::Object(item.attrs.clone())).to_lowercase();
+        for s in secrets {
+            assert!(!text.contains(&s.to_lowercase()), "an audit row holds {s:?}: {text}");
+        }
+    }
+}
+
+fn target(key: &str) -> String {
+    format!("sha256:{}", tributary_core::sha256_hex(key.as_bytes()))
+}
+
+const AUDIT_NOW: OffsetDateTime = datetime!(2025-03-10 12:30 UTC);
+const AUDIT_NOW_MS: i64 = 1_741_609_800_000;
+
+fn audited_api(table: MemTable) -> ProfileApi<MemTable> {
+    api(table).with_clock(|| AUDIT_NOW)
+}
+
+fn with_key(method: &str, path: &str, query: &str, key: &str) -> ApiGatewayV2httpRequest {
+    request(method, path, query, Some(&format!("Bearer {key}")))
+}
+
+#[tokio::test]
+async fn every_profile_read_is_audited_by_hash_before_it_is_answered() {
+    let table = seeded();
+    let api = audited_api(table.clone());
+    let cases = [
+        (
+            "/v1/profiles/email:ANN%2BNews%40Example.COM",
+            ADMIN_KEY,
+            "admin",
+            "profile.read",
+            "email:ann+news@example.com",
+            200,
+        ),
+        ("/v1/profiles/user_id:u-42/events", READER_KEY, "reader", "profile.events", "user_id:u-42", 200),
+        (
+            "/v1/profiles/phone:07700%20900123/deliveries",
+            READER_KEY,
+            "reader",
+            "profile.deliveries",
+            "phone:+447700900123",
+            200,
+        ),
+        (
+            "/v1/profiles/email:nobody%40example.com",
+            READER_KEY,
+            "reader",
+            "profile.read",
+            "email:nobody@example.com",
+            404,
+        ),
+        (
+            "/v1/profiles/profile_id:prof_loser000000000000000002",
+            READER_KEY,
+            "reader",
+            "profile.read",
+            "profile_id:prof_loser000000000000000002",
+            200,
+        ),
+        (
+            "/v1/profiles/emial:secret%40example.com",
+            READER_KEY,
+            "reader",
+            "profile.read",
+            "emial:secret@example.com",
+            400,
+        ),
+    ];
+    for (n, (path, key, actor, action, lookup, status)) in cases.iter().enumerate() {
+        let resp = api.handle(with_key("GET", path, "", key)).await;
+        assert_eq!(resp.status_code, i64::from(*status), "{path}: {}", body_text(&resp));
+        let rows = audit_rows(&table);
+        assert_eq!(rows.len(), n + 1, "one row per read, {path}");
+        let row = rows.iter().find(|r| r.target == target(lookup)).expect("the row of this read");
+        assert_eq!(
+            (row.actor.as_str(), row.action.as_str(), row.outcome.as_str(), row.at),
+            (*actor, *action, status.to_string().as_str(), AUDIT_NOW_MS),
+            "{path}"
+        );
+    }
+    // Keyed by day and time, one nonce each.
+    for item in audit_items(&table) {
+        assert_eq!(item.key.pk, "audit#2025-03-10");
+        assert!(item.key.sk.starts_with(&format!("{AUDIT_NOW_MS}#")), "{}", item.key.sk);
+    }
+    // Refused callers read nothing and are not audited (the request log has them).
+    for (auth, status) in [(None, 401), (Some(format!("Bearer {DSR_KEY}")), 403)] {
+        let resp = api.handle(request("GET", "/v1/profiles/user_id:u-42", "", auth.as_deref())).await;
+        assert_eq!(resp.status_code, status);
+    }
+    assert_eq!(audit_rows(&table).len(), cases.len());
+    assert_audit_holds_no(&table, &["ann", "news", "u-42", "nobody", "7700", "secret", "example.com"]);
+}
+
+#[tokio::test]
+async fn an_audit_log_that_cannot_be_written_withholds_every_profile_read() {
+    let table = Faulty::new(seeded());
+    let api = ProfileApi::new(table.clone(), Arc::new(workspace()));
+    for error in [PortError::Unavailable("down".into()), PortError::Invalid("bad".into())] {
+        table.fail_audit(Some(error));
+        for path in [
+            "/v1/profiles/user_id:u-42",
+            "/v1/profiles/user_id:u-42/events",
+            "/v1/profiles/user_id:u-42/deliveries",
+            "/v1/profiles/user_id:nobody",
+        ] {
+            let resp = api.handle(get(path)).await;
+            assert_error(&resp, 503, "audit_unavailable", &["u-42", ROOT, "Song Played", "pro"]);
+            assert_eq!(resp.headers.get("retry-after").unwrap(), "1");
+        }
+        // A nonce already taken is never overwritten: the write is refused (and tried again, under another
+        // nonce, at most a few times).
+        table.fail_audit(Some(PortError::ConditionFailed("taken".into())));
+        assert_error(&api.handle(get("/v1/profiles/user_id:u-42")).await, 503, "audit_unavailable", &[]);
+    }
+    assert!(audit_rows(&table.inner).is_empty());
+    // Routes that read no personal data do not need the audit log.
+    let resp = api.handle(get("/v1/sources/web/imports")).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    table.fail_audit(None);
+    assert_eq!(api.handle(get("/v1/profiles/user_id:u-42")).await.status_code, 200);
+    assert_eq!(audit_rows(&table.inner).len(), 1);
+}
+
+#[tokio::test]
+async fn every_route_checks_its_scope() {
+    let table = seeded();
+    table.put(layout::identity_key(&id(IdType::Email, "gone@example.com")), tombstone_attrs("email", "req-1", T0));
+    let api = audited_api(table);
+    let routes = [
+        ("GET", "/v1/profiles/user_id:u-42"),
+        ("GET", "/v1/profiles/user_id:u-42/events"),
+        ("GET", "/v1/profiles/user_id:u-42/deliveries"),
+        ("GET", "/v1/sources/web/stats"),
+        ("GET", "/v1/sources/web/imports"),
+        ("GET", "/v1/audit"),
+        ("GET", "/v1/suppressions/email:gone%40example.com"),
+        ("DELETE", "/v1/suppressions/email:gone%40example.com"),
+    ];
+    // (route, reader, dsr, admin): allowed or not. The DELETE comes last, so the GET still finds the tombstone.
+    let allowed = [
+        (true, false, true),
+        (true, false, true),
+        (true, false, true),
+        (true, false, true),
+        (true, false, true),
+        (false, false, true),
+        (false, true, true),
+        (false, false, true),
+    ];
+    for ((method, path), (reader, dsr, admin)) in routes.iter().zip(allowed) {
+        for auth in [None, Some("Bearer unknown-key".to_string()), Some("Basic whatever".to_string())] {
+            let resp = api.handle(request(method, path, "", auth.as_deref())).await;
+            assert_error(&resp, 401, "unauthorized", &["gone", "u-42"]);
+            assert_eq!(resp.headers.get("www-authenticate").unwrap(), "Bearer");
+        }
+        for (key, ok) in [(READER_KEY, reader), (DSR_KEY, dsr), (ADMIN_KEY, admin)] {
+            let resp = api.handle(with_key(method, path, "", key)).await;
+            if ok {
+                assert_eq!(resp.status_code, 200, "{method} {path} with {key}: {}", body_text(&resp));
+            } else {
+                assert_error(&resp, 403, "forbidden", &["gone", "u-42"]);
+            }
+        }
+    }
+    // Methods a route does not answer.
+    let resp = api.handle(with_key("DELETE", "/v1/audit", "", ADMIN_KEY)).await;
+    assert_error(&resp, 405, "method_not_allowed", &[]);
+    assert_eq!(resp.headers.get("allow").unwrap(), "GET");
+    let resp = api.handle(with_key("POST", "/v1/suppressions/email:gone%40example.com", "", ADMIN_KEY)).await;
+    assert_error(&resp, 405, "method_not_allowed", &["gone"]);
+    assert_eq!(resp.headers.get("allow").unwrap(), "GET, DELETE");
+}
+
+#[tokio::test]
+async fn the_audit_log_lists_one_day_oldest_first_page_by_page() {
+    let table = seeded();
+    let clock = Arc::new(Mutex::new(AUDIT_NOW));
+    let tick = clock.clone();
+    let api = api(table.clone()).with_clock(move || *tick.lock().unwrap());
+    for (n, path) in
+        ["/v1/profiles/user_id:u-42", "/v1/profiles/user_id:u-42/events", "/v1/profiles/anonymous_id:anon-9"]
+            .iter()
+            .enumerate()
+    {
+        *clock.lock().unwrap() = AUDIT_NOW + time::Duration::seconds(n as i64);
+        assert_eq!(api.handle(get(path)).await.status_code, 200);
+    }
+    // The next day: another partition.
+    *clock.lock().unwrap() = AUDIT_NOW + time::Duration::days(1);
+    assert_eq!(api.handle(get("/v1/profiles/user_id:u-42/deliveries")).await.status_code, 200);
+
+    let mut seen = Vec::new();
+    let mut query = "date=2025-03-10&limit=2".to_string();
+    for _ in 0..5 {
+        let resp = api.handle(with_key("GET", "/v1/audit", &query, ADMIN_KEY)).await;
+        assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+        let page = body_json(&resp);
+        assert_eq!(page["date"], "2025-03-10");
+        let rows = page["rows"].as_array().expect("rows");
+        assert!(rows.len() <= 2);
+        seen.extend(rows.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => query = format!("date=2025-03-10&limit=2&cursor={}", next.replace('#', "%23")),
+            None => break,
+        }
+    }
+    let actions: Vec<&str> = seen.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["profile.read", "profile.events", "profile.read"], "oldest first");
+    assert_eq!(seen[0]["target"], target("user_id:u-42"));
+    assert_eq!(seen[2]["target"], target("anonymous_id:anon-9"));
+    assert_eq!(seen[1]["at"], "2025-03-10T12:30:01Z");
+    assert_eq!(seen[0]["actor"], "reader");
+    assert_eq!(seen[0]["outcome"], "200");
+
+    // No date: today (by the clock). A day without rows: empty. A huge limit is clamped.
+    let resp = api.handle(with_key("GET", "/v1/audit", "", ADMIN_KEY)).await;
+    let page = body_json(&resp);
+    assert_eq!(page["date"], "2025-03-11");
+    assert_eq!(page["rows"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["rows"][0]["action"], "profile.deliveries");
+    let resp = api.handle(with_key("GET", "/v1/audit", "date=2020-01-01&limit=100000", ADMIN_KEY)).await;
+    assert_eq!(body_json(&resp), json!({"date": "2020-01-01", "rows": [], "next": null}));
+
+    for (query, code) in [
+        ("date=yesterday", "invalid_date"),
+        ("date=2025-13-01", "invalid_date"),
+        ("date=2025-03-10T00:00:00Z", "invalid_date"),
+        ("limit=abc", "invalid_limit"),
+        ("cursor=e%230", "invalid_cursor"),
+        ("cursor=1741609800000%23a%20b", "invalid_cursor"),
+    ] {
+        let resp = api.handle(with_key("GET", "/v1/audit", query, ADMIN_KEY)).await;
+        assert_error(&resp, 400, code, &[]);
+    }
+    // Listing the log is not itself a read of personal data: no row for it.
+    assert_eq!(audit_rows(&table).len(), 4);
+}
+
+/// Tombstones of `id` (and its hashed form, when `hashed`) as erasure leaves them, over whatever was there.
+fn erase(table: &MemTable, identifier: &Identifier, request: &str, hashed: bool) {
+    let mut forms = vec![identifier.clone()];
+    if hashed {
+        forms.push(identifier.hashed());
+    }
+    for form in forms {
+        table.put(layout::identity_key(&form), tombstone_attrs(&form.kind.name(), request, T0 + 60_000));
+    }
+}
+
+const REQUEST_ID: &str = "a7c5e3d0-1b2f-4c6d-8e9f-0a1b2c3d4e5f";
+
+#[tokio::test]
+async fn a_suppression_is_found_by_any_spelling_and_by_its_hashed_form() {
+    let table = seeded();
+    let erased = id(IdType::Email, "erased@example.com");
+    erase(&table, &erased, REQUEST_ID, true);
+    // Only the hashed form of another email was erased (a controller that only had the hash).
+    let hashed_only = id(IdType::Email, "hashonly@example.com");
+    table.put(layout::identity_key(&hashed_only.hashed()), tombstone_attrs("email_sha256", "req-h", T0));
+    let api = audited_api(table.clone());
+
+    for (path, key) in [
+        ("/v1/suppressions/email:Erased%40Example.COM", DSR_KEY),
+        ("/v1/suppressions/email:%20erased@example.com%20", ADMIN_KEY),
+    ] {
+        let resp = api.handle(with_key("GET", path, "", key)).await;
+        assert_eq!(resp.status_code, 200, "{path}: {}", body_text(&resp));
+        assert_eq!(resp.headers.get("cache-control").unwrap(), "no-store");
+        assert_eq!(
+            body_json(&resp),
+            json!({
+                "suppressed": true,
+                "request": REQUEST_ID,
+                "at": "2025-03-10T12:01:00Z",
+                "identifiers": [
+                    {"type": "email", "request": REQUEST_ID, "at": "2025-03-10T12:01:00Z"},
+                    {"type": "email_sha256", "request": REQUEST_ID, "at": "2025-03-10T12:01:00Z"},
+                ],
+            })
+        );
+    }
+    let resp = api
+        .handle(with_key("GET", &format!("/v1/suppressions/email_sha256:{}", erased.hashed().value), "", DSR_KEY))
+        .await;
+    assert_eq!(body_json(&resp)["request"], REQUEST_ID);
+    let resp = api.handle(with_key("GET", "/v1/suppressions/email:hashonly%40example.com", "", DSR_KEY)).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(body_json(&resp)["request"], "req-h");
+    assert_eq!(body_json(&resp)["identifiers"][0]["type"], "email_sha256");
+
+    // Live identities and unknown ones are not suppressed; a profile id is not an identifier.
+    for path in [
+        "/v1/suppressions/user_id:u-42",
+        "/v1/suppressions/email:ann%2Bnews%40example.com",
+        "/v1/suppressions/email:nobody%40example.com",
+    ] {
+        let resp = api.handle(with_key("GET", path, "", DSR_KEY)).await;
+        assert_error(&resp, 404, "not_suppressed", &["u-42", "ann", "nobody"]);
+    }
+    let resp = api.handle(with_key("GET", &format!("/v1/suppressions/profile_id:{ROOT}"), "", DSR_KEY)).await;
+    assert_error(&resp, 400, "invalid_lookup", &[ROOT]);
+    let resp = api.handle(with_key("GET", "/v1/suppressions/email:not-an-email-secret", "", DSR_KEY)).await;
+    assert_error(&resp, 400, "invalid_lookup", &["not-an-email-secret"]);
+
+    // Every lookup is audited, by hash.
+    let rows = audit_rows(&table);
+    assert_eq!(rows.len(), 9);
+    assert!(rows.iter().all(|r| r.action == "suppression.read"));
+    let erased_reads: Vec<&AuditRow> = rows.iter().filter(|r| r.target == target("email:erased@example.com")).collect();
+    assert_eq!(erased_reads.len(), 2);
+    assert_eq!(erased_reads.iter().filter(|r| r.actor == "dsr").count(), 1);
+    assert_audit_holds_no(&table, &["erased", "hashonly", "u-42", "ann", "nobody", "not-an-email", "example.com"]);
+}
+
+#[tokio::test]
+async fn lifting_a_suppression_deletes_only_its_tombstones_and_is_audited() {
+    let table = seeded();
+    let erased = id(IdType::Email, "erased@example.com");
+    erase(&table, &erased, REQUEST_ID, true);
+    let api = audited_api(table.clone());
+    let path = "/v1/suppressions/email:ERASED%40example.com";
+
+    let resp = api.handle(with_key("DELETE", path, "", DSR_KEY)).await;
+    assert_error(&resp, 403, "forbidden", &["erased"]);
+    let resp = api.handle(with_key("DELETE", path, "", READER_KEY)).await;
+    assert_error(&resp, 403, "forbidden", &["erased"]);
+
+    let resp = api.handle(with_key("DELETE", path, "", ADMIN_KEY)).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(
+        body_json(&resp),
+        json!({"lifted": [
+            {"type": "email", "request": REQUEST_ID, "at": "2025-03-10T12:01:00Z"},
+            {"type": "email_sha256", "request": REQUEST_ID, "at": "2025-03-10T12:01:00Z"},
+        ]})
+    );
+    for form in [erased.clone(), erased.hashed()] {
+        assert!(table.get(&layout::identity_key(&form)).await.unwrap().is_none(), "{:?}", form.kind);
+    }
+    let rows = audit_rows(&table);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].actor.as_str(), rows[0].action.as_str(), rows[0].target.clone(), rows[0].outcome.as_str()),
+        ("admin", "suppression.lift", target("email:erased@example.com"), "200")
+    );
+
+    // Nothing left to lift: 404, audited too.
+    let resp = api.handle(with_key("GET", path, "", ADMIN_KEY)).await;
+    assert_error(&resp, 404, "not_suppressed", &["erased"]);
+    let resp = api.handle(with_key("DELETE", path, "", ADMIN_KEY)).await;
+    assert_error(&resp, 404, "not_suppressed", &["erased"]);
+    assert_eq!(audit_rows(&table).iter().filter(|r| r.action == "suppression.lift").count(), 2);
+
+    // A live identity item is never deleted: not even one whose hashed form is a tombstone.
+    let resp = api.handle(with_key("DELETE", "/v1/suppressions/user_id:u-42", "", ADMIN_KEY)).await;
+    assert_error(&resp, 404, "not_suppressed", &["u-42"]);
+    let ann = id(IdType::Email, "ann+news@example.com");
+    table.put(layout::identity_key(&ann.hashed()), tombstone_attrs("email_sha256", "req-2", T0));
+    let resp = api.handle(with_key("DELETE", "/v1/suppressions/email:ann%2Bnews%40example.com", "", ADMIN_KEY)).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(body_json(&resp)["lifted"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body_json(&resp)["lifted"][0]["type"], "email_sha256");
+    let live = table.get(&layout::identity_key(&ann)).await.unwrap().expect("the live item stays");
+    assert_eq!(layout::identity_profile(&live.attrs), Some(LOSER));
+    assert!(table.get(&layout::identity_key(&id(IdType::UserId, "u-42"))).await.unwrap().is_some());
+    assert_audit_holds_no(&table, &["erased", "ann", "u-42", "example.com"]);
+}
+
+#[tokio::test]
+async fn a_lift_never_deletes_an_item_that_changed_since_it_was_read() {
+    let table = Faulty::new(seeded());
+    let erased = id(IdType::Email, "raced@example.com");
+    erase(&table.inner, &erased, REQUEST_ID, true);
+    let api = ProfileApi::new(table.clone(), Arc::new(workspace()));
+    // Between the lift's read and its transaction, the hashed form's item becomes something else (version 2).
+    let key = layout::identity_key(&erased.hashed());
+    let relinked =
+        Item { key: key.clone(), attrs: layout::identity_attrs(&erased.hashed(), ROOT), version: 2, expires_at: None };
+    table.before_transact.lock().unwrap().push(WriteOp::Put { item: relinked, condition: Condition::VersionIs(1) });
+    let resp = api.handle(with_key("DELETE", "/v1/suppressions/email:raced%40example.com", "", ADMIN_KEY)).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    assert_eq!(
+        body_json(&resp)["lifted"],
+        json!([{"type": "email", "request": REQUEST_ID, "at": "2025-03-10T12:01:00Z"}])
+    );
+    let item = table.inner.get(&key).await.unwrap().expect("kept");
+    assert_eq!(layout::identity_profile(&item.attrs), Some(ROOT));
+    assert_eq!(audit_rows(&table.inner).len(), 1, "the failed attempt left no row");
+
+    // If the audit row cannot be written, nothing is lifted.
+    erase(&table.inner, &erased, REQUEST_ID, false);
+    table.fail_audit(Some(PortError::Unavailable("down".into())));
+    let resp = api.handle(with_key("DELETE", "/v1/suppressions/email:raced%40example.com", "", ADMIN_KEY)).await;
+    assert_error(&resp, 503, "audit_unavailable", &["raced"]);
+    assert!(table.inner.get(&layout::identity_key(&erased)).await.unwrap().is_some(), "the tombstone stays");
+}
+
+#[tokio::test]
+async fn after_a_lift_new_events_stitch_again() {
+    use tributary_core::metrics::MemoryMetrics;
+    use tributary_core::testing::CountingQueue;
+    use tributary_stitch::{Applied, Stitch, StitchSettings};
+
+    let table = MemTable::default();
+    let workspace = Arc::new(workspace());
+    let stitch = Stitch::new(
+        table.clone(),
+        CountingQueue::default(),
+        Arc::new(MemoryMetrics::default()),
+        workspace.clone(),
+        StitchSettings::default(),
+    )
+    .expect("rules compile");
+    let api = ProfileApi::new(table.clone(), workspace.clone());
+    let erased = id(IdType::Email, "comeback@example.com");
+    erase(&table, &erased, REQUEST_ID, true);
+    let event = json!({
+        "type": "identify", "messageId": "m-back", "userId": "u-back",
+        "timestamp": "2025-03-10T12:00:00.000Z", "receivedAt": "2025-03-10T12:00:00.100Z",
+        "traits": {"email": "comeback@example.com"}, "context": {}
+    });
+    let event = event.as_object().expect("object");
+    assert_eq!(stitch.apply_event(&workspace.sources[0], event).await.expect("apply"), Applied::Suppressed);
+    assert_error(&api.handle(get("/v1/profiles/user_id:u-back")).await, 404, "profile_not_found", &["u-back"]);
+
+    let resp = api.handle(with_key("DELETE", "/v1/suppressions/email:comeback%40example.com", "", ADMIN_KEY)).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    let applied = stitch.apply_event(&workspace.sources[0], event).await.expect("apply");
+    assert!(matches!(applied, Applied::Stitched { created: true, linked: 3, .. }), "{applied:?}");
+    let resp = api.handle(get("/v1/profiles/email:comeback%40example.com")).await;
+    assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
+    let profile = body_json(&resp);
+    let values: Vec<&str> =
+        profile["identities"].as_array().unwrap().iter().filter_map(|i| i["value"].as_str()).collect();
+    assert!(values.contains(&"comeback@example.com"), "{values:?}");
+    assert_error(&api.handle(get("/v1/suppressions/email:comeback%40example.com")).await, 403, "forbidden", &[]);
+    let resp = api.handle(with_key("GET", "/v1/suppressions/email:comeback%40example.com", "", DSR_KEY)).await;
+    assert_error(&resp, 404, "not_suppressed", &["comeback"]);
 }

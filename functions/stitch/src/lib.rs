@@ -2,14 +2,34 @@
 //! hands the event on to delivery with its profile context.
 //!
 //! Per event (see `tributary_core::profile::layout` for the items):
-//! 1. if its dedup record exists, it was applied before: hand it off again (delivery is idempotent) and stop;
-//! 2. read the identity items of its identifiers and follow `merged_into` to their roots (a snapshot);
+//! 1. if its dedup record exists, it was applied before: hand it off again (delivery is idempotent) and stop —
+//!    unless one of its identifiers has been erased since (below);
+//! 2. read the identity items of its identifiers and follow `merged_into` to their roots (a snapshot); a
+//!    suppression tombstone among them drops the event (below);
 //! 3. plan links, merges and refusals ([`tributary_core::identity::plan`]), fold in traits, consent and history;
 //! 4. write everything as **one conditional transaction**: the dedup record (`NotExists`), the root profile
 //!    (version check), each merged profile (version check), new identity items (`NotExists`), ledger rows and the
 //!    event row. A failed condition means another worker changed what we read: read again and re-plan.
 //!
 //! So an event's effect happens exactly once, whatever the redeliveries, arrival order or concurrency.
+//!
+//! ## Suppressed (erased) subjects
+//! Erasure turns each identity item of the subject into a tombstone: an item with `t`, `sup` (the request) and
+//! `sup_at` but no profile pointer (see `tributary_core::dsr`). An event with **any** usable identifier whose
+//! identity item is a tombstone is dropped whole: nothing is written for it (no profile, identity, event, ledger or
+//! dedup item), it is not handed to delivery, and it is acknowledged (not retried) and counted as
+//! [`Applied::Suppressed`] (metric `Suppressed`), logged by its message hash only. Step 2 reads the identity items
+//! anyway, so the check costs nothing for the identifiers that take part in resolution; the rest of an event's
+//! usable identifiers (past [`MAX_EVENT_IDENTIFIERS`]) and the identifiers of a duplicate are checked with point
+//! reads. Blocked values (`null`, `anonymous`, …) are never linked and are not checked.
+//!
+//! A tombstone is never overwritten by a link: a tombstone is never taken for an orphan (an identity item without a
+//! profile, which is re-linked), and every write of an identity item is conditioned on what was read — `NotExists`
+//! where the item was absent, the version read where it was overwritten (an orphan re-linked, a pointer compressed).
+//! An eraser that writes a tombstone over an item therefore makes such a transaction fail, and the re-read drops
+//! the event; this holds as long as the eraser writes the tombstone with a version above the one it replaces (every
+//! writer of the table bumps versions). Dropped events write no dedup item, so a redelivery is checked again; a
+//! lifted suppression (its tombstones deleted) lets new events stitch normally.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +40,7 @@ use rand::Rng;
 use serde_json::{Map, Value};
 use tributary_core::audience::{event_day, AudienceSet, MAX_COUNTER_KEYS};
 use tributary_core::config::{DataPartyClass, SourceConfig, WorkspaceConfig};
+use tributary_core::dsr::suppressed_by;
 use tributary_core::identity::plan::{self, Bounds, Plan, Refused, RootInfo, Snapshot, Target, MAX_EVENT_IDENTIFIERS};
 use tributary_core::identity::{extract, CompiledRules, ExtractOptions, IdType, Identifier};
 use tributary_core::ingest::timestamp::parse_timestamp;
@@ -96,6 +117,9 @@ pub enum Applied {
     Duplicate { profile: Option<String> },
     /// No usable identifier (all blocked or invalid): the event is recorded as seen and belongs to no profile.
     NoIdentity,
+    /// An identifier of the event belongs to an erased subject (its identity item is a suppression tombstone): the
+    /// event was dropped. Nothing was written and nothing is handed off; the record is acknowledged.
+    Suppressed,
 }
 
 pub use tributary_core::delivery::{DeliveryEnvelope, Handoff};
@@ -105,6 +129,8 @@ struct Counters {
     stitched: u64,
     duplicates: u64,
     no_identity: u64,
+    /// Events dropped because an identifier belongs to an erased subject.
+    suppressed: u64,
     created: u64,
     merged: u64,
     linked: u64,
@@ -264,6 +290,11 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                     counters.no_identity += 1;
                     (None, BTreeMap::new(), false, None)
                 }
+                // Dropped: not handed off (apply_event logged it by its message hash).
+                Applied::Suppressed => {
+                    counters.suppressed += 1;
+                    continue;
+                }
             };
             handoffs.push(Handoff {
                 profile_id,
@@ -297,6 +328,9 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         by_priority.sort();
         let to_read: Vec<Identifier> =
             by_priority.iter().take(MAX_EVENT_IDENTIFIERS).map(|&(_, i)| usable[i].clone()).collect();
+        // Identifiers that take no part in resolution (past the bound) are only checked for a tombstone.
+        let beyond: Vec<Identifier> =
+            by_priority.iter().skip(MAX_EVENT_IDENTIFIERS).map(|&(_, i)| usable[i].clone()).collect();
         let signals = consent::extract(event, &self.workspace.consent);
         let incoming_traits = (event.get("type").and_then(Value::as_str) == Some("identify"))
             .then(|| event.get("traits").and_then(Value::as_object))
@@ -307,11 +341,18 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             attempt += 1;
             let dedup = dedup_key(source_id, message_id);
             if let Some(item) = self.table.get(&dedup).await? {
+                // Applied before the subject was erased: a redelivery must not hand it to delivery again.
+                if self.any_tombstone(&usable).await? {
+                    return Ok(suppressed(&mh));
+                }
                 let row = DedupRow::from_attrs(&item.attrs).unwrap_or(DedupRow { p: None, at: 0 });
                 return Ok(Applied::Duplicate { profile: row.p });
             }
             let now = (self.clock)();
             let snapshot = self.snapshot(&to_read).await?;
+            if snapshot.suppressed || self.any_tombstone(&beyond).await? {
+                return Ok(suppressed(&mh));
+            }
             let bounds = Bounds {
                 max_merges: self.workspace.profiles.max_merges,
                 max_identities: self.workspace.profiles.max_identities,
@@ -366,6 +407,11 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
     async fn snapshot(&self, ids: &[Identifier]) -> Result<Read, StitchError> {
         let items = futures::future::try_join_all(ids.iter().map(|id| self.table.get_owned(identity_key(id)))).await?;
         let mut read = Read::default();
+        if items.iter().flatten().any(|item| suppressed_by(&item.attrs).is_some()) {
+            // The event is dropped: no need to read any profile.
+            read.suppressed = true;
+            return Ok(read);
+        }
         for (id, item) in ids.iter().zip(items) {
             let Some(item) = item else { continue };
             let pointer = identity_profile(&item.attrs).map(str::to_string);
@@ -378,7 +424,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                     read.graph.linked.insert(id.clone(), root.clone());
                     read.identities.insert(id.clone(), (item.version, pointer.unwrap_or_default()));
                 }
-                // An identity whose profile is gone (or unreadable) is linked afresh over its stale item.
+                // An identity whose profile is gone (or unreadable) is linked afresh over its stale item, on the
+                // version read: a tombstone written meanwhile fails the transaction. (Tombstones never get here.)
                 None => {
                     read.orphans.insert(id.clone(), item.version);
                 }
@@ -393,6 +440,20 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             }
         }
         Ok(read)
+    }
+
+    /// Whether any of `ids` has a suppression tombstone: point reads, [`MAX_EVENT_IDENTIFIERS`] at a time (the
+    /// reads step 2 makes, so the function needs no other permission than it has).
+    async fn any_tombstone(&self, ids: &[Identifier]) -> Result<bool, StitchError> {
+        let keys: BTreeSet<ItemKey> = ids.iter().map(identity_key).collect();
+        let keys: Vec<ItemKey> = keys.into_iter().collect();
+        for chunk in keys.chunks(MAX_EVENT_IDENTIFIERS) {
+            let items = futures::future::try_join_all(chunk.iter().map(|k| self.table.get_owned(k.clone()))).await?;
+            if items.iter().flatten().any(|item| suppressed_by(&item.attrs).is_some()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Follows `merged_into` from `profile` to its root, loading documents into `cache`. `None`: no such profile.
@@ -503,7 +564,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             ));
         }
 
-        // New links.
+        // New links: over an absent item only if it is still absent, over an orphan only if it is unchanged, so a
+        // tombstone written since the read fails the transaction (and the re-read drops the event).
         for id in &plan.new_ids {
             let condition = match read.orphans.get(id) {
                 Some(v) => Condition::VersionIs(*v),
@@ -677,6 +739,7 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             .count("EventsStitched", c.stitched)
             .count("Duplicates", c.duplicates)
             .count("NoIdentity", c.no_identity)
+            .count("Suppressed", c.suppressed)
             .count("ProfilesCreated", c.created)
             .count("Merges", c.merged)
             .count("Links", c.linked)
@@ -707,8 +770,17 @@ struct Read {
     profiles: BTreeMap<String, Loaded>,
     /// Linked identities: item version and the profile the item points at.
     identities: BTreeMap<Identifier, (u64, String)>,
-    /// Identity items whose profile does not exist: their version.
+    /// Identity items whose profile does not exist: their version. Never a tombstone.
     orphans: BTreeMap<Identifier, u64>,
+    /// An identity item read is a suppression tombstone: the event is dropped (nothing else is read).
+    suppressed: bool,
+}
+
+/// Logs a dropped event by its message hash (never an identifier, never the request: the request names the
+/// subject's erasure) and names the outcome.
+fn suppressed(message_hash: &str) -> Applied {
+    tracing::info!(message_hash, "Event of an erased subject dropped (suppressed identifier).");
+    Applied::Suppressed
 }
 
 /// `get` taking the key by value, so a batch of reads can be joined.

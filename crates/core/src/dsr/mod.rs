@@ -11,16 +11,17 @@
 pub mod ports;
 pub mod record;
 pub mod request;
+pub mod suppression;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use record::{
-    discovery_body, request_key, rfc3339, waiting_key, AuditRow, DsrRecord, ExportResult, RequestStatus, StatusChange,
-    StoreReceipt, SubjectKey, TransitionError,
-};
 pub use ports::{signature_headers, ResultLinks, Signer};
+pub use record::{
+    discovery_body, request_key, rfc3339, waiting_key, AuditRow, DsrRecord, ExportResult, RequestStatus, Resolution,
+    StatusChange, StoreReceipt, SubjectKey, TransitionError,
+};
 pub use request::{parse_create, Api, CreateRequest, FieldError, IdentityFormat, Regulation, RequestType};
 
 /// Attribute of a suppressed identity item: the request that erased it.

@@ -28,3 +28,12 @@ pub fn signature_headers(legacy: bool) -> (&'static str, &'static str) {
         ("x-opendsr-processor-domain", "x-opendsr-signature")
     }
 }
+
+impl<S: Signer + ?Sized> Signer for std::sync::Arc<S> {
+    fn sign(&self, body: &[u8]) -> Result<String, PortError> {
+        (**self).sign(body)
+    }
+    fn certificate_pem(&self) -> &str {
+        (**self).certificate_pem()
+    }
+}

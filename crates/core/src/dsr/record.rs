@@ -169,6 +169,22 @@ pub struct DsrRecord {
     pub receipts: Vec<StoreReceipt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ExportResult>,
+    /// What the subject resolved to, saved before an erasure deletes anything: once identity items are tombstones
+    /// the graph no longer leads to the profiles, and a retried run must still find them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Resolution>,
+}
+
+/// The profiles and identity items a subject resolved to (ids and key hashes only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// Every profile of every tree the subject's identities lead to (roots and merged ones).
+    pub profiles: Vec<String>,
+    /// Every identity item of those profiles, and of the subject's own identities.
+    pub identities: Vec<SubjectKey>,
+    /// Destinations that have delivery receipts for those profiles: the ones a deletion is forwarded to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
 }
 
 /// A status change the lifecycle does not allow.
@@ -207,6 +223,7 @@ impl DsrRecord {
             not_before: (waiting_ms > 0).then(|| now_ms + waiting_ms),
             receipts: Vec::new(),
             result: None,
+            resolved: None,
         }
     }
 

@@ -129,6 +129,8 @@ pub async fn resolve<T: TableStore>(table: &T, lookup: &Lookup) -> Result<Option
             };
             match layout::identity_profile(&item.attrs) {
                 Some(p) => p.to_string(),
+                // An erased identifier: its item is kept as a suppression tombstone and names no profile.
+                None if crate::dsr::suppressed_by(&item.attrs).is_some() => return Ok(None),
                 None => return Err(ReadError::Corrupt("an identity item names no profile".into())),
             }
         }
@@ -477,13 +479,14 @@ async fn tree_page<T: TableStore>(
 }
 
 /// The root followed by its members, each once.
-fn tree(r: &Resolved) -> Vec<String> {
+/// The profiles of a resolved tree: the root, then its members in merge order.
+pub fn tree(r: &Resolved) -> Vec<String> {
     let mut seen = HashSet::new();
     std::iter::once(&r.profile_id).chain(&r.doc.members).filter(|p| seen.insert(p.as_str())).cloned().collect()
 }
 
 /// Every row of `pk` under `prefix`, page by page.
-async fn query_all<T: TableStore>(table: &T, pk: &str, prefix: &str, page: usize) -> Result<Vec<Item>, PortError> {
+pub async fn query_all<T: TableStore>(table: &T, pk: &str, prefix: &str, page: usize) -> Result<Vec<Item>, PortError> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -1,0 +1,1 @@
+//! (being written: the suppression list ingest, import and redrive check)
