@@ -156,3 +156,120 @@ pub async fn create_table(aws: &AwsClients, name: &str) -> Result<String, PortEr
         }
     }
 }
+
+/// Every item of the DynamoDB table `name`, each as one line of text (`attribute=value` pairs; maps and lists
+/// spelled out, binary values as lossy UTF-8), read with a strongly consistent scan of every page. For tests and
+/// audits that must see everything a table holds, whatever its layout (e.g. that an erased person left nothing).
+#[tracing::instrument(skip_all, fields(table = name))]
+pub async fn scan_all(aws: &AwsClients, name: &str) -> Result<Vec<String>, PortError> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    fn text(v: &AttributeValue, out: &mut String) {
+        let list = |items: &mut dyn Iterator<Item = String>, out: &mut String| {
+            out.push('[');
+            for (i, s) in items.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&s);
+            }
+            out.push(']');
+        };
+        match v {
+            AttributeValue::S(s) | AttributeValue::N(s) => out.push_str(s),
+            AttributeValue::B(b) => out.push_str(&String::from_utf8_lossy(b.as_ref())),
+            AttributeValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            AttributeValue::Null(_) => out.push_str("null"),
+            AttributeValue::Ss(v) | AttributeValue::Ns(v) => list(&mut v.iter().cloned(), out),
+            AttributeValue::Bs(v) => list(&mut v.iter().map(|b| String::from_utf8_lossy(b.as_ref()).into_owned()), out),
+            AttributeValue::L(v) => {
+                out.push('[');
+                for (i, x) in v.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    text(x, out);
+                }
+                out.push(']');
+            }
+            AttributeValue::M(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(k);
+                    out.push('=');
+                    text(&m[k], out);
+                }
+                out.push('}');
+            }
+            _ => out.push_str("<unknown>"),
+        }
+    }
+
+    let mut lines = Vec::new();
+    let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
+    loop {
+        let out = aws
+            .dynamodb
+            .scan()
+            .table_name(name)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| error::dynamodb("Scan", &e))?;
+        for item in out.items() {
+            let mut keys: Vec<&String> = item.keys().collect();
+            // pk and sk first, then the rest by name.
+            let rank = |k: &str| (k != "pk", k != "sk");
+            keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+            let mut line = String::new();
+            for k in keys {
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(k);
+                line.push('=');
+                text(&item[k], &mut line);
+            }
+            lines.push(line);
+        }
+        match out.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => return Ok(lines),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tributary_core::ports::SPARSE_INDEXES;
+
+    /// [`super::create_table`] creates one global secondary index per sparse index; the SAM template must declare
+    /// the same ones (name, string hash key, keys and `ttl` projected), or the deployed table lacks what the
+    /// adapters scan.
+    #[test]
+    fn the_template_declares_every_sparse_index() {
+        let template = include_str!("../../../infra/template.yaml");
+        let table = template.split("\n  ProfilesTable:\n").nth(1).expect("the ProfilesTable resource");
+        let table = table.split("\n\n").next().unwrap_or(table);
+        for index in SPARSE_INDEXES {
+            let attr = format!("- {{ AttributeName: {}, AttributeType: S }}", index.attribute);
+            assert!(table.contains(&attr), "ProfilesTable must define attribute {:?}", index.attribute);
+            let declared = table.split("- IndexName: ").skip(1).find(|d| d.starts_with(&format!("{}\n", index.name)));
+            let Some(declared) = declared else { panic!("ProfilesTable must declare the index {:?}", index.name) };
+            let declared = declared.split("- IndexName: ").next().unwrap_or(declared);
+            let hash = format!("- {{ AttributeName: {}, KeyType: HASH }}", index.attribute);
+            assert!(declared.contains(&hash), "index {:?} must be hashed on {:?}", index.name, index.attribute);
+            assert!(
+                declared.contains("ProjectionType: INCLUDE") && declared.contains("NonKeyAttributes: [ttl]"),
+                "index {:?} must project keys and ttl only, as create_table does",
+                index.name
+            );
+        }
+    }
+}

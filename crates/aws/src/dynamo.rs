@@ -1056,6 +1056,26 @@ mod tests {
     }
 
     #[test]
+    fn suppression_index_entries_are_tombstones_keyed_by_their_request() {
+        use tributary_core::ports::{ROOT_PROFILES, SUPPRESSED_IDENTITIES};
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        // What the keys-only (plus ttl) index projects of a tombstone: the table key and `sup`.
+        let av =
+            HashMap::from([("pk".to_owned(), s("id#ab")), ("sk".to_owned(), s("id")), ("sup".to_owned(), s("r1"))]);
+        let entry = Some((ItemKey::new("id#ab", "id"), "r1".to_owned()));
+        assert_eq!(index_entry(&av, &SUPPRESSED_IDENTITIES, 100), Ok(entry));
+        assert_eq!(index_entry(&av, &ROOT_PROFILES, 100), Ok(None), "a tombstone is no root profile");
+        let cursor =
+            ScanCursor { segment: 1, total_segments: 4, after: ItemKey::new("id#ab", "id"), value: Some("r1".into()) };
+        assert_eq!(scan_start_key(cursor, &SUPPRESSED_IDENTITIES).expect("a key"), av);
+        let mut tomb = Map::new();
+        tomb.insert("t".into(), json!("email"));
+        tomb.insert("sup".into(), json!(""));
+        let item = Item { key: ItemKey::new("id#ab", "id"), attrs: tomb, version: 2, expires_at: None };
+        assert!(matches!(item_to_av(&item), Err(PortError::Invalid(_))), "an empty request id keys no index entry");
+    }
+
+    #[test]
     fn index_attributes_must_hold_strings() {
         let mut attrs = Map::new();
         attrs.insert("root".into(), json!(5));

@@ -348,9 +348,15 @@ pub struct SparseIndex {
 /// profiles do not carry it, so a scan of this index reads none of them.
 pub const ROOT_PROFILES: SparseIndex = SparseIndex { attribute: "root", name: "roots" };
 
+/// Every suppressed identity item: the tombstones erasure leaves in place of an erased subject's identity items
+/// (`crate::dsr`). The attribute holds the erasing request's id and is set only on tombstones: live identity items,
+/// profiles and everything else never carry it, so the index stays as small as the number of erased identifiers and
+/// a scan of it reads nothing else (`crate::dsr::suppression` keeps it in memory in ingest and import).
+pub const SUPPRESSED_IDENTITIES: SparseIndex = SparseIndex { attribute: "sup", name: "suppressed" };
+
 /// Every sparse index a table has. Adapters create exactly these (`tributary-aws`'s `admin::create_table`, the SAM
 /// template, SQLite's partial indexes), scan no other and check their attributes on every write.
-pub const SPARSE_INDEXES: [SparseIndex; 1] = [ROOT_PROFILES];
+pub const SPARSE_INDEXES: [SparseIndex; 2] = [ROOT_PROFILES, SUPPRESSED_IDENTITIES];
 
 /// The rule every adapter applies to the attributes of a put (and to what an add sets): an attribute of a
 /// [`SPARSE_INDEXES`] index, when present, holds a non-empty string of at most [`MAX_INDEX_VALUE_BYTES`]. Errors
@@ -618,6 +624,21 @@ mod scan_tests {
         }
         let other = SparseIndex { attribute: "root", name: "other" };
         assert!(matches!(check_scan(&other, 0, 1, 1), Err(PortError::Invalid(_))));
+        assert_eq!(check_scan(&SUPPRESSED_IDENTITIES, 0, 4, 1000), Ok(()));
+        // An index is its attribute and its name: a known name on another attribute is not an index.
+        let mixed = SparseIndex { attribute: "root", name: SUPPRESSED_IDENTITIES.name };
+        assert!(matches!(check_scan(&mixed, 0, 1, 1), Err(PortError::Invalid(_))));
+    }
+
+    #[test]
+    fn indexes_have_distinct_names_and_attributes_and_agree_with_the_dsr_module() {
+        let names: std::collections::BTreeSet<_> = SPARSE_INDEXES.iter().map(|i| i.name).collect();
+        let attributes: std::collections::BTreeSet<_> = SPARSE_INDEXES.iter().map(|i| i.attribute).collect();
+        assert_eq!((names.len(), attributes.len()), (SPARSE_INDEXES.len(), SPARSE_INDEXES.len()));
+        for index in SPARSE_INDEXES {
+            assert!(!RESERVED_ATTRIBUTES.contains(&index.attribute), "{index:?}");
+        }
+        assert_eq!(SUPPRESSED_IDENTITIES.attribute, crate::dsr::SUPPRESSED_ATTR);
     }
 
     #[test]
@@ -654,6 +675,13 @@ mod scan_tests {
         }
         let long = json!({"root": "x".repeat(MAX_INDEX_VALUE_BYTES + 1)});
         assert!(matches!(check_index_values(&attrs(long)), Err(PortError::Invalid(_))));
+        // Every index's attribute, the suppression tombstones' `sup` too.
+        assert_eq!(check_index_values(&attrs(json!({"t": "email", "sup": "req-1", "sup_at": 5}))), Ok(()));
+        for bad in [json!(1), json!(null), json!(""), json!({"id": "req-1"})] {
+            let r = check_index_values(&attrs(json!({ "t": "email", "sup": bad })));
+            assert!(matches!(r, Err(PortError::Invalid(_))), "sup = {bad}");
+        }
+        assert!(matches!(check_add(&[("sup".into(), 1)], &serde_json::Map::new()), Err(PortError::Invalid(_))));
         // Adds: no delta on the attribute, and only a valid value set on it.
         assert!(matches!(check_add(&[("root".into(), 1)], &serde_json::Map::new()), Err(PortError::Invalid(_))));
         assert!(matches!(check_add(&[], &attrs(json!({"root": 5}))), Err(PortError::Invalid(_))));

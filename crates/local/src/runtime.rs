@@ -544,7 +544,10 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     let ingest = Arc::new(
         Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default())
             .with_quarantine(objects)
-            .with_stats(stats_table),
+            .with_stats(stats_table)
+            .with_suppressions(
+                SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+            ),
     );
     let profile_api = ProfileApi::new(
         SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
@@ -672,6 +675,9 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         metrics.clone(),
         workspace.clone(),
         tributary_import::ImportSettings::new(LOCAL_IMPORT_BUCKET),
+    )
+    .with_suppressions(
+        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
     );
     let import = Arc::new(import);
     let handler: SqsHandler = Arc::new(move |event| {

@@ -596,25 +596,51 @@ mod tests {
     async fn scans_read_the_partial_index() {
         let dir = tempfile::tempdir().expect("temp dir");
         let t = SqliteTable::open(&dir.path().join("t.db"), "main").expect("open");
-        let plans =
-            t.db.call(|conn| {
-                let index = tributary_core::ports::ROOT_PROFILES;
-                let sql = format!(
-                    "EXPLAIN QUERY PLAN SELECT pk, sk FROM tributary_table_items INDEXED BY tributary_table_items_{}
-                     WHERE tbl = ?1 AND (pk, sk) > (?2, ?3) AND {} AND (expires_at IS NULL OR expires_at > ?4)
-                     ORDER BY pk, sk",
-                    index.name,
-                    sparse_index_filter(&index)
-                );
-                let mut stmt = conn.prepare(&sql).map_err(|e| sqlite_error("plan", e))?;
-                let rows = stmt
-                    .query_map(params!["main", "", "", 0], |r| r.get::<_, String>(3))
-                    .map_err(|e| sqlite_error("plan", e))?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(|e| sqlite_error("plan", e))
-            })
-            .await
-            .expect("plan");
-        assert!(plans.iter().any(|p| p.contains("USING INDEX tributary_table_items_roots")), "{plans:?}");
-        assert!(!plans.iter().any(|p| p.contains("TEMP B-TREE")), "no sort: {plans:?}");
+        // Every index of the port, the suppression index as much as the roots.
+        for index in SPARSE_INDEXES {
+            let plans =
+                t.db.call(move |conn| {
+                    let sql = format!(
+                        "EXPLAIN QUERY PLAN SELECT pk, sk FROM tributary_table_items INDEXED BY tributary_table_items_{}
+                         WHERE tbl = ?1 AND (pk, sk) > (?2, ?3) AND {} AND (expires_at IS NULL OR expires_at > ?4)
+                         ORDER BY pk, sk",
+                        index.name,
+                        sparse_index_filter(&index)
+                    );
+                    let mut stmt = conn.prepare(&sql).map_err(|e| sqlite_error("plan", e))?;
+                    let rows = stmt
+                        .query_map(params!["main", "", "", 0], |r| r.get::<_, String>(3))
+                        .map_err(|e| sqlite_error("plan", e))?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(|e| sqlite_error("plan", e))
+                })
+                .await
+                .expect("plan");
+            let wanted = format!("USING INDEX tributary_table_items_{}", index.name);
+            assert!(plans.iter().any(|p| p.contains(&wanted)), "{index:?}: {plans:?}");
+            assert!(!plans.iter().any(|p| p.contains("TEMP B-TREE")), "no sort: {plans:?}");
+        }
+        assert!(SPARSE_INDEXES.contains(&tributary_core::ports::SUPPRESSED_IDENTITIES));
+    }
+
+    #[tokio::test]
+    async fn a_database_made_before_an_index_existed_gets_it_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.db");
+        let t = SqliteTable::open(&path, "main").expect("open");
+        let attrs = tributary_core::dsr::tombstone_attrs("email", "req-1", 1);
+        let key = ItemKey::new("id#abc", "id");
+        let item = Item { key: key.clone(), attrs, version: 2, expires_at: None };
+        t.write(WriteOp::Put { item, condition: Condition::NotExists }).await.expect("put");
+        // As a data dir of an older version: the suppression index missing.
+        t.db.call(|conn| {
+            conn.execute_batch("DROP INDEX tributary_table_items_suppressed;").map_err(|e| sqlite_error("drop", e))
+        })
+        .await
+        .expect("drop the index");
+        drop(t);
+        let t = SqliteTable::open(&path, "main").expect("open again");
+        let index = tributary_core::ports::SUPPRESSED_IDENTITIES;
+        let page = t.scan_index(&index, 0, 1, None, 10).await.expect("scan");
+        assert_eq!(page.keys, vec![key]);
     }
 }

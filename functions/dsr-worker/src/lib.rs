@@ -58,6 +58,8 @@ pub struct WorkerSettings {
     pub backoff_max: Duration,
     /// How long an export and its link last (7 days; shorter only to see a link expire).
     pub results_ttl: Duration,
+    /// How long a receive waits before a searched queue counts as empty (SQS long polling; see `purge_queue`).
+    pub queue_empty_wait: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -67,6 +69,7 @@ impl Default for WorkerSettings {
             backoff_base: Duration::from_secs(30),
             backoff_max: Duration::from_secs(3600),
             results_ttl: Duration::from_millis(RESULTS_TTL_MS as u64),
+            queue_empty_wait: Duration::from_secs(1),
         }
     }
 }
@@ -424,7 +427,7 @@ where
         let matcher = purge::Matcher::new(subject, self.workspace.profiles.default_country_code.as_deref());
         let mut out = Vec::new();
         for (name, queue) in &self.holdings.queues {
-            let p = purge::purge_queue(queue, &matcher).await?;
+            let p = purge::purge_queue(queue, &matcher, self.settings.queue_empty_wait).await?;
             let mut r = StoreReceipt::new(name.clone(), "deleted", p.touched(), now);
             r.detail = Some(format!("{} messages inspected, {} rewritten without the subject", p.scanned, p.rewritten));
             out.push(r);

@@ -159,15 +159,23 @@ impl Purged {
 
 /// Removes the subject from every message of `queue` (a DLQ): matching messages are deleted, batches that also
 /// hold others are sent again without the subject's entries. Messages that stay are made visible again at once.
-pub async fn purge_queue<Q: Queue>(queue: &Q, matcher: &Matcher) -> Result<Purged, PortError> {
+pub async fn purge_queue<Q: Queue>(queue: &Q, matcher: &Matcher, empty_wait: Duration) -> Result<Purged, PortError> {
     let mut out = Purged::default();
     let mut kept: Vec<String> = Vec::new();
     let result = async {
+        let mut empty = 0;
         loop {
-            let got = queue.receive(10, INSPECT_VISIBILITY, Duration::ZERO).await?;
+            // Long polling: a short receive on SQS asks only some of its servers and can come back empty while
+            // messages remain. Two empty long polls in a row mean the queue has nothing left to show.
+            let got = queue.receive(10, INSPECT_VISIBILITY, empty_wait).await?;
             if got.is_empty() {
-                return Ok(());
+                empty += 1;
+                if empty >= 2 {
+                    return Ok(());
+                }
+                continue;
             }
+            empty = 0;
             for m in got {
                 out.scanned += 1;
                 match matcher.redact_json_text(&m.body) {

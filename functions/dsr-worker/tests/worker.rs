@@ -75,10 +75,13 @@ impl ResultLinks for Links {
     }
 }
 
+/// One callback: URL, headers, body.
+type Call = (String, BTreeMap<String, String>, Value);
+
 /// Records callbacks; answers `status` (shared, so a test can make the controller fail).
 #[derive(Clone, Default)]
 struct Controller {
-    calls: Arc<Mutex<Vec<(String, BTreeMap<String, String>, Value)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
     deletions: Arc<Mutex<Vec<(String, String, Value)>>>,
     status: Arc<AtomicU32>,
 }
@@ -221,7 +224,11 @@ impl World {
     fn worker(&self) -> Worker {
         let c = self.clock.clone();
         let table = Crashing { inner: self.table.clone(), budget: self.budget.clone() };
-        let settings = WorkerSettings { backoff_base: Duration::from_secs(1), ..WorkerSettings::default() };
+        let settings = WorkerSettings {
+            backoff_base: Duration::from_secs(1),
+            queue_empty_wait: Duration::ZERO,
+            ..WorkerSettings::default()
+        };
         let db = self.dir.path().join("queues.sqlite");
         let queues = DLQS
             .iter()
@@ -428,8 +435,7 @@ async fn erasure_by_email_removes_every_trace_of_the_person_and_leaves_others() 
 #[tokio::test]
 async fn an_erasure_interrupted_anywhere_finishes_on_retry() {
     // Crash after each write in turn, until a run has room to finish.
-    let mut crashes = 0;
-    for crash_after in 0.. {
+    for (crashes, crash_after) in (0i64..).enumerate() {
         let mut w = World::new();
         w.people().await;
         let id = w.request("erasure", email_identity(ANN_EMAIL), &[], 0);
@@ -438,7 +444,6 @@ async fn an_erasure_interrupted_anywhere_finishes_on_retry() {
             assert!(crashes >= 5, "an erasure takes more than {crashes} writes");
             break;
         }
-        crashes += 1;
         w.budget.store(i64::MAX, Ordering::SeqCst);
         let outcome = w.worker().process(&id).await.expect("retry");
         assert!(matches!(outcome, Outcome::Completed { .. }), "crash_after {crash_after}: {outcome:?}");

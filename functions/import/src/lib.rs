@@ -15,6 +15,12 @@
 //!    rejects read since the last one. Out of time, the function queues a continuation of itself.
 //! 4. At the end, the reject report and a summary go to `import-reports/<source-id>/`, then the state says done
 //!    or failed, with a message that quotes nothing from the file.
+//!
+//! With a suppression list ([`Import::with_suppressions`]), a row whose event has an identifier of an erased subject
+//! (see [`tributary_core::dsr::suppression`]) is skipped before governance and before it is queued. It is counted
+//! as `suppressed` in the state item and the summary, never as a reject: the reject report lists no such row, so it
+//! cannot point at who was erased. The list is loaded once per invocation and refreshed (at most once a minute) at
+//! the checkpoints; an invocation that cannot load it at all retries later, like one whose table fails.
 
 pub mod reader;
 pub mod report;
@@ -30,6 +36,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tributary_core::config::WorkspaceConfig;
+use tributary_core::dsr::suppression::{EventIdentifiers, SuppressionList, Suppressions};
 use tributary_core::governance::policy::{Governance, Outcome as GovernOutcome};
 use tributary_core::import::{
     file_hash, import_object, reason, state_key, CheckedMapping, EventBuffers, FileMapping, Format, Header,
@@ -138,6 +145,10 @@ struct Ports<T, Q, O, M> {
     /// events; `Err` when they do not compile (the source's files fail).
     governance: BTreeMap<String, Result<Governance, String>>,
     settings: ImportSettings,
+    /// The suppressed identity items, cached; `None`: no row is checked.
+    suppressions: Option<Suppressions<T>>,
+    /// How an event's identifiers are read for the suppression check (as stitch reads them).
+    event_ids: EventIdentifiers,
 }
 
 /// The handler, generic over its ports: the profile table (import states), the events queue, the import queue
@@ -189,8 +200,45 @@ where
             })
             .collect();
         let clock: Clock = Arc::new(|| (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64);
-        let ports = Ports { table, events, imports, objects, metrics, workspace, mappings, governance, settings };
+        let event_ids = EventIdentifiers::for_workspace(&workspace);
+        let ports = Ports {
+            table,
+            events,
+            imports,
+            objects,
+            metrics,
+            workspace,
+            mappings,
+            governance,
+            settings,
+            suppressions: None,
+            event_ids,
+        };
         Import { ports: Arc::new(ports), clock }
+    }
+
+    /// Skips the rows of erased subjects: the suppression list is read from `table` (the profile table; a scan of
+    /// its `suppressed` index, at most once a minute) and failed reloads are logged.
+    pub fn with_suppressions(self, table: T) -> Self {
+        let cache = Suppressions::new(table).on_reload_error(|error, stale| {
+            if stale {
+                tracing::warn!(error = %error, "Suppression list not reloaded; the last one stays in use.");
+            } else {
+                tracing::warn!(error = %error, "Suppression list not loaded; imports wait until it is.");
+            }
+        });
+        self.with_suppression_cache(cache)
+    }
+
+    /// [`with_suppressions`](Self::with_suppressions) with a cache configured by the caller (refresh interval,
+    /// clock, failure hook).
+    pub fn with_suppression_cache(mut self, cache: Suppressions<T>) -> Self {
+        match Arc::get_mut(&mut self.ports) {
+            Some(ports) => ports.suppressions = Some(cache),
+            // Only while an import runs is the handler shared, and builders are called before any does.
+            None => tracing::error!("Suppression list set on a running import handler; ignored."),
+        }
+        self
     }
 
     /// Replaces the clock (epoch milliseconds), for tests.
@@ -266,13 +314,16 @@ where
         let key = state_key(&source, &object.file);
         let file = file_hash(&object.file);
         let now = clock();
-        let (mut state, version) = match p.table.get(&key).await {
+        let (mut state, version, suppressed) = match p.table.get(&key).await {
             Err(e) => return Outcome::Retry(format!("import state unavailable: {e}")),
-            Ok(Some(item)) => match serde_json::from_value::<ImportState>(Value::Object(item.attrs)) {
-                Ok(s) => (s, item.version),
-                Err(_) => return Outcome::Retry("import state unreadable".into()),
-            },
-            Ok(None) => (ImportState::start(&object, now), 0),
+            Ok(Some(item)) => {
+                let suppressed = item.attrs.get(SUPPRESSED_ROWS_ATTR).and_then(Value::as_u64).unwrap_or(0);
+                match serde_json::from_value::<ImportState>(Value::Object(item.attrs)) {
+                    Ok(s) => (s, item.version, suppressed),
+                    Err(_) => return Outcome::Retry("import state unreadable".into()),
+                }
+            }
+            Ok(None) => (ImportState::start(&object, now), 0, 0),
         };
         if state.is_finished() {
             tracing::info!(source = %source, file = %file, "Import already finished; duplicate notification ignored.");
@@ -289,7 +340,7 @@ where
         };
         state.lease_until = now + lease_ms;
         state.updated_at = now;
-        let version = match write_state(&p.table, &state, version).await {
+        let version = match write_state(&p.table, &state, suppressed, version).await {
             Ok(v) => v,
             Err(WriteFail::Conflict) => return Outcome::Skipped("held"),
             Err(WriteFail::Store(e)) => return Outcome::Retry(e),
@@ -298,32 +349,54 @@ where
         // Problems with the source or its mapping fail the file at once, with a message.
         let checked = match source_problem(&p.workspace, &p.mappings, &object) {
             Ok(m) => m.clone(),
-            Err(message) => return self.finish(state, version, End::Failed(message), &file).await,
+            Err(message) => return self.finish(state, version, suppressed, End::Failed(message), &file).await,
         };
         if let Some(Err(e)) = p.governance.get(&source) {
             let message = format!("bad_governance: the source's tracking plan does not compile: {e}");
-            return self.finish(state, version, End::Failed(message), &file).await;
+            return self.finish(state, version, suppressed, End::Failed(message), &file).await;
         }
+        // The suppression list, before any row is read; without one, the import waits rather than queue the events
+        // of erased subjects (the table failing, it could not keep its state either).
+        let list = match &p.suppressions {
+            None => None,
+            Some(cache) => match cache.current().await {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    let end = End::Retry(format!("suppression list unavailable: {e}"));
+                    return self.finish(state, version, suppressed, end, &file).await;
+                }
+            },
+        };
         tracing::info!(source = %source, file = %file, offset = state.offset, rows = state.rows, "Import running.");
 
         let ports = Arc::clone(&self.ports);
         let handle = Handle::current();
         let joined = tokio::task::spawn_blocking(move || {
-            let mut run =
-                Run { p: &ports, handle: &handle, clock, object: &object, mapping: &checked, deadline, version };
+            let mut run = Run {
+                p: &ports,
+                handle: &handle,
+                clock,
+                object: &object,
+                mapping: &checked,
+                deadline,
+                version,
+                suppressed,
+                list,
+            };
             let end = run.read(&mut state);
-            (state, run.version, end)
+            (state, run.version, run.suppressed, end)
         })
         .await;
-        let (state, version, end) = match joined {
+        let (state, version, suppressed, end) = match joined {
             Ok(x) => x,
             Err(_) => return Outcome::Retry("the import thread stopped".into()),
         };
-        self.finish(state, version, end, &file).await
+        self.finish(state, version, suppressed, end, &file).await
     }
 
-    /// Writes what an ending needs: a continuation, or the reports and the final state.
-    async fn finish(&self, mut state: ImportState, version: u64, end: End, file: &str) -> Outcome {
+    /// Writes what an ending needs: a continuation, or the reports and the final state. `suppressed`: the rows
+    /// skipped as suppressed up to the state's checkpoint.
+    async fn finish(&self, mut state: ImportState, version: u64, suppressed: u64, end: End, file: &str) -> Outcome {
         let p = &self.ports;
         let now = (self.clock)();
         match end {
@@ -331,14 +404,14 @@ where
             End::Retry(e) => {
                 // Let the redelivered record resume at once rather than wait for the lease.
                 state.lease_until = 0;
-                let _ = write_state(&p.table, &state, version).await;
+                let _ = write_state(&p.table, &state, suppressed, version).await;
                 Outcome::Retry(e)
             }
             End::Continue => {
                 state.continuations += 1;
                 state.lease_until = 0;
                 state.updated_at = now;
-                let version = match write_state(&p.table, &state, version).await {
+                let version = match write_state(&p.table, &state, suppressed, version).await {
                     Ok(v) => v,
                     Err(WriteFail::Conflict) => return Outcome::Skipped("taken_over"),
                     Err(WriteFail::Store(e)) => return Outcome::Retry(e),
@@ -373,24 +446,26 @@ where
                 state.finished_at = Some(now);
                 state.updated_at = now;
                 state.lease_until = 0;
-                if let Err(e) = self.write_reports(&state).await {
+                if let Err(e) = self.write_reports(&state, suppressed).await {
                     return Outcome::Retry(e);
                 }
-                match write_state(&p.table, &state, version).await {
+                match write_state(&p.table, &state, suppressed, version).await {
                     Ok(_) => {}
                     Err(WriteFail::Conflict) => return Outcome::Skipped("taken_over"),
                     Err(WriteFail::Store(e)) => return Outcome::Retry(e),
                 }
                 tracing::info!(
                     source = %state.source_id, file = %file, status = ?state.status, rows = state.rows,
-                    accepted = state.accepted, rejected = state.rejected, error = state.error.as_deref().unwrap_or(""),
+                    accepted = state.accepted, rejected = state.rejected, suppressed,
+                    error = state.error.as_deref().unwrap_or(""),
                     "Import finished."
                 );
                 let counts = Emf::new()
                     .dimension("Function", "import")
                     .count("ImportRows", state.rows)
                     .count("ImportRowsAccepted", state.accepted)
-                    .count("ImportRowsRejected", state.rejected);
+                    .count("ImportRowsRejected", state.rejected)
+                    .count("ImportRowsSuppressed", suppressed);
                 if let Some(line) = counts.line(now) {
                     p.metrics.emit(line);
                 }
@@ -404,7 +479,7 @@ where
     }
 
     /// Joins the reject parts into the report, writes the summary, removes the parts.
-    async fn write_reports(&self, state: &ImportState) -> Result<(), String> {
+    async fn write_reports(&self, state: &ImportState, suppressed: u64) -> Result<(), String> {
         let store = &self.ports.objects;
         let fail = |e: PortError| format!("import report not written: {e}");
         let parts = store.list(&parts_prefix(state)).await.map_err(fail)?;
@@ -416,7 +491,8 @@ where
         }
         let rejects_key = report_key(&state.source_id, &state.name, ".rejects.csv");
         store.put(&rejects_key, rejects).await.map_err(fail)?;
-        let summary = serde_json::to_vec_pretty(&Summary::of(state, &rejects_key)).unwrap_or_default();
+        let summary = Summary { suppressed, ..Summary::of(state, &rejects_key) };
+        let summary = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         store.put(&report_key(&state.source_id, &state.name, ".summary.json"), summary).await.map_err(fail)?;
         for part in parts {
             store.delete(&part.key).await.map_err(fail)?;
@@ -538,11 +614,22 @@ enum WriteFail {
     Store(String),
 }
 
-/// Writes the state if it is still at `version`; the new version.
-async fn write_state<T: TableStore>(table: &T, state: &ImportState, version: u64) -> Result<u64, WriteFail> {
-    let Ok(Value::Object(attrs)) = serde_json::to_value(state) else {
+/// The attribute of the state item counting the rows skipped as suppressed, next to [`ImportState`]'s own.
+pub const SUPPRESSED_ROWS_ATTR: &str = "suppressed";
+
+/// Writes the state, with the count of rows skipped as suppressed, if it is still at `version`; the new version.
+async fn write_state<T: TableStore>(
+    table: &T,
+    state: &ImportState,
+    suppressed: u64,
+    version: u64,
+) -> Result<u64, WriteFail> {
+    let Ok(Value::Object(mut attrs)) = serde_json::to_value(state) else {
         return Err(WriteFail::Store("import state not serializable".into()));
     };
+    if suppressed > 0 {
+        attrs.insert(SUPPRESSED_ROWS_ATTR.into(), Value::from(suppressed));
+    }
     let condition = if version == 0 { Condition::NotExists } else { Condition::VersionIs(version) };
     let item = Item { key: state_key(&state.source_id, &state.file), attrs, version: version + 1, expires_at: None };
     match table.write(WriteOp::Put { item, condition }).await {
@@ -575,6 +662,10 @@ struct Run<'a, T, Q, O, M> {
     mapping: &'a CheckedMapping,
     deadline: Option<Instant>,
     version: u64,
+    /// Rows skipped as suppressed, as of the last checkpoint (written with the state).
+    suppressed: u64,
+    /// The suppression list in use, refreshed at the checkpoints; `None` without one.
+    list: Option<Arc<SuppressionList>>,
 }
 
 impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M> {
@@ -637,7 +728,8 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
         let mut this_run = 0u64;
         // The rows the current reject part starts after.
         let mut part_start = state.rows;
-        let mut counts = (state.rows, state.accepted, state.rejected);
+        // Rows read, accepted, rejected, suppressed.
+        let mut counts = (state.rows, state.accepted, state.rejected, self.suppressed);
         let mut reasons = state.reasons.clone();
         let mut listed = state.listed;
         loop {
@@ -663,8 +755,11 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
                 Ok(None) => break,
                 Err(e) => return import_error_end(e, self.object.gzip),
             };
-            match read.and_then(|()| event(&mapping, governance, &row, &mut events, &mut buffers)) {
-                Ok(()) => counts.1 += 1,
+            let suppression = self.list.as_deref().map(|list| (list, &self.p.event_ids));
+            match read.and_then(|()| event(&mapping, governance, suppression, &row, &mut events, &mut buffers)) {
+                Ok(Fate::Queued) => counts.1 += 1,
+                // Neither accepted nor rejected: not in the reject report, only counted.
+                Ok(Fate::Suppressed) => counts.3 += 1,
                 Err(r) => {
                     counts.2 += 1;
                     *reasons.entry(r.reason.to_string()).or_default() += 1;
@@ -715,7 +810,8 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
                 Format::Jsonl => "no_rows: the file has no rows".into(),
             });
         }
-        if state.accepted == 0 {
+        // Rows skipped as suppressed were read as they should be: a file of nothing else is done, not failed.
+        if state.accepted == 0 && self.suppressed == 0 {
             return End::Failed("all_rejected: every row was rejected (see the reject report)".into());
         }
         End::Done
@@ -730,7 +826,7 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
         events: &mut Pending,
         rejects: &mut Vec<RowReject>,
         part_start: u64,
-        counts: (u64, u64, u64),
+        counts: (u64, u64, u64, u64),
         reasons: &BTreeMap<String, u64>,
         listed: u64,
     ) -> Result<(), End> {
@@ -746,7 +842,7 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
         }
         let now = (self.clock)();
         state.offset = rows.position().0;
-        (state.rows, state.accepted, state.rejected) = counts;
+        (state.rows, state.accepted, state.rejected, self.suppressed) = counts;
         state.reasons = reasons.clone();
         state.listed = listed;
         state.updated_at = now;
@@ -754,9 +850,15 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
             Some(d) => now + d.saturating_duration_since(Instant::now()).as_millis() as i64 + 60_000,
             None => now + self.p.settings.lease.as_millis() as i64,
         };
-        match self.handle.block_on(write_state(&self.p.table, state, self.version)) {
+        match self.handle.block_on(write_state(&self.p.table, state, self.suppressed, self.version)) {
             Ok(v) => {
                 self.version = v;
+                // The list for the rows to come: reloaded when due (a failed reload keeps this one).
+                if let Some(cache) = &self.p.suppressions {
+                    if let Ok(list) = self.handle.block_on(cache.current()) {
+                        self.list = Some(list);
+                    }
+                }
                 Ok(())
             }
             Err(WriteFail::Conflict) => Err(End::Lost),
@@ -787,21 +889,42 @@ impl<T: TableStore, Q: Queue, O: ObjectStore, M: MetricsSink> Run<'_, T, Q, O, M
     }
 }
 
-/// Writes the row's event to `events`, governed by the source's tracking plan and PII policy when it has them.
+/// What became of a row that made an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Queued,
+    /// An identifier of the event is suppressed (its subject erased): skipped.
+    Suppressed,
+}
+
+/// Writes the row's event to `events`, governed by the source's tracking plan and PII policy when it has them,
+/// unless an identifier of it is in the suppression list.
 fn event(
     mapping: &FileMapping<'_>,
     governance: Option<&Governance>,
+    suppression: Option<(&SuppressionList, &EventIdentifiers)>,
     row: &Row,
     events: &mut Pending,
     buffers: &mut EventBuffers,
-) -> Result<(), RowReject> {
+) -> Result<Fate, RowReject> {
     let event = mapping.event_in(row, buffers)?;
+    // An empty list (the common case) costs nothing per row.
+    let suppression = suppression.filter(|(list, _)| !list.is_empty());
+    if governance.is_none() && suppression.is_none() {
+        events.push(|buf| event.write_json(buf));
+        event.recycle(buffers);
+        return Ok(Fate::Queued);
+    }
+    let map = event.to_map();
+    if suppression.is_some_and(|(list, ids)| list.suppresses(&map, ids)) {
+        event.recycle(buffers);
+        return Ok(Fate::Suppressed);
+    }
     let Some(g) = governance else {
         events.push(|buf| event.write_json(buf));
         event.recycle(buffers);
-        return Ok(());
+        return Ok(Fate::Queued);
     };
-    let map = event.to_map();
     event.recycle(buffers);
     let mut event = map;
     match g.govern(&mut event).outcome {
@@ -814,7 +937,7 @@ fn event(
         }
     }
     events.push(|buf| serde_json::to_writer(buf, &event));
-    Ok(())
+    Ok(Fate::Queued)
 }
 
 /// The events read since the last flush, each serialized as it was read (a row's event borrows from the row,

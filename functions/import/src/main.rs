@@ -1,7 +1,8 @@
 //! Lambda entry point: tracing, config from the environment, clients built once, then the runtime loop.
 //!
 //! Environment (set by infra/template.yaml):
-//! - `PROFILES_TABLE`: the profile table (import states live there, one partition per source).
+//! - `PROFILES_TABLE`: the profile table (import states live there, one partition per source; its `suppressed`
+//!   index lists the identity items of erased subjects, whose rows are skipped).
 //! - `EVENTS_QUEUE_URL`: where imported rows go, as events of their source.
 //! - `IMPORT_QUEUE_URL`: the queue this function consumes (S3 notifications), where it queues its continuations.
 //! - `IMPORT_BUCKET`: the bucket files arrive in (`imports/<source-id>/…`); reports go to `import-reports/`.
@@ -33,14 +34,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     clients.warm().await;
 
     let import = Import::new(
-        clients.dynamo_table(table),
+        clients.dynamo_table(table.clone()),
         clients.sqs_queue(events),
         clients.sqs_queue(imports),
         clients.s3_store(bucket.clone(), ""),
         StdoutMetrics,
         Arc::new(workspace),
         ImportSettings::new(bucket),
-    );
+    )
+    .with_suppressions(clients.dynamo_table(table));
     let import = &import;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         // The invocation's deadline (epoch milliseconds) as an `Instant`, so the import checkpoints in time.

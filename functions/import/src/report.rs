@@ -51,6 +51,9 @@ pub struct Summary<'a> {
     pub rows: u64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Rows skipped because an identifier of theirs is suppressed (the subject erased). Counted apart from the
+    /// rejects: the reject report lists none of them.
+    pub suppressed: u64,
     pub reasons: &'a std::collections::BTreeMap<String, u64>,
     /// Rejected rows listed in the reject report (it lists at most a bounded number; the counts are complete).
     pub rejects_listed: u64,
@@ -72,6 +75,8 @@ impl<'a> Summary<'a> {
             rows: state.rows,
             accepted: state.accepted,
             rejected: state.rejected,
+            // Kept beside the state (see `SUPPRESSED_ROWS_ATTR`); the caller sets it.
+            suppressed: 0,
             reasons: &state.reasons,
             rejects_listed: state.listed,
             rejects_report,

@@ -39,6 +39,15 @@ fn stack(tune: impl FnOnce(&mut ImportSettings)) -> Stack {
 
 /// A stack whose import clock is `now` (or the real clock).
 fn stack_at(now: Option<i64>, tune: impl FnOnce(&mut ImportSettings)) -> Stack {
+    build(now, false, tune)
+}
+
+/// A stack whose import skips the rows of erased subjects, with the tombstones of the profile table.
+fn stack_suppressing(tune: impl FnOnce(&mut ImportSettings)) -> Stack {
+    build(None, true, tune)
+}
+
+fn build(now: Option<i64>, suppress: bool, tune: impl FnOnce(&mut ImportSettings)) -> Stack {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("queues.sqlite");
     let queue = |name: &str| SqliteQueue::open(&db, name, QueueOptions::default()).expect("queue");
@@ -47,8 +56,9 @@ fn stack_at(now: Option<i64>, tune: impl FnOnce(&mut ImportSettings)) -> Stack {
     let workspace: WorkspaceConfig = tributary_core::config::load(IMPORT_WORKSPACE).expect("workspace");
     let mut settings = ImportSettings::new(BUCKET);
     tune(&mut settings);
+    let table = MemoryTable::default();
     let import = Import::new(
-        MemoryTable::default(),
+        table.clone(),
         queue("events"),
         queue("imports"),
         DirStore::open(&root).expect("store"),
@@ -60,6 +70,7 @@ fn stack_at(now: Option<i64>, tune: impl FnOnce(&mut ImportSettings)) -> Stack {
         Some(t) => import.with_clock(move || t),
         None => import,
     };
+    let import = if suppress { import.with_suppressions(table) } else { import };
     Stack {
         import,
         events: queue("events"),
@@ -317,4 +328,209 @@ async fn the_sources_pii_policy_applies_to_imported_rows() {
     let events = s.events().await;
     assert_eq!(events.len(), 2);
     assert!(events.values().all(|e| !e.to_string().contains("4111")), "the card never reaches the pipeline");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Suppression: rows of erased subjects are skipped and counted, never rejected.
+// ---------------------------------------------------------------------------------------------------------------
+
+use tributary_core::dsr::suppression::Suppressions;
+use tributary_core::identity::{IdType, Identifier};
+use tributary_core::ports::{Item, ItemKey, KeyPage, PortError, QueryPage, SparseIndex, TransactError, WriteOp};
+use tributary_core::profile::layout::identity_key;
+
+impl Stack {
+    /// Writes the tombstone erasure leaves for `kind:raw`.
+    fn erase(&self, kind: IdType, raw: &str) {
+        let id = Identifier::new(kind, raw, None).expect("a valid identifier");
+        let attrs = tributary_core::dsr::tombstone_attrs(&id.kind.to_string(), "req-erase-1", 1);
+        self.import.table().put(identity_key(&id), attrs);
+    }
+
+    async fn suppressed_rows(&self, source: &str, key: &str) -> u64 {
+        let file = FileId { bucket: BUCKET.into(), key: key.into(), version: Some("etag:e1".into()) };
+        let item = self.import.table().get(&state_key(source, &file)).await.expect("get").expect("state");
+        item.attrs.get(tributary_import::SUPPRESSED_ROWS_ATTR).and_then(Value::as_u64).unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_erased_subjects_are_skipped_counted_and_never_reported_as_rejects() {
+    let s = stack_suppressing(|_| {});
+    s.erase(IdType::Email, "user3@example.com");
+    // Erased under the hashed form only: the raw email of the row still hits it.
+    let hashed = Identifier::new(IdType::Email, "USER5@example.com", None).expect("email").hashed();
+    s.import.table().put(identity_key(&hashed), tributary_core::dsr::tombstone_attrs("email_sha256", "req-2", 1));
+    let mut text = partner_csv(8);
+    text.extend_from_slice(b"not-an-email,pro,1,true,2026-01-02\n"); // row 9: a reject
+    let key = "imports/partner/erased.csv";
+    let note = s.put(key, text).await;
+    s.run(note).await;
+
+    let state = s.state("partner", key).await;
+    assert_eq!(state.status, ImportStatus::Done, "{:?}", state.error);
+    assert_eq!((state.rows, state.accepted, state.rejected), (9, 6, 1));
+    assert_eq!(s.suppressed_rows("partner", key).await, 2);
+    let events = s.events().await;
+    let emails: Vec<&str> = events.values().filter_map(|e| e["traits"]["email"].as_str()).collect();
+    assert_eq!(emails.len(), 6);
+    assert!(!emails.contains(&"user3@example.com") && !emails.contains(&"user5@example.com"), "{emails:?}");
+
+    // The reject report lists the one bad row only; the summary counts the skipped rows apart.
+    assert_eq!(s.text("import-reports/partner/erased.csv.rejects.csv").await, "row,column,reason\n9,email,bad_email\n");
+    let summary: Value =
+        serde_json::from_str(&s.text("import-reports/partner/erased.csv.summary.json").await).expect("summary");
+    assert_eq!((summary["rows"].clone(), summary["accepted"].clone()), (json!(9), json!(6)));
+    assert_eq!((summary["rejected"].clone(), summary["suppressed"].clone()), (json!(1), json!(2)));
+    assert_eq!(summary["reasons"], json!({"bad_email": 1}));
+    assert!(!summary.to_string().contains("user3") && !summary.to_string().contains("req-erase"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressed_counts_survive_checkpoints_and_continuations() {
+    let s = stack_suppressing(|s| {
+        s.max_rows_per_run = Some(700);
+        s.checkpoint_rows = 300;
+        s.batch_rows = 128;
+    });
+    // Every tenth user erased: 200 of 2,000 rows.
+    for i in (0..2_000).step_by(10) {
+        s.erase(IdType::Email, &format!("user{i}@example.com"));
+    }
+    let note = s.put(BIG, gzip(&partner_csv(2_000))).await;
+    assert_eq!(s.run(note).await, 3);
+    let state = s.state("partner", BIG).await;
+    assert_eq!((state.status, state.continuations), (ImportStatus::Done, 2));
+    assert_eq!((state.rows, state.accepted, state.rejected), (2_000, 1_800, 0));
+    assert_eq!(s.suppressed_rows("partner", BIG).await, 200, "each row counted once across invocations");
+    assert_eq!(s.events().await.len(), 1_800);
+    let summary: Value =
+        serde_json::from_str(&s.text("import-reports/partner/2026/full list.csv.gz.summary.json").await)
+            .expect("summary");
+    assert_eq!(summary["suppressed"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_erased_subjects_only_is_done_and_a_governed_source_rejects_none_of_them() {
+    let s = stack_suppressing(|_| {});
+    for i in 0..3 {
+        s.erase(IdType::Email, &format!("user{i}@example.com"));
+    }
+    // Before the first import: the list is loaded once and then kept for a minute.
+    s.erase(IdType::Email, "b@example.com");
+    let key = "imports/partner/all-erased.csv";
+    let note = s.put(key, partner_csv(3)).await;
+    s.run(note).await;
+    let state = s.state("partner", key).await;
+    assert_eq!(state.status, ImportStatus::Done, "not `all_rejected`: {:?}", state.error);
+    assert_eq!((state.rows, state.accepted, state.rejected), (3, 0, 0));
+    assert!(s.events().await.is_empty());
+
+    // The leads source drops rows with a card number; an erased subject's row is skipped before that.
+    let text = "email,note\na@example.com,ok\nb@example.com,paid with 4111 1111 1111 1111\nc@example.com,ok\n";
+    let note = s.put("imports/leads/erased.csv", text.as_bytes().to_vec()).await;
+    s.run(note).await;
+    let state = s.state("leads", "imports/leads/erased.csv").await;
+    assert_eq!((state.status, state.accepted, state.rejected), (ImportStatus::Done, 2, 0));
+    assert_eq!(s.suppressed_rows("leads", "imports/leads/erased.csv").await, 1);
+    assert_eq!(s.text("import-reports/leads/erased.csv.rejects.csv").await, "row,column,reason\n");
+}
+
+/// The memory table, whose index scans fail while `down` is set (everything else answers).
+#[derive(Clone, Default)]
+struct ScanFailing {
+    inner: MemoryTable,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TableStore for ScanFailing {
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
+        self.inner.get_many(keys).await
+    }
+    async fn query(&self, pk: &str, sk: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
+        self.inner.query(pk, sk, after, limit).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
+        self.inner.transact(ops).await
+    }
+    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
+        self.inner.write(op).await
+    }
+    async fn add(
+        &self,
+        key: &ItemKey,
+        deltas: &[(String, i64)],
+        set: serde_json::Map<String, Value>,
+        expires_at: Option<i64>,
+    ) -> Result<(), PortError> {
+        self.inner.add(key, deltas, set, expires_at).await
+    }
+    async fn scan_index(
+        &self,
+        index: &SparseIndex,
+        segment: u32,
+        total: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, PortError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::Unavailable("dynamodb Scan: unavailable".into()));
+        }
+        self.inner.scan_index(index, segment, total, cursor, limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_waits_while_no_suppression_list_can_be_loaded() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("queues.sqlite");
+    let queue = |name: &str| SqliteQueue::open(&db, name, QueueOptions::default()).expect("queue");
+    let root = dir.path().join("objects").join(BUCKET);
+    std::fs::create_dir_all(&root).expect("bucket dir");
+    let table = ScanFailing { inner: MemoryTable::default(), down: Arc::new(AtomicBool::new(true)) };
+    let id = Identifier::new(IdType::Email, "user1@example.com", None).expect("email");
+    table.inner.put(identity_key(&id), tributary_core::dsr::tombstone_attrs("email", "req-1", 1));
+    let now = Arc::new(AtomicI64::new(0));
+    let clock = now.clone();
+    let cache = Suppressions::new(table.clone()).with_clock(move || clock.load(Ordering::SeqCst));
+    let workspace: WorkspaceConfig = tributary_core::config::load(IMPORT_WORKSPACE).expect("workspace");
+    let import = Import::new(
+        table.clone(),
+        queue("events"),
+        queue("imports"),
+        DirStore::open(&root).expect("store"),
+        MemoryMetrics::default(),
+        Arc::new(workspace),
+        ImportSettings::new(BUCKET),
+    )
+    .with_suppression_cache(cache);
+    let key = "imports/partner/later.csv";
+    let store = DirStore::open(&root).expect("store");
+    let bytes = partner_csv(4);
+    let note = notification(key, bytes.len(), "e1");
+    store.put(key, bytes).await.expect("put");
+
+    // Only the index scan fails: the record comes back, nothing of the file is queued.
+    let resp = import.handle(records(std::slice::from_ref(&note)), None).await;
+    assert_eq!(resp.batch_item_failures.len(), 1, "the record comes back");
+    assert!(drain(&queue("events")).await.is_empty(), "nothing queued before the list is known");
+    let file = FileId { bucket: BUCKET.into(), key: key.into(), version: Some("etag:e1".into()) };
+    let state_item = table.inner.get(&state_key("partner", &file)).await.expect("get").expect("state");
+    let state: ImportState = serde_json::from_value(Value::Object(state_item.attrs)).expect("state");
+    assert_eq!((state.status, state.rows, state.lease_until), (ImportStatus::Running, 0, 0), "free to resume");
+
+    // The table answers again and the retry wait is over: the record's next delivery imports the file.
+    table.down.store(false, Ordering::SeqCst);
+    now.fetch_add(5_000, Ordering::SeqCst);
+    let resp = import.handle(records(&[note]), None).await;
+    assert!(resp.batch_item_failures.is_empty());
+    let item = table.inner.get(&state_key("partner", &file)).await.expect("get").expect("state");
+    assert_eq!(item.attrs.get(tributary_import::SUPPRESSED_ROWS_ATTR), Some(&json!(1)));
+    let state: ImportState = serde_json::from_value(Value::Object(item.attrs)).expect("state");
+    assert_eq!((state.status, state.rows, state.accepted), (ImportStatus::Done, 4, 3));
+    assert_eq!(drain(&queue("events")).await.len(), 1, "one message of 3 events");
 }

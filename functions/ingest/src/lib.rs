@@ -14,6 +14,15 @@
 //! counters in the profile [`TableStore`] (see [`tributary_core::governance::stats`]): one `add` per distinct event
 //! name of the request. A failed counter write is logged and counted (`StatsWritesFailed`) but never fails the
 //! request; ungoverned sources write nothing.
+//!
+//! Events of erased subjects are dropped right after normalization, before governance, when the handler has a
+//! suppression list ([`Ingest::with_suppressions`]): an event with an identifier whose identity item is a
+//! suppression tombstone (see [`tributary_core::dsr::suppression`]) is neither queued nor quarantined, only counted
+//! (the `EventsSuppressed` metric, and the `suppressed` governance counter of a governed source). The answer is the
+//! one any accepted event gets (a 200 whose `accepted` counts it), as Segment answers for suppressed users, so the
+//! API does not tell a caller who was erased. The list is a per-container cache reloaded at most once a minute
+//! (lazily: the first request after a cold start pays one small scan); if it cannot be loaded at all, events go
+//! through and stitch, the authoritative check, drops them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,6 +36,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::json;
 use time::OffsetDateTime;
 use tributary_core::config::{SourceConfig, WorkspaceConfig};
+use tributary_core::dsr::suppression::{EventIdentifiers, Suppressions};
 use tributary_core::governance::policy::{Governance, Governed, Outcome};
 use tributary_core::governance::quarantine::{self, QuarantineRecord};
 use tributary_core::governance::stats::{self, RequestStats};
@@ -80,12 +90,17 @@ type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
 /// The tracking API handler: queue `Q` for accepted events, metrics sink `M`, object store `S` for quarantined
 /// events ([`NoQuarantineStore`] until [`Ingest::with_quarantine`] gives it one), table `T` for the governance
-/// counters (none until [`Ingest::with_stats`] gives it one).
+/// counters (none until [`Ingest::with_stats`] gives it one) and for the suppression list (none until
+/// [`Ingest::with_suppressions`] gives it one).
 pub struct Ingest<Q, M, S = NoQuarantineStore, T = NoStatsTable> {
     queue: Q,
     metrics: M,
     quarantine: S,
     stats: Option<T>,
+    /// The suppressed identity items, cached; `None`: no event is checked.
+    suppressions: Option<Suppressions<T>>,
+    /// How an event's identifiers are read for the suppression check (as stitch reads them).
+    event_ids: EventIdentifiers,
     workspace: Arc<WorkspaceConfig>,
     settings: IngestSettings,
     clock: Clock,
@@ -211,11 +226,14 @@ impl<Q: Queue, M: MetricsSink> Ingest<Q, M> {
     /// `governance_unavailable`; the other sources keep working.
     pub fn new(queue: Q, metrics: M, workspace: Arc<WorkspaceConfig>, settings: IngestSettings) -> Self {
         let governance = compile_governance(&workspace);
+        let event_ids = EventIdentifiers::for_workspace(&workspace);
         Ingest {
             queue,
             metrics,
             quarantine: NoQuarantineStore,
             stats: None,
+            suppressions: None,
+            event_ids,
             workspace,
             settings,
             clock: Arc::new(OffsetDateTime::now_utc),
@@ -255,6 +273,8 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
             metrics: self.metrics,
             quarantine: store,
             stats: self.stats,
+            suppressions: self.suppressions,
+            event_ids: self.event_ids,
             workspace: self.workspace,
             settings: self.settings,
             clock: self.clock,
@@ -263,19 +283,43 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
         }
     }
 
-    /// Where the governance counters of governed sources are kept (the profile table on AWS and locally).
+    /// Where the governance counters of governed sources are kept (the profile table on AWS and locally). Call it
+    /// before [`with_suppressions`](Self::with_suppressions): a suppression list over a table of another type is
+    /// not kept.
     pub fn with_stats<T2: TableStore>(self, table: T2) -> Ingest<Q, M, S, T2> {
         Ingest {
             queue: self.queue,
             metrics: self.metrics,
             quarantine: self.quarantine,
             stats: Some(table),
+            suppressions: None,
+            event_ids: self.event_ids,
             workspace: self.workspace,
             settings: self.settings,
             clock: self.clock,
             buckets: self.buckets,
             governance: self.governance,
         }
+    }
+
+    /// Drops the events of erased subjects: the suppression list is read from `table` (the profile table; a scan
+    /// of its `suppressed` index, lazily, then at most once a minute) and failed reloads are logged.
+    pub fn with_suppressions(self, table: T) -> Self {
+        let cache = Suppressions::new(table).on_reload_error(|error, stale| {
+            if stale {
+                tracing::warn!(error = %error, "Suppression list not reloaded; the last one stays in use.");
+            } else {
+                tracing::warn!(error = %error, "Suppression list not loaded; events are not checked until it is.");
+            }
+        });
+        self.with_suppression_cache(cache)
+    }
+
+    /// [`with_suppressions`](Self::with_suppressions) with a cache configured by the caller (refresh interval,
+    /// clock, failure hook).
+    pub fn with_suppression_cache(mut self, cache: Suppressions<T>) -> Self {
+        self.suppressions = Some(cache);
+        self
     }
 
     /// Replaces the wall clock (tests pin `receivedAt`).
@@ -314,6 +358,7 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
                 status,
                 accepted = o.accepted,
                 rejected = o.rejected.len(),
+                suppressed = o.suppressed,
                 quarantined = o.governance.as_ref().map_or(0, |g| g.quarantined),
                 dropped = o.governance.as_ref().map_or(0, |g| g.dropped),
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -332,9 +377,10 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
         match outcome {
             Ok(o) => {
                 let (quarantined, dropped) = o.governance.as_ref().map_or((0, 0), |g| (g.quarantined, g.dropped));
+                // Suppressed events are answered as accepted ones: the answer does not tell who was erased.
                 respond(
                     200,
-                    json!({"success": true, "accepted": o.accepted, "rejected": o.rejected,
+                    json!({"success": true, "accepted": o.accepted + o.suppressed, "rejected": o.rejected,
                            "quarantined": quarantined, "dropped": dropped}),
                 )
             }
@@ -412,27 +458,78 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
             }
         }
 
-        // 5. Governance: accept (possibly modified), drop, or hold. Held events are stored before anything is
+        // 5. Events of erased subjects: dropped before governance (never queued nor quarantined), only counted.
+        let (accepted, mut suppressed) = self.drop_suppressed(source, accepted).await;
+
+        // 6. Governance: accept (possibly modified), drop, or hold. Held events are stored before anything is
         // queued, so a store failure leaves nothing of the request queued and the SDK's retry starts clean.
         let (accepted, tally) = match governance {
             None => (accepted, None),
             Some(g) => {
-                let (kept, held, tally) = govern_all(g, source.id.as_str(), received_at, accepted);
-                self.hold(held).await.map_err(|e| self.fail(e, Some(source)))?;
+                let (kept, held, mut tally) = govern_all(g, source.id.as_str(), received_at, accepted);
+                let held = self.drop_erased_held(held).await.map_err(|e| self.fail(e, Some(source)))?;
+                suppressed.extend(held.1);
+                self.hold(held.0).await.map_err(|e| self.fail(e, Some(source)))?;
+                for name in &suppressed {
+                    tally.stats.record(name.clone(), stats::Counts::suppressed());
+                }
                 (kept, Some(tally))
             }
         };
 
-        // 6. Durably queued before we answer.
+        // 7. Durably queued before we answer.
         let bodies = ingest::pack(source.id.as_str(), &accepted, self.settings.max_message_bytes);
         self.enqueue(bodies).await.map_err(|e| self.fail(e, Some(source)))?;
 
-        // 7. Governance counters, only now that the events are queued (or held), and never failing the request.
+        // 8. Governance counters, only now that the events are queued (or held), and never failing the request.
         let mut tally = tally;
         if let Some(t) = tally.as_mut() {
             t.stats_failed = self.write_stats(source.id.as_str(), received_at, &t.stats).await;
         }
-        Ok(Accepted { source_id: source.id.to_string(), accepted: accepted.len(), rejected, governance: tally })
+        Ok(Accepted {
+            source_id: source.id.to_string(),
+            accepted: accepted.len(),
+            rejected,
+            suppressed: suppressed.len(),
+            governance: tally,
+        })
+    }
+
+    /// Splits off the events with a suppressed identifier: the events to go on with, and the stats name of each
+    /// one dropped. Without a suppression list, or with an empty one, the events are not even read. When no list
+    /// could be loaded yet, nothing is dropped (stitch drops them; the cache logged why).
+    async fn drop_suppressed(&self, source: &SourceConfig, events: Vec<Event>) -> (Vec<Event>, Vec<String>) {
+        let Some(cache) = &self.suppressions else {
+            return (events, Vec::new());
+        };
+        let list = match cache.current().await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::debug!(source_id = source.id.as_str(), error = %e, "Suppression list unavailable; not checked.");
+                return (events, Vec::new());
+            }
+        };
+        if list.is_empty() {
+            return (events, Vec::new());
+        }
+        let mut kept = Vec::with_capacity(events.len());
+        let mut dropped = Vec::new();
+        for event in events {
+            if list.suppresses(&event, &self.event_ids) {
+                dropped.push(stats::event_name(&event));
+            } else {
+                kept.push(event);
+            }
+        }
+        if !dropped.is_empty() {
+            // A count only: which events, and whose, is exactly what must not be logged.
+            tracing::info!(
+                source_id = source.id.as_str(),
+                suppressed = dropped.len(),
+                "Events of erased subjects dropped."
+            );
+        }
+        (kept, dropped)
     }
 
     /// Adds the request's counts to the stats table, one `add` per distinct event name, concurrently and within
@@ -488,6 +585,51 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
 
     /// Writes the quarantine records. Keys are deterministic, so a retried request overwrites rather than
     /// duplicates; any failure refuses the request (the adapter has already retried transient errors).
+    /// Events about to be quarantined are checked against the identity items themselves, not the cached list:
+    /// a quarantined event never reaches stitch, so an erasure newer than the cache would otherwise leave the
+    /// person in the archive. Quarantine is rare, so the reads are few. Returns the records to store and the event
+    /// names of those dropped.
+    async fn drop_erased_held(
+        &self,
+        held: Vec<(String, QuarantineRecord)>,
+    ) -> Result<(Vec<(String, QuarantineRecord)>, Vec<String>), RequestError> {
+        let Some(cache) = &self.suppressions else {
+            return Ok((held, Vec::new()));
+        };
+        let unavailable = |e: PortError| {
+            tracing::warn!(error = %e, "Identity items could not be read before quarantining.");
+            RequestError {
+                status: 503,
+                code: "quarantine_unavailable",
+                message: "events could not be quarantined; retry the request".into(),
+            }
+        };
+        let mut kept = Vec::with_capacity(held.len());
+        let mut dropped = Vec::new();
+        for (key, record) in held {
+            let keys: Vec<ItemKey> = record
+                .subjects
+                .iter()
+                .take(tributary_core::ports::MAX_GET_MANY)
+                .map(|h| ItemKey::new(format!("id#{h}"), tributary_core::profile::layout::IDENTITY_SK))
+                .collect();
+            let erased = if keys.is_empty() {
+                false
+            } else {
+                let items = cache.table().get_many(&keys).await.map_err(unavailable)?;
+                items.iter().flatten().any(|i| tributary_core::dsr::suppressed_by(&i.attrs).is_some())
+            };
+            if erased {
+                dropped.push(
+                    record.event.get("event").and_then(serde_json::Value::as_str).unwrap_or("(held)").to_string(),
+                );
+            } else {
+                kept.push((key, record));
+            }
+        }
+        Ok((kept, dropped))
+    }
+
     async fn hold(&self, held: Vec<(String, QuarantineRecord)>) -> Result<(), RequestError> {
         if held.is_empty() {
             return Ok(());
@@ -600,7 +742,8 @@ impl<Q: Queue, M: MetricsSink, S: ObjectStore, T: TableStore> Ingest<Q, M, S, T>
                 let mut emf = Emf::new()
                     .dimension("SourceId", &o.source_id)
                     .count("EventsAccepted", o.accepted as u64)
-                    .count("EventsRejected", o.rejected.len() as u64);
+                    .count("EventsRejected", o.rejected.len() as u64)
+                    .count("EventsSuppressed", o.suppressed as u64);
                 if let Some(g) = &o.governance {
                     emf = g.metrics(emf);
                 }
@@ -633,6 +776,8 @@ struct Accepted {
     /// Events queued.
     accepted: usize,
     rejected: Vec<ingest::Rejection>,
+    /// Events of erased subjects, dropped.
+    suppressed: usize,
     /// `None` when the source has no governance.
     governance: Option<Tally>,
 }

@@ -4,7 +4,8 @@
 //! - `EVENTS_QUEUE_URL`: the events queue.
 //! - `WORKSPACE_CONFIG`: `s3://bucket/key` of the workspace file, or a path inside the deployment package.
 //! - `QUARANTINE_BUCKET`: the bucket whose `quarantine/` prefix holds events a tracking plan quarantines.
-//! - `PROFILES_TABLE`: the profile table, where governed sources' counters are added to (`stats#<source>` items).
+//! - `PROFILES_TABLE`: the profile table, where governed sources' counters are added to (`stats#<source>` items) and
+//!   whose `suppressed` index lists the identity items of erased subjects (their events are dropped).
 
 use std::sync::Arc;
 
@@ -22,7 +23,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config_uri = std::env::var("WORKSPACE_CONFIG").context("WORKSPACE_CONFIG is not set")?;
     // Required rather than optional: without it a quarantining source could only answer 503.
     let quarantine_bucket = std::env::var("QUARANTINE_BUCKET").context("QUARANTINE_BUCKET is not set")?;
-    // Required too: without it governed sources would report nothing, silently.
+    // Required too: without it governed sources would report nothing, and erased subjects' events would be queued,
+    // silently.
     let profiles_table = std::env::var("PROFILES_TABLE").context("PROFILES_TABLE is not set")?;
     let clients = AwsClients::from_env().await;
     let workspace = tributary_aws::load_workspace(&clients, &config_uri).await?;
@@ -32,7 +34,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let ingest =
         Ingest::new(clients.sqs_queue(queue_url), StdoutMetrics, Arc::new(workspace), IngestSettings::default())
             .with_quarantine(clients.s3_store(quarantine_bucket, ""))
-            .with_stats(clients.dynamo_table(profiles_table));
+            .with_stats(clients.dynamo_table(profiles_table.clone()))
+            // Scanned lazily (not during init) and at most once a minute.
+            .with_suppressions(clients.dynamo_table(profiles_table));
     let ingest = &ingest;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
         Ok::<_, lambda_runtime::Error>(ingest.handle(event.payload).await)

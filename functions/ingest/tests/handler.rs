@@ -842,7 +842,7 @@ async fn a_source_without_governance_reports_nothing_held() {
 // ---------------------------------------------------------------------------------------------------------------
 
 fn counts(accepted: u64, dropped_properties: u64, quarantined: u64, pii_actioned: u64, dropped: u64) -> stats::Counts {
-    stats::Counts { accepted, dropped_properties, quarantined, pii_actioned, dropped }
+    stats::Counts { accepted, dropped_properties, quarantined, pii_actioned, dropped, suppressed: 0 }
 }
 
 #[tokio::test]
@@ -955,4 +955,186 @@ async fn counters_are_written_only_once_the_events_are_queued() {
     let resp = w.ingest.handle(request_for("quarantine-write-key", "track", one)).await;
     assert_eq!(resp.status_code, 503);
     assert_eq!(w.stats.adds(), 0, "a refused request counts nothing");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Suppression: events of erased subjects (identity items turned into tombstones) are dropped before anything else.
+// ---------------------------------------------------------------------------------------------------------------
+
+use tributary_core::dsr::suppression::Suppressions;
+use tributary_core::identity::{IdType, Identifier};
+use tributary_core::profile::layout::identity_key;
+use tributary_core::testing::MemoryTable;
+
+/// Writes the tombstone erasure leaves for `kind:raw` (normalized as stitch normalizes it).
+fn erase(table: &MemoryTable, kind: IdType, raw: &str) {
+    let id = Identifier::new(kind, raw, None).expect("a valid identifier");
+    table.put(identity_key(&id), tributary_core::dsr::tombstone_attrs(&id.kind.to_string(), "req-erase-1", 1));
+}
+
+fn track(id: &str, user: &str, event: &str) -> Value {
+    json!({"type": "track", "userId": user, "event": event, "messageId": id, "properties": {"total": 1}})
+}
+
+struct SupWorld {
+    ingest: Ingest<RecordingQueue, Arc<MemoryMetrics>, MemoryStore, MemoryTable>,
+    queue: RecordingQueue,
+    metrics: Arc<MemoryMetrics>,
+    store: MemoryStore,
+    table: MemoryTable,
+}
+
+fn sup_world(workspace: WorkspaceConfig) -> SupWorld {
+    let queue = RecordingQueue::new(Behaviour::Accept);
+    let metrics = Arc::new(MemoryMetrics::default());
+    let store = MemoryStore::default();
+    let table = MemoryTable::default();
+    let settings = IngestSettings { send_backoff: Duration::from_millis(1), ..Default::default() };
+    let ingest = Ingest::new(queue.clone(), metrics.clone(), Arc::new(workspace), settings)
+        .with_clock(|| NOW)
+        .with_quarantine(store.clone())
+        .with_stats(table.clone())
+        .with_suppressions(table.clone());
+    SupWorld { ingest, queue, metrics, store, table }
+}
+
+fn queued_ids(queue: &RecordingQueue) -> Vec<String> {
+    queue.events().iter().map(|e| e["messageId"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[tokio::test]
+async fn events_of_erased_subjects_are_dropped_counted_and_answered_like_the_others() {
+    let w = sup_world(workspace());
+    erase(&w.table, IdType::UserId, "erased-user");
+    // Erased as a hashed email (as a broker knows it): the raw email of an event is looked up hashed too.
+    let hashed = Identifier::new(IdType::Email, "Gone@Example.com", None).expect("email").hashed();
+    w.table.put(identity_key(&hashed), tributary_core::dsr::tombstone_attrs("email_sha256", "req-erase-2", 1));
+    let body = json!({"batch": [
+        track("m-erased", "erased-user", "Order Completed"),
+        track("m-kept", "kept-user", "Order Completed"),
+        {"type": "identify", "userId": "other", "messageId": "m-email", "traits": {"email": "gone@example.com"}},
+        {"type": "page", "anonymousId": "anon-1", "name": "Docs", "messageId": "m-anon",
+         "context": {"traits": {"email": "GONE@example.com"}}},
+        {"type": "track", "anonymousId": "anon-2", "event": "Viewed", "messageId": "m-anon-kept"},
+    ]});
+    let resp = w.ingest.handle(request_for(WRITE_KEY, "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!(resp.status_code, 200, "{out}");
+    // The answer is the one any accepted event gets: it does not say who was erased.
+    assert_eq!(out["accepted"], 5, "{out}");
+    assert_eq!((out["quarantined"].clone(), out["dropped"].clone()), (json!(0), json!(0)));
+    assert!(!out.to_string().contains("suppress"), "{out}");
+    assert_eq!(queued_ids(&w.queue), ["m-kept", "m-anon-kept"]);
+    let m = last_metrics(&w.metrics);
+    assert_eq!((m["EventsAccepted"].clone(), m["EventsSuppressed"].clone()), (json!(2), json!(3)));
+    // An ungoverned source writes no counters, suppressed events or not.
+    assert!(w.table.items().iter().all(|i| !i.key.pk.starts_with("stats#")));
+
+    // A single-event route answers 200 as well, and queues nothing.
+    let resp = w.ingest.handle(request_for(WRITE_KEY, "track", track("m-one", "erased-user", "Order Completed"))).await;
+    assert_eq!((resp.status_code, body_json(&resp)["accepted"].clone()), (200, json!(1)));
+    assert_eq!(w.queue.events().len(), 2, "nothing more was queued");
+    assert_eq!(last_metrics(&w.metrics)["EventsSuppressed"], 1);
+    // No identifier reaches the metrics.
+    for line in w.metrics.0.lock().unwrap().iter() {
+        assert!(!line.contains("erased-user") && !line.contains("gone@"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_governed_source_counts_suppressed_events_and_never_quarantines_them() {
+    let w = sup_world(governed_workspace());
+    erase(&w.table, IdType::UserId, "erased-user");
+    let body = json!({"batch": [
+        // Unplanned: it would be quarantined (and stored with its content) were it not suppressed.
+        {"type": "track", "userId": "erased-user", "event": "Secret Thing", "messageId": "m-secret"},
+        track("m-erased", "erased-user", "Order Completed"),
+        track("m-kept", "u1", "Order Completed"),
+    ]});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body)).await;
+    let out = body_json(&resp);
+    assert_eq!(resp.status_code, 200, "{out}");
+    assert_eq!((out["accepted"].clone(), out["quarantined"].clone()), (json!(3), json!(0)), "{out}");
+    assert!(w.store.records().is_empty(), "nothing of an erased subject is quarantined");
+    assert_eq!(queued_ids(&w.queue), ["m-kept"]);
+    let by_name = |name: &str| {
+        let key = stats::key("quarantine", NOW, name);
+        let item = w.table.items().into_iter().find(|i| i.key == key).expect("a counter item");
+        stats::Counts::from_attrs(&item.attrs)
+    };
+    assert_eq!(by_name("Secret Thing"), stats::Counts { suppressed: 1, ..Default::default() });
+    assert_eq!(by_name("Order Completed"), stats::Counts { accepted: 1, suppressed: 1, ..Default::default() });
+    // As a report sums them (the items themselves: the fixed 2025 hour is past its TTL by the wall clock).
+    let window = stats::Window::parse(Some("2025-03-10T00:00:00Z"), Some("2025-03-11T00:00:00Z"), NOW).expect("window");
+    let (_, totals) = stats::aggregate(&w.table.items(), &window);
+    assert_eq!(totals, stats::Counts { accepted: 1, suppressed: 2, ..Default::default() });
+    assert_eq!(last_metrics(&w.metrics)["EventsSuppressed"], 2);
+}
+
+#[tokio::test]
+async fn an_erasure_newer_than_the_cached_list_still_keeps_the_person_out_of_quarantine() {
+    let w = sup_world(governed_workspace());
+    // The list is loaded (empty) by a first request, then the erasure happens within the cache's minute.
+    let first = json!({"batch": [track("m-0", "u1", "Order Completed")]});
+    assert_eq!(w.ingest.handle(request_for("quarantine-write-key", "batch", first)).await.status_code, 200);
+    erase(&w.table, IdType::UserId, "erased-user");
+    let body = json!({"batch": [
+        // Unplanned, so held for quarantine: checked against the identity items themselves, not the stale list.
+        {"type": "track", "userId": "erased-user", "event": "Secret Thing", "messageId": "m-secret"},
+        {"type": "track", "userId": "u2", "event": "Other Thing", "messageId": "m-other"},
+        // Planned: the stale list lets it through to the queue, where stitch drops it.
+        track("m-erased", "erased-user", "Order Completed"),
+    ]});
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "batch", body)).await;
+    assert_eq!(resp.status_code, 200, "{}", body_json(&resp));
+    let held: Vec<String> =
+        w.store.records().values().map(|r| r["event"]["messageId"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(held, ["m-other"], "only the other person's unplanned event is quarantined");
+    assert_eq!(queued_ids(&w.queue), ["m-0", "m-erased"]);
+    assert_eq!(last_metrics(&w.metrics)["EventsSuppressed"], 1);
+}
+
+#[tokio::test]
+async fn suppression_is_lazy_cached_and_fails_open_to_stitch() {
+    let queue = RecordingQueue::new(Behaviour::Accept);
+    let table = MemoryTable::default();
+    let down = PortError::Unavailable("dynamodb Scan: unavailable".into());
+    // The table is down from the start: building the handler reads nothing, so it cannot fail.
+    table.fail_with(Some(down));
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let clock = now.clone();
+    let cache = Suppressions::new(table.clone()).with_clock(move || clock.load(Ordering::SeqCst));
+    let ingest =
+        Ingest::new(queue.clone(), Arc::new(MemoryMetrics::default()), Arc::new(workspace()), Default::default())
+            .with_stats(table.clone())
+            .with_suppression_cache(cache);
+    erase(&table, IdType::UserId, "erased-user");
+    // No list could be loaded: the events go on to stitch (which drops them), the request does not fail.
+    let body = json!({"batch": [track("m-1", "erased-user", "A"), track("m-2", "u2", "A")]});
+    let resp = ingest.handle(request_for(WRITE_KEY, "batch", body.clone())).await;
+    assert_eq!(resp.status_code, 200, "{}", body_json(&resp));
+    assert_eq!(queued_ids(&queue), ["m-1", "m-2"]);
+
+    // The table answers again: after the retry wait, the list is loaded and applied.
+    table.fail_with(None);
+    now.fetch_add(5_000, Ordering::SeqCst);
+    let resp = ingest.handle(request_for(WRITE_KEY, "batch", body.clone())).await;
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(queued_ids(&queue), ["m-1", "m-2", "m-2"]);
+
+    // Down again: the last list stays in use after the refresh interval.
+    table.fail_with(Some(PortError::Throttled("slow".into())));
+    now.fetch_add(120_000, Ordering::SeqCst);
+    let resp = ingest.handle(request_for(WRITE_KEY, "batch", body)).await;
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(queued_ids(&queue), ["m-1", "m-2", "m-2", "m-2"]);
+}
+
+#[tokio::test]
+async fn without_a_suppression_list_nothing_is_looked_up() {
+    // StatsTable panics on any scan: a handler without `with_suppressions` never reads the index.
+    let w = gov_world();
+    let resp = w.ingest.handle(request_for("quarantine-write-key", "track", order("m-1", json!({"total": 1})))).await;
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(last_metrics(&w.metrics)["EventsSuppressed"], 0);
 }

@@ -10,7 +10,11 @@
 //!   (the server's clock, not the event's timestamp, which the client controls), then the name's hash, so a sort key
 //!   has a bounded length and a window is one contiguous range of a partition;
 //! - attributes `name` (the event name of a track event, `(identify)`, `(page)` and so on for the other types), the
-//!   counters of [`COUNTERS`] and an expiry [`TTL_DAYS`] after the hour.
+//!   counters of [`STORED_COUNTERS`] and an expiry [`TTL_DAYS`] after the hour.
+//!
+//! The [`SUPPRESSED`] counter (events of erased subjects, dropped before governance: see
+//! [`crate::dsr::suppression`]) came later than the others: an item without it reads as 0, and a report shows it
+//! only when it is not 0, so reports of sources with no suppressed events read exactly as they always did.
 //!
 //! Counters are approximate in one direction only: a request the SDK retries after a lost 200 is counted twice, as
 //! its events are queued twice. Event names are part of the tracking plan, not event data, so they may be stored
@@ -32,8 +36,14 @@ use crate::ports::{Item, ItemKey, PortError, TableStore};
 pub const PK_PREFIX: &str = "stats#";
 /// Attribute holding the readable event name.
 pub const NAME_ATTR: &str = "name";
-/// The counter attributes, in report order.
+/// The counters every report shows, in report order (the columns of `tributary sources stats`).
 pub const COUNTERS: [&str; 5] = ["accepted", "dropped_properties", "quarantined", "pii_actioned", "dropped"];
+/// The counter of events dropped because an identifier of theirs is suppressed (its subject erased). Shown in a
+/// report only when not 0.
+pub const SUPPRESSED: &str = "suppressed";
+/// Every counter attribute a stats item may hold: [`COUNTERS`], then [`SUPPRESSED`].
+pub const STORED_COUNTERS: [&str; 6] =
+    ["accepted", "dropped_properties", "quarantined", "pii_actioned", "dropped", SUPPRESSED];
 /// How long an hour's counters are kept (DynamoDB TTL, the same locally).
 pub const TTL_DAYS: i64 = 400;
 /// The window of a report when no `since` is given: the 24 hours before `until`.
@@ -50,8 +60,8 @@ const PAGE: usize = 1000;
 /// Hex digits of the name hash in a sort key.
 const NAME_HASH_HEX: usize = 16;
 
-/// What governance did to events: each event adds 1 to exactly one of `accepted`, `quarantined` and `dropped`,
-/// and 1 to `dropped_properties` and to `pii_actioned` when that applies to it too.
+/// What governance did to events: each event adds 1 to exactly one of `accepted`, `quarantined`, `dropped` and
+/// `suppressed`, and 1 to `dropped_properties` and to `pii_actioned` when that applies to it too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Queued (possibly minimized or with PII hashed or redacted).
@@ -64,6 +74,14 @@ pub struct Counts {
     pub pii_actioned: u64,
     /// Dropped (the `drop_event` PII action).
     pub dropped: u64,
+    /// Dropped before governance because an identifier of the event is suppressed (its subject erased). Left out
+    /// of the JSON form when 0 (and read as 0 when absent), so that reports stay as they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counts {
@@ -80,37 +98,48 @@ impl Counts {
         c
     }
 
+    /// The counts of one event dropped as suppressed.
+    pub fn suppressed() -> Counts {
+        Counts { suppressed: 1, ..Counts::default() }
+    }
+
     /// Adds `other` in place (saturating).
     pub fn add(&mut self, other: &Counts) {
-        for (mine, theirs) in self.fields_mut().into_iter().zip(other.values()) {
+        for (mine, theirs) in self.fields_mut().into_iter().zip(other.stored_values()) {
             *mine = mine.saturating_add(theirs);
         }
     }
 
-    /// The counters in [`COUNTERS`] order.
+    /// The counters in [`COUNTERS`] order (the report's columns; `suppressed` is apart).
     pub fn values(&self) -> [u64; 5] {
         [self.accepted, self.dropped_properties, self.quarantined, self.pii_actioned, self.dropped]
     }
 
-    fn fields_mut(&mut self) -> [&mut u64; 5] {
+    /// Every counter, in [`STORED_COUNTERS`] order.
+    pub fn stored_values(&self) -> [u64; 6] {
+        [self.accepted, self.dropped_properties, self.quarantined, self.pii_actioned, self.dropped, self.suppressed]
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; 6] {
         [
             &mut self.accepted,
             &mut self.dropped_properties,
             &mut self.quarantined,
             &mut self.pii_actioned,
             &mut self.dropped,
+            &mut self.suppressed,
         ]
     }
 
     pub fn is_zero(&self) -> bool {
-        self.values().iter().all(|v| *v == 0)
+        self.stored_values().iter().all(|v| *v == 0)
     }
 
     /// The non-zero counters as [`TableStore::add`] deltas.
     pub fn deltas(&self) -> Vec<(String, i64)> {
-        COUNTERS
+        STORED_COUNTERS
             .iter()
-            .zip(self.values())
+            .zip(self.stored_values())
             .filter(|(_, v)| *v > 0)
             .map(|(name, v)| ((*name).to_owned(), i64::try_from(v).unwrap_or(i64::MAX)))
             .collect()
@@ -131,6 +160,7 @@ impl Counts {
             quarantined: get("quarantined"),
             pii_actioned: get("pii_actioned"),
             dropped: get("dropped"),
+            suppressed: get(SUPPRESSED),
         }
     }
 }
@@ -551,17 +581,62 @@ mod tests {
             vec![
                 EventStats {
                     name: "A".into(),
-                    counts: Counts { accepted: 7, dropped_properties: 2, quarantined: 0, pii_actioned: 1, dropped: 1 }
+                    counts: Counts {
+                        accepted: 7,
+                        dropped_properties: 2,
+                        quarantined: 0,
+                        pii_actioned: 1,
+                        dropped: 1,
+                        suppressed: 0
+                    }
                 },
                 EventStats { name: "B".into(), counts: Counts { accepted: 1, quarantined: 2, ..Counts::default() } },
             ]
         );
-        assert_eq!(totals, Counts { accepted: 8, dropped_properties: 2, quarantined: 2, pii_actioned: 1, dropped: 1 });
+        assert_eq!(
+            totals,
+            Counts { accepted: 8, dropped_properties: 2, quarantined: 2, pii_actioned: 1, dropped: 1, suppressed: 0 }
+        );
         let body = serde_json::to_value(&events[1]).expect("serializes");
         assert_eq!(
             body,
             json!({"name": "B", "accepted": 1, "dropped_properties": 0, "quarantined": 2, "pii_actioned": 0, "dropped": 0})
         );
+    }
+
+    #[test]
+    fn suppressed_events_are_counted_apart_and_reports_without_them_read_as_before() {
+        let t = datetime!(2025-03-10 12:00:01 UTC);
+        let mut s = RequestStats::default();
+        s.record("Order Completed".into(), Counts::suppressed());
+        s.record("Order Completed".into(), Counts::suppressed());
+        s.record("Order Completed".into(), Counts::of(&governed(Outcome::Accept, 0, 0)));
+        s.record("(identify)".into(), Counts::suppressed());
+        let updates = s.updates("web", t);
+        assert_eq!(updates[0].deltas, vec![("suppressed".to_owned(), 1)]);
+        assert_eq!(updates[1].deltas, vec![("accepted".to_owned(), 1), ("suppressed".to_owned(), 2)]);
+        assert_eq!(STORED_COUNTERS[..COUNTERS.len()], COUNTERS);
+        assert_eq!(STORED_COUNTERS.last(), Some(&SUPPRESSED));
+
+        // Stored and read back: the counter survives; an older item without it reads as 0.
+        let item = stat_item("web", "2025-03-10T12", "A", json!({"accepted": 3, "suppressed": 4}));
+        assert_eq!(Counts::from_attrs(&item.attrs), Counts { accepted: 3, suppressed: 4, ..Counts::default() });
+        let old = stat_item("web", "2025-03-10T12", "B", json!({"accepted": 3}));
+        assert_eq!(Counts::from_attrs(&old.attrs).suppressed, 0);
+        let w = Window::parse(Some("2025-03-10T00:00:00Z"), Some("2025-03-11T00:00:00Z"), t).expect("window");
+        let (events, totals) = aggregate(&[item, old], &w);
+        assert_eq!(totals, Counts { accepted: 6, suppressed: 4, ..Counts::default() });
+        // JSON: the key only when there is something to say, and reports written before it still parse.
+        let a = serde_json::to_value(&events[0]).expect("serializes");
+        assert_eq!(a["suppressed"], json!(4));
+        let b = serde_json::to_value(&events[1]).expect("serializes");
+        assert_eq!(
+            b,
+            json!({"name": "B", "accepted": 3, "dropped_properties": 0, "quarantined": 0, "pii_actioned": 0, "dropped": 0})
+        );
+        let parsed: EventStats = serde_json::from_value(b).expect("an older report parses");
+        assert_eq!(parsed.counts.suppressed, 0);
+        assert!(!Counts::suppressed().is_zero());
     }
 
     #[test]

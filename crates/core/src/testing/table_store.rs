@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::ports::{
     Condition, Item, ItemKey, PortError, ScanCursor, SparseIndex, TableStore, TransactError, WriteOp, MAX_GET_MANY,
-    MAX_INDEX_VALUE_BYTES, MAX_SCAN_SEGMENTS, MAX_TRANSACT_ITEMS, ROOT_PROFILES,
+    MAX_INDEX_VALUE_BYTES, MAX_SCAN_SEGMENTS, MAX_TRANSACT_ITEMS, ROOT_PROFILES, SPARSE_INDEXES, SUPPRESSED_IDENTITIES,
 };
 
 fn now_epoch_s() -> i64 {
@@ -110,8 +110,9 @@ pub async fn table_store_contract_with<T: TableStore>(t: &T, options: ContractOp
     get_many_limits(t).await;
     get_many_past_one_response(t).await;
     adds(t, options).await;
-    // Last: it lists every indexed item of the table, and the cases above index none.
+    // Last: they list every indexed item of the table, and the cases above index none.
     index_scans(t).await;
+    suppression_index(t).await;
 }
 
 async fn conditional_puts<T: TableStore>(t: &T) {
@@ -830,13 +831,24 @@ async fn adds<T: TableStore>(t: &T, options: ContractOptions) {
     );
 }
 
-/// Every key of one segment, following `next` pages of `page` keys; panics on a key listed twice.
-async fn scan_segment_all<T: TableStore>(t: &T, segment: u32, total: u32, page: usize, ctx: &str) -> BTreeSet<ItemKey> {
+/// Every key of one segment of `index`, following `next` pages of `page` keys; panics on a key listed twice.
+async fn scan_segment_of<T: TableStore>(
+    t: &T,
+    index: &SparseIndex,
+    segment: u32,
+    total: u32,
+    page: usize,
+    ctx: &str,
+) -> BTreeSet<ItemKey> {
     let mut out = BTreeSet::new();
     let mut cursor: Option<String> = None;
     for _ in 0..1000 {
-        let p = t.scan_index(&ROOT_PROFILES, segment, total, cursor.as_deref(), page).await.unwrap_or_else(|e| {
-            panic!("table store contract [{ctx}]: scan of segment {segment} of {total} (page {page}) failed: {e}")
+        let p = t.scan_index(index, segment, total, cursor.as_deref(), page).await.unwrap_or_else(|e| {
+            panic!(
+                "table store contract [{ctx}]: scan of segment {segment} of {total} (page {page}) of index {:?} \
+                 failed: {e}",
+                index.name
+            )
         });
         assert!(
             p.keys.len() <= page,
@@ -854,12 +866,23 @@ async fn scan_segment_all<T: TableStore>(t: &T, segment: u32, total: u32, page: 
     panic!("table store contract [{ctx}]: scan pagination did not end after 1000 pages");
 }
 
-/// Every key of the index, segment by segment; checks that the segments are disjoint.
+/// Every key of the roots index, segment by segment; checks that the segments are disjoint.
 async fn scan_all<T: TableStore>(t: &T, total: u32, page: usize, ctx: &str) -> (BTreeSet<ItemKey>, Vec<usize>) {
+    scan_all_of(t, &ROOT_PROFILES, total, page, ctx).await
+}
+
+/// Every key of `index`, segment by segment; checks that the segments are disjoint.
+async fn scan_all_of<T: TableStore>(
+    t: &T,
+    index: &SparseIndex,
+    total: u32,
+    page: usize,
+    ctx: &str,
+) -> (BTreeSet<ItemKey>, Vec<usize>) {
     let mut all = BTreeSet::new();
     let mut sizes = Vec::new();
     for segment in 0..total {
-        let keys = scan_segment_all(t, segment, total, page, ctx).await;
+        let keys = scan_segment_of(t, index, segment, total, page, ctx).await;
         sizes.push(keys.len());
         for k in keys {
             let shown = format!("{k:?}");
@@ -1077,5 +1100,93 @@ async fn index_refusals<T: TableStore>(t: &T, expected: &BTreeSet<ItemKey>) {
     assert!(
         again.keys.iter().all(|k| !page.keys.contains(k)),
         "table store contract [{ctx}]: the page after a cursor repeats the page before it"
+    );
+}
+
+/// The suppression index: erasure's tombstones (`t`, `sup`, `sup_at`, no `p`) are listed, live identity items are
+/// not; each index lists its own items only; a tombstone lifted (deleted) or turned back into a live item leaves it.
+async fn suppression_index<T: TableStore>(t: &T) {
+    let ctx = "scan_index suppressed";
+    let index = &SUPPRESSED_IDENTITIES;
+    assert!(SPARSE_INDEXES.contains(index), "table store contract [{ctx}]: the suppression index is a table index");
+    let identity = |n: u32| format!("id#{}", crate::sha256_hex(format!("email:person{n}@example.com").as_bytes()));
+    let mut tombstones = BTreeSet::new();
+    for n in 0..12 {
+        let pk = identity(n);
+        if n % 3 == 0 {
+            // A live identity item: it points at a profile and names no request.
+            let live = item(&pk, "id", 1, json!({"t": "email", "p": format!("p{n}")}));
+            write_ok(t, put(live, Condition::NotExists), ctx).await;
+        } else {
+            let attrs = crate::dsr::tombstone_attrs("email", &format!("req-{n}"), 1_700_000_000_000 + i64::from(n));
+            let tomb = Item { key: ItemKey::new(pk.clone(), "id"), attrs, version: 2, expires_at: None };
+            write_ok(t, put(tomb, Condition::NotExists), ctx).await;
+            tombstones.insert(ItemKey::new(pk, "id"));
+        }
+    }
+    // A tombstone written over a live item in a transaction (as an eraser does), and one by an add.
+    let erased = ItemKey::new(identity(0), "id");
+    let over = Item {
+        key: erased.clone(),
+        attrs: crate::dsr::tombstone_attrs("email", "req-0", 1_700_000_000_000),
+        version: 2,
+        expires_at: None,
+    };
+    t.transact(vec![put(over, Condition::VersionIs(1))])
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: a tombstone over a live item: {e}"));
+    tombstones.insert(erased);
+    let added = ItemKey::new(identity(100), "id");
+    t.add(&added, &[], attrs(json!({"t": "user_id", "sup": "req-100"})), None)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: add of a tombstone: {e}"));
+    tombstones.insert(added);
+
+    for (total, page) in [(1, 1), (1, 1000), (3, 2), (4, 5)] {
+        let (all, _) = scan_all_of(t, index, total, page, ctx).await;
+        assert_eq!(
+            all, tombstones,
+            "table store contract [{ctx}]: the suppression index lists the tombstones and no live identity item \
+             ({total} segments, pages of {page})"
+        );
+    }
+    // The indexes are apart: no root profile is a tombstone, no tombstone a root profile.
+    let (roots, _) = scan_all(t, 1, 1000, ctx).await;
+    assert!(
+        roots.is_disjoint(&tombstones) && !roots.is_empty(),
+        "table store contract [{ctx}]: the roots index lists no tombstone"
+    );
+
+    // Lifting a suppression deletes the tombstone; a tombstone replaced by a live item leaves the index too.
+    let lifted = ItemKey::new(identity(1), "id");
+    write_ok(t, WriteOp::Delete { key: lifted.clone(), condition: Condition::Exists }, ctx).await;
+    let revived = ItemKey::new(identity(2), "id");
+    write_ok(t, put(item(&revived.pk, "id", 3, json!({"t": "email", "p": "p2"})), Condition::VersionIs(2)), ctx).await;
+    tombstones.remove(&lifted);
+    tombstones.remove(&revived);
+    let (all, _) = scan_all_of(t, index, 2, 3, ctx).await;
+    assert_eq!(all, tombstones, "table store contract [{ctx}]: after a lift and a revival");
+
+    // The attribute keys the index: anything but a non-empty string is refused.
+    for bad in [json!(""), json!(7), json!(null), json!({"id": "req"})] {
+        let shown = bad.to_string();
+        let r = t.write(put(item("id#bad", "id", 1, json!({"t": "email", "sup": bad})), Condition::None)).await;
+        assert!(
+            matches!(r, Err(PortError::Invalid(_))),
+            "table store contract [{ctx}]: a put of sup = {shown} must be refused with PortError::Invalid, got {r:?}"
+        );
+    }
+    // Cursors belong to one index.
+    let page = t
+        .scan_index(index, 0, 1, None, 2)
+        .await
+        .unwrap_or_else(|e| panic!("table store contract [{ctx}]: scan failed: {e}"));
+    let Some(cursor) = page.next else {
+        panic!("table store contract [{ctx}]: a page of 2 of {} ends", tombstones.len())
+    };
+    let r = t.scan_index(&ROOT_PROFILES, 0, 1, Some(&cursor), 10).await;
+    assert!(
+        matches!(r, Err(PortError::Invalid(_))),
+        "table store contract [{ctx}]: a cursor of the suppression index must be refused by a roots scan, got {r:?}"
     );
 }
