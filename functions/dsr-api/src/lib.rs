@@ -396,6 +396,7 @@ impl<T: TableStore, Q: Queue, S: Signer, L: ResultLinks> DsrApi<T, Q, S, L> {
             target: target.to_string(),
             outcome: outcome.to_string(),
             at,
+            receipts: Vec::new(),
         };
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         put(row.key(&nonce), row.to_attrs(), 1, Condition::NotExists)

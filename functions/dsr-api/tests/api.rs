@@ -339,7 +339,8 @@ async fn create_stores_a_pending_request_and_answers_201_signed() {
             action: "dsr.create".into(),
             target: ID.into(),
             outcome: "201".into(),
-            at: now_ms()
+            at: now_ms(),
+            receipts: Vec::new(),
         }
     );
     // Waiting: the sweep queues it when the period ends, not the create.

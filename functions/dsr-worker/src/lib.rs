@@ -292,6 +292,8 @@ where
             target: rec.id.clone(),
             outcome: rec.status.as_str().into(),
             at: now,
+            // The completion's row carries the proof: what each store lost, as the final status shows it.
+            receipts: if rec.status == RequestStatus::Completed { rec.receipts.clone() } else { Vec::new() },
         };
         let nonce = uuid_like(&rec.id, action, now);
         let mut ops = vec![WriteOp::Put {

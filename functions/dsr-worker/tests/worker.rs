@@ -412,6 +412,17 @@ async fn erasure_by_email_removes_every_trace_of_the_person_and_leaves_others() 
     for a in ["dsr.start", "dsr.resolve", "dsr.complete"] {
         assert!(audit.iter().any(|x| x == a), "{a} not in {audit:?}");
     }
+    // The completion's audit row holds the same receipts as the final status.
+    let completion = w
+        .table
+        .items()
+        .into_iter()
+        .filter(|i| i.key.pk.starts_with("audit#"))
+        .filter_map(|i| tributary_core::dsr::AuditRow::from_attrs(&i.attrs).ok())
+        .find(|r| r.action == "dsr.complete")
+        .expect("a completion row");
+    assert_eq!(completion.receipts, rec.receipts);
+    assert_eq!(completion.target, id);
     let tasks = w.tasks().await;
     assert_eq!(
         tasks,

@@ -302,6 +302,7 @@ impl<T: TableStore> ProfileApi<T> {
             target: audit_target(log, param),
             outcome: status.to_string(),
             at: self.now_ms(),
+            receipts: Vec::new(),
         };
         match self.append_audit(&row).await {
             Ok(()) => answer.outcome,
@@ -451,6 +452,7 @@ impl<T: TableStore> ProfileApi<T> {
                 target: audit_target(log, raw_lookup),
                 outcome: "200".into(),
                 at: self.now_ms(),
+                receipts: Vec::new(),
             };
             let mut ops: Vec<WriteOp> = found
                 .iter()

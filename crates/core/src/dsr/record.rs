@@ -336,6 +336,9 @@ pub struct AuditRow {
     pub outcome: String,
     /// Epoch ms.
     pub at: i64,
+    /// A completed request's receipts, one per store (what, how many, when).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<StoreReceipt>,
 }
 
 impl AuditRow {

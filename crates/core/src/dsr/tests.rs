@@ -499,6 +499,7 @@ fn audit_rows_are_keyed_by_day_and_time() {
         target: ID.into(),
         outcome: "201".into(),
         at: 1_538_492_401_000,
+        receipts: Vec::new(),
     };
     let k = row.key("n1");
     assert_eq!(k.pk, "audit#2018-10-02");
