@@ -1,6 +1,7 @@
 //! Shared helpers of the workspace-level tests.
 
 pub mod aws_env;
+pub mod erasure;
 pub mod people;
 pub mod reference;
 pub mod sdk;

@@ -3,35 +3,11 @@
 //! `POST /_local/audiences/refresh`), each change reaches the connected webhook exactly once, and a profile that
 //! denied advertising never reaches the advertising destination.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri};
-use axum::routing::post;
-use axum::Router;
 use serde_json::{json, Value};
+use tributary_tests::erasure::Receiver;
 use tributary_tests::support::{Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
-
-type Log = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// A webhook receiver: every `POST` is recorded as (path, body) and answered 200.
-async fn start_receiver() -> (String, Log) {
-    async fn record(State(log): State<Log>, uri: Uri, body: Bytes) -> StatusCode {
-        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        log.lock().expect("log").push((uri.path().to_string(), body));
-        StatusCode::OK
-    }
-    let log: Log = Arc::default();
-    let app = Router::new().route("/crm", post(record)).route("/ads", post(record)).with_state(log.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, log)
-}
 
 fn config(receiver: &str) -> String {
     let write_key = tributary_core::sha256_hex(TEST_WRITE_KEY.as_bytes());
@@ -107,10 +83,10 @@ async fn wait_stitched(server: &Serve, user: &str, n: usize) {
 }
 
 /// The (path, event, audience, userId) of everything received, once `n` have arrived and nothing more comes.
-async fn received(log: &Log, n: usize) -> Vec<(String, String, String, String)> {
+async fn received(hooks: &Receiver, n: usize) -> Vec<(String, String, String, String)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = log.lock().expect("log").len();
+        let got = hooks.posts().len();
         if got >= n || Instant::now() >= deadline {
             break;
         }
@@ -118,13 +94,13 @@ async fn received(log: &Log, n: usize) -> Vec<(String, String, String, String)> 
     }
     // Anything extra (a repeat) would arrive within the retry backoff.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut all: Vec<_> = log
-        .lock()
-        .expect("log")
+    let mut all: Vec<_> = hooks
+        .posts()
         .iter()
-        .map(|(path, e)| {
+        .map(|p| {
+            let e = p.json();
             let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (path.clone(), s(&e["event"]), s(&e["properties"]["audience_key"]), s(&e["userId"]))
+            (p.path.clone(), s(&e["event"]), s(&e["properties"]["audience_key"]), s(&e["userId"]))
         })
         .collect();
     all.sort();
@@ -137,8 +113,8 @@ fn row(path: &str, event: &str, audience: &str, user: &str) -> (String, String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memberships_follow_traits_and_time_and_consent_keeps_ads_out() {
-    let (receiver, log) = start_receiver().await;
-    let cfg = config(&receiver);
+    let hooks = Receiver::start().await;
+    let cfg = config(hooks.url());
     tributary_core::config::load(&cfg).expect("the test workspace must load");
     // The local schedule stays out of the way (an hour): the test runs each refresh itself and reads its report.
     let server = Serve::start_with_env(&cfg, &[("TRIBUTARY_AUDIENCE_INTERVAL_SECS", "3600")]);
@@ -160,7 +136,7 @@ async fn memberships_follow_traits_and_time_and_consent_keeps_ads_out() {
     let report = refresh(&server, 0).await;
     assert_eq!(report["entered"], 2, "{report}");
     assert_eq!(
-        received(&log, 3).await,
+        received(&hooks, 3).await,
         [
             row("/ads", "Audience Entered", "pro", "ann"),
             row("/crm", "Audience Entered", "pro", "ann"),
@@ -168,7 +144,7 @@ async fn memberships_follow_traits_and_time_and_consent_keeps_ads_out() {
         ],
         "Bob denied advertising: the ads webhook never hears of him"
     );
-    log.lock().expect("log").clear();
+    hooks.clear();
 
     // Ann views a page: she enters the 2-day audience. Bob leaves the pro plan.
     send(
@@ -185,10 +161,10 @@ async fn memberships_follow_traits_and_time_and_consent_keeps_ads_out() {
     let report = refresh(&server, 0).await;
     assert_eq!((report["entered"].as_u64(), report["exited"].as_u64()), (Some(1), Some(1)), "{report}");
     assert_eq!(
-        received(&log, 2).await,
+        received(&hooks, 2).await,
         [row("/crm", "Audience Entered", "recent-viewers", "ann"), row("/crm", "Audience Exited", "pro", "bob")]
     );
-    log.lock().expect("log").clear();
+    hooks.clear();
 
     // Nothing new: a run changes nothing.
     let report = refresh(&server, 0).await;
@@ -197,7 +173,7 @@ async fn memberships_follow_traits_and_time_and_consent_keeps_ads_out() {
     // Three days later the view is out of the window: Ann exits with no event of hers.
     let report = refresh(&server, 3 * 86_400_000).await;
     assert_eq!((report["due"].as_u64(), report["exited"].as_u64()), (Some(1), Some(1)), "{report}");
-    assert_eq!(received(&log, 1).await, [row("/crm", "Audience Exited", "recent-viewers", "ann")]);
+    assert_eq!(received(&hooks, 1).await, [row("/crm", "Audience Exited", "recent-viewers", "ann")]);
 
     // The profile API shows what Ann is in now.
     let url = format!("{}/v1/profiles/user_id:ann", server.base_url());

@@ -23,17 +23,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::post;
-use axum::Router;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tributary_aws::{admin, AwsClients, DynamoTable, S3Links, S3Store, SqsQueue};
@@ -54,14 +49,9 @@ use tributary_ingest::{Ingest, IngestSettings};
 use tributary_profile_api::ProfileApi;
 use tributary_stitch::{Stitch, StitchSettings};
 use tributary_tests::aws_env;
-
-const ANN_EMAIL: &str = "ann.erasable@example.com";
-const ANN_USER: &str = "user-ann-4711";
-const ANN_PHONE: &str = "anon-ann-phone-7f3a";
-const ANN_LAPTOP: &str = "anon-ann-laptop-c21e";
-const BOB_EMAIL: &str = "bob.keeper@example.com";
-const BOB_USER: &str = "user-bob-0815";
-const BOB_ANON: &str = "anon-bob-9d9d";
+use tributary_tests::erasure::{
+    ann_traces, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
+};
 
 const WRITE_KEY: &str = "aws-dsr-write-key";
 const MANAGEMENT_KEY: &str = "aws-dsr-management-key";
@@ -86,25 +76,6 @@ type DeliverFn = Deliver<DynamoTable, SqsQueue, Senders<S3Store>, MemoryMetrics>
 type ImportFn = Import<DynamoTable, SqsQueue, S3Store, MemoryMetrics>;
 type DsrApiFn = DsrApi<DynamoTable, SqsQueue, RsaSigner, S3Links>;
 type DsrWorkerFn = DsrWorker<DynamoTable, SqsQueue, S3Store, RsaSigner, S3Links, HttpClient>;
-
-/// (path, headers, body) of every POST the test's receiver got.
-type Log = Arc<Mutex<Vec<(String, HeaderMap, Bytes)>>>;
-
-/// A webhook destination (`/crm`) and a controller's callback endpoint (`/callbacks`), answering 200.
-async fn start_receiver() -> (String, Log) {
-    async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
-        log.lock().expect("log").push((uri.path().to_string(), headers, body));
-        StatusCode::OK
-    }
-    let log: Log = Arc::default();
-    let app = Router::new().route("/crm", post(record)).route("/callbacks", post(record)).with_state(log.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
-    let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("receiver address").port());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, log)
-}
 
 /// The workspace: a 1P web source with a tracking plan that quarantines unplanned track events, a 2P partner
 /// import, an essential webhook (`${CRM_URL}`) and an essential S3 export into `exports_bucket`, and OpenDSR.
@@ -307,8 +278,7 @@ struct Stack {
     api: DsrApiFn,
     worker: DsrWorkerFn,
     profiles: ProfileApi<DynamoTable>,
-    log: Log,
-    receiver: String,
+    hooks: Receiver,
     /// The processor's certificate, as discovery's `cert.pem` serves it.
     cert: String,
     ws: WorkspaceConfig,
@@ -347,8 +317,8 @@ impl Stack {
         let [archive, import_bucket, results_bucket, exports_bucket] =
             <[String; 4]>::try_from(buckets.clone()).expect("four buckets");
 
-        let (receiver, log) = start_receiver().await;
-        let crm_url = format!("{receiver}/crm");
+        let hooks = Receiver::start().await;
+        let crm_url = format!("{}/crm", hooks.url());
         let lookup = move |name: &str| (name == "CRM_URL").then(|| crm_url.clone());
         let ws = workspace(&exports_bucket);
         let pem = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events/dsr/signing.pem"))
@@ -458,8 +428,7 @@ impl Stack {
             api,
             worker,
             profiles,
-            log,
-            receiver,
+            hooks,
             cert: String::new(),
             ws,
             archive,
@@ -566,7 +535,7 @@ impl Stack {
         let body = json!({
             "regulation": "gdpr", "subject_request_id": id, "subject_request_type": kind,
             "submitted_time": "2026-11-30T10:00:00Z", "api_version": "2.0",
-            "subject_identities": identities, "status_callback_urls": [format!("{}/callbacks", self.receiver)],
+            "subject_identities": identities, "status_callback_urls": [format!("{}/callbacks", self.hooks.url())],
         });
         let (status, created) = self.dsr("POST", "/opendsr/v2/requests", Some(body)).await;
         assert_eq!(status, 201, "{created}");
@@ -656,17 +625,6 @@ where
     }
 }
 
-/// Ann's identifiers in every form a store could hold them: as sent and normalized (lowercase), and the SHA-256
-/// hex of each.
-fn ann_traces() -> Vec<String> {
-    let mut out = Vec::new();
-    for v in [ANN_EMAIL, ANN_USER, ANN_PHONE, ANN_LAPTOP] {
-        out.push(v.to_lowercase());
-        out.push(tributary_core::sha256_hex(v.as_bytes()));
-    }
-    out
-}
-
 fn assert_clean(all: &[String], when: &str, skip: impl Fn(&str) -> bool) {
     for t in ann_traces() {
         if let Some(line) = all.iter().filter(|l| !skip(l)).find(|l| l.contains(t.as_str())) {
@@ -693,19 +651,6 @@ fn handoff(profile_id: &str, message_id: &str, user_id: &str, email: &str) -> Ha
             "timestamp": "2026-01-02T03:04:05.000Z", "traits": {"email": email},
         }),
     }
-}
-
-fn untar(bytes: &[u8]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    for entry in archive.entries().expect("entries") {
-        let mut entry = entry.expect("entry");
-        let name = entry.path().expect("path").to_string_lossy().into_owned();
-        let mut text = String::new();
-        entry.read_to_string(&mut text).expect("utf-8");
-        out.insert(name, text);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,14 +698,7 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
     }
     assert!(ann_profiles.len() >= 2, "the phone and the laptop were merged: {ann}");
     // Every event reached the webhook; the S3 export holds them too.
-    let crm: Vec<Value> = s
-        .log
-        .lock()
-        .expect("log")
-        .iter()
-        .filter(|(p, _, _)| p == "/crm")
-        .map(|(_, _, b)| serde_json::from_slice(b).expect("JSON event"))
-        .collect();
+    let crm: Vec<Value> = s.hooks.to("/crm").iter().map(|p| p.json()).collect();
     assert_eq!(crm.len(), 8, "4 + 2 web events and 2 partner rows: {crm:?}");
     let exported = s.aws.s3_store(&s.exports_bucket, "").list("lake/").await.expect("list the export");
     assert!(!exported.is_empty(), "the S3 export wrote its objects");
@@ -901,15 +839,13 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
 
     // Callbacks for each change of each request, signed with the certificate's key.
     let statuses: Vec<(String, String)> = s
-        .log
-        .lock()
-        .expect("log")
+        .hooks
+        .to("/callbacks")
         .iter()
-        .filter(|(p, _, _)| p == "/callbacks")
-        .map(|(_, h, b)| {
-            let sig = h.get("x-opendsr-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tributary_dsr_api::verify(&s.cert, b, sig).expect("the callback's signature verifies");
-            let body: Value = serde_json::from_slice(b).expect("JSON callback");
+        .map(|p| {
+            let sig = p.headers.get("x-opendsr-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tributary_dsr_api::verify(&s.cert, &p.body, sig).expect("the callback's signature verifies");
+            let body = p.json();
             (
                 body["subject_request_id"].as_str().unwrap_or("").into(),
                 body["request_status"].as_str().unwrap_or("").into(),
@@ -922,15 +858,7 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
         }
     }
     // The webhook got one deletion naming Ann.
-    let deletions: Vec<Value> = s
-        .log
-        .lock()
-        .expect("log")
-        .iter()
-        .filter(|(p, _, _)| p == "/crm")
-        .filter_map(|(_, _, b)| serde_json::from_slice::<Value>(b).ok())
-        .filter(|e| e["type"] == "delete")
-        .collect();
+    let deletions: Vec<Value> = s.hooks.to("/crm").iter().map(|p| p.json()).filter(|e| e["type"] == "delete").collect();
     assert_eq!(deletions.len(), 1, "{deletions:?}");
     assert_eq!(deletions[0]["userId"], ANN_USER);
     assert_eq!(deletions[0]["context"]["dsr"]["subject_request_id"], ann_req.as_str());

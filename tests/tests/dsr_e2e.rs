@@ -12,45 +12,15 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::post;
-use axum::Router;
 use serde_json::{json, Value};
+use tributary_tests::erasure::{
+    ann_traces, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
+};
 use tributary_tests::support::{test_config, tributary_bin, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-const ANN_EMAIL: &str = "ann.erasable@example.com";
-const ANN_USER: &str = "user-ann-4711";
-const ANN_PHONE: &str = "anon-ann-phone-7f3a";
-const ANN_LAPTOP: &str = "anon-ann-laptop-c21e";
-const BOB_EMAIL: &str = "bob.keeper@example.com";
-const BOB_USER: &str = "user-bob-0815";
-const BOB_ANON: &str = "anon-bob-9d9d";
-
-/// (path, headers, body) of every POST the test's receiver got.
-type Log = Arc<Mutex<Vec<(String, HeaderMap, Bytes)>>>;
-
-/// A webhook destination (`/crm`) and a controller's callback endpoint (`/callbacks`), answering 200.
-async fn start_receiver() -> (String, Log) {
-    async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
-        log.lock().expect("log").push((uri.path().to_string(), headers, body));
-        StatusCode::OK
-    }
-    let log: Log = Arc::default();
-    let app = Router::new().route("/crm", post(record)).route("/callbacks", post(record)).with_state(log.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, log)
-}
 
 fn config(receiver: &str) -> String {
     test_config()
@@ -172,17 +142,6 @@ async fn wait_completed(serve: &Serve, cert: &str, id: &str) -> Value {
     .await
 }
 
-/// Ann's identifiers in every form a store could hold them: as sent and normalized (lowercase), and the SHA-256
-/// hex of each.
-fn ann_traces() -> Vec<String> {
-    let mut out = Vec::new();
-    for v in [ANN_EMAIL, ANN_USER, ANN_PHONE, ANN_LAPTOP] {
-        out.push(v.to_lowercase());
-        out.push(tributary_core::sha256_hex(v.as_bytes()));
-    }
-    out
-}
-
 /// Every row of every table of every SQLite file in the data dir, and every object file (gzip opened), as
 /// lowercase text, each line prefixed with where it was found.
 fn everything_stored(data: &Path) -> String {
@@ -256,7 +215,8 @@ fn assert_no_trace_of_ann(data: &Path, when: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
-    let (receiver, log) = start_receiver().await;
+    let hooks = Receiver::start().await;
+    let receiver = hooks.url().to_string();
     let serve = Serve::start_with_env(
         &config(&receiver),
         &[("TRIBUTARY_DSR_RESULTS_TTL_SECS", "5"), ("TRIBUTARY_DSR_SWEEP_SECS", "1")],
@@ -291,7 +251,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     .await;
     // Every event reached both webhooks (the local sink and the CRM).
     serve.wait_consumed(8, TIMEOUT).await;
-    eventually("the CRM deliveries", async || (log.lock().expect("log").len() >= 8).then_some(())).await;
+    eventually("the CRM deliveries", async || (hooks.to("/crm").len() >= 8).then_some(())).await;
 
     // Discovery names the certificate; every answer is signed with its key.
     let discovery: Value = serve
@@ -384,14 +344,13 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
 
     // Callbacks for each change, signed; the CRM got a deletion naming Ann.
     let calls = eventually("the callbacks", async || {
-        let log = log.lock().expect("log");
-        let calls: Vec<(HeaderMap, Value)> = log
+        let calls: Vec<Value> = hooks
+            .to("/callbacks")
             .iter()
-            .filter(|(p, _, _)| p == "/callbacks")
-            .map(|(_, h, b)| {
-                let sig = h.get("x-opendsr-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
-                tributary_dsr_api::verify(&cert, b, sig).expect("callback signature verifies");
-                (h.clone(), serde_json::from_slice(b).expect("JSON callback"))
+            .map(|p| {
+                let sig = p.headers.get("x-opendsr-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+                tributary_dsr_api::verify(&cert, &p.body, sig).expect("callback signature verifies");
+                p.json()
             })
             .collect();
         (calls.len() >= 4).then_some(calls)
@@ -399,7 +358,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     .await;
     let statuses: Vec<(String, String)> = calls
         .iter()
-        .map(|(_, b)| {
+        .map(|b| {
             (
                 b["subject_request_id"].as_str().unwrap_or("").to_string(),
                 b["request_status"].as_str().unwrap_or("").to_string(),
@@ -411,14 +370,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     {
         assert!(statuses.contains(&(id.clone(), status.to_string())), "{id} {status}: {statuses:?}");
     }
-    let deletions: Vec<Value> = log
-        .lock()
-        .expect("log")
-        .iter()
-        .filter(|(p, _, _)| p == "/crm")
-        .filter_map(|(_, _, b)| serde_json::from_slice::<Value>(b).ok())
-        .filter(|e| e["type"] == "delete")
-        .collect();
+    let deletions: Vec<Value> = hooks.to("/crm").iter().map(|p| p.json()).filter(|e| e["type"] == "delete").collect();
     assert_eq!(deletions.len(), 1, "{deletions:?}");
     assert_eq!(deletions[0]["userId"], ANN_USER);
     assert_eq!(deletions[0]["context"]["dsr"]["subject_request_id"], ann_req.as_str());
@@ -462,17 +414,4 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     let (_, bob) = get(&serve, &format!("/v1/profiles/user_id:{BOB_USER}")).await;
     assert_eq!(bob["traits"]["plan"]["value"], "free", "Bob is untouched: {bob}");
     assert_eq!(bob["traits"]["email"]["value"], BOB_EMAIL);
-}
-
-fn untar(bytes: &[u8]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    for entry in archive.entries().expect("entries") {
-        let mut entry = entry.expect("entry");
-        let name = entry.path().expect("path").to_string_lossy().into_owned();
-        let mut text = String::new();
-        entry.read_to_string(&mut text).expect("utf-8");
-        out.insert(name, text);
-    }
-    out
 }

@@ -1,0 +1,109 @@
+//! Shared pieces of the end-to-end tests that reach outside the platform: a webhook receiver that records every
+//! POST (destinations, DSR callbacks), the two people of the erasure tests and the forms in which a store could hold Ann's identifiers, and
+//! opening an export archive.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::Router;
+use serde_json::Value;
+
+pub const ANN_EMAIL: &str = "ann.erasable@example.com";
+pub const ANN_USER: &str = "user-ann-4711";
+pub const ANN_PHONE: &str = "anon-ann-phone-7f3a";
+pub const ANN_LAPTOP: &str = "anon-ann-laptop-c21e";
+pub const BOB_EMAIL: &str = "bob.keeper@example.com";
+pub const BOB_USER: &str = "user-bob-0815";
+pub const BOB_ANON: &str = "anon-bob-9d9d";
+
+/// Ann's identifiers in every form a store could hold them: as sent and normalized (lowercase), and the SHA-256
+/// hex of each.
+pub fn ann_traces() -> Vec<String> {
+    let mut out = Vec::new();
+    for v in [ANN_EMAIL, ANN_USER, ANN_PHONE, ANN_LAPTOP] {
+        out.push(v.to_lowercase());
+        out.push(tributary_core::sha256_hex(v.as_bytes()));
+    }
+    out
+}
+
+/// One POST the receiver got.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Posted {
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A webhook endpoint on loopback: every POST, to any path, is recorded and answered 200.
+pub struct Receiver {
+    url: String,
+    log: Arc<Mutex<Vec<Posted>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        async fn record(
+            State(log): State<Arc<Mutex<Vec<Posted>>>>,
+            uri: Uri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            log.lock().expect("receiver log").push(Posted { path: uri.path().to_string(), headers, body });
+            StatusCode::OK
+        }
+        let log: Arc<Mutex<Vec<Posted>>> = Arc::default();
+        let app = Router::new().fallback(axum::routing::post(record)).with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("receiver address").port());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url, log }
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Everything received so far, in order.
+    pub fn posts(&self) -> Vec<Posted> {
+        self.log.lock().expect("receiver log").clone()
+    }
+
+    /// Forgets what was received so far.
+    pub fn clear(&self) {
+        self.log.lock().expect("receiver log").clear();
+    }
+
+    /// What was posted to `path`.
+    pub fn to(&self, path: &str) -> Vec<Posted> {
+        self.posts().into_iter().filter(|p| p.path == path).collect()
+    }
+}
+
+/// The files of a `.tar.gz` export, by name.
+pub fn untar(bytes: &[u8]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    for entry in archive.entries().expect("archive entries") {
+        let mut entry = entry.expect("archive entry");
+        let name = entry.path().expect("entry path").to_string_lossy().into_owned();
+        let mut text = String::new();
+        entry.read_to_string(&mut text).expect("UTF-8 entry");
+        out.insert(name, text);
+    }
+    out
+}
