@@ -414,6 +414,9 @@ impl Db {
             return Err(PortError::Invalid(format!("{} cannot use WAL journal mode (got {mode})", path.display())));
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| sqlite_error("open (synchronous)", e))?;
+        // Erasure must not leave deleted rows readable in free pages: FAST zeroes what a delete frees whenever that
+        // costs no extra I/O (the page is written anyway), which covers the rows of a deleted item or message.
+        conn.pragma_update(None, "secure_delete", "FAST").map_err(|e| sqlite_error("open (secure_delete)", e))?;
         conn.execute_batch(schema).map_err(|e| sqlite_error("open (schema)", e))?;
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let notify = notifier_for(&canonical);
