@@ -2,7 +2,7 @@
 //! stitch handler (which keeps counters and writes the change feed), then a run evaluates what changed.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +13,11 @@ use tributary_core::audience::AudienceSet;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::delivery::DeliveryEnvelope;
 use tributary_core::metrics::MemoryMetrics;
-use tributary_core::ports::{
-    Item, ItemKey, KeyPage, PortError, QueryPage, Queue, SparseIndex, TableStore, TransactError, WriteOp,
-};
+use tributary_core::ports::{ItemKey, Queue, TableStore};
 use tributary_core::profile::layout::profile_key;
 use tributary_core::profile::membership::{membership_key, Membership, RUN_PK, RUN_SK};
 use tributary_core::profile::ProfileDoc;
-use tributary_core::testing::MemoryTable;
+use tributary_core::testing::{FaultyTable, MemoryTable};
 use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
 use tributary_stitch::{Stitch, StitchSettings};
 
@@ -63,60 +61,11 @@ struct World {
     clock: Arc<AtomicI64>,
     stitch: Stitch<MemoryTable, SqliteQueue, MemoryMetrics>,
     sent: u32,
-    /// Transactions the refresher's table refuses before it works again.
-    fail: Arc<AtomicU32>,
+    /// The refresher's view of the table: the same items, with transactions that can be made to fail.
+    faults: FaultyTable<MemoryTable>,
 }
 
-type Refresher = Audiences<Flaky, SqliteQueue, MemoryMetrics>;
-
-/// The refresher's view of the table: the same items, with transactions that can be made to fail.
-#[derive(Clone)]
-struct Flaky {
-    inner: MemoryTable,
-    fail_transactions: Arc<AtomicU32>,
-}
-
-impl TableStore for Flaky {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-        self.inner.get_many(keys).await
-    }
-    async fn query(&self, pk: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-        self.inner.query(pk, prefix, after, limit).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        let left = self.fail_transactions.load(Ordering::SeqCst);
-        if left > 0 {
-            self.fail_transactions.store(left - 1, Ordering::SeqCst);
-            return Err(TransactError::Port(PortError::Unavailable("injected".into())));
-        }
-        self.inner.transact(ops).await
-    }
-    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-        self.inner.write(op).await
-    }
-    async fn add(
-        &self,
-        key: &ItemKey,
-        deltas: &[(String, i64)],
-        set: serde_json::Map<String, Value>,
-        expires_at: Option<i64>,
-    ) -> Result<(), PortError> {
-        self.inner.add(key, deltas, set, expires_at).await
-    }
-    async fn scan_index(
-        &self,
-        index: &SparseIndex,
-        segment: u32,
-        total: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, PortError> {
-        self.inner.scan_index(index, segment, total, cursor, limit).await
-    }
-}
+type Refresher = Audiences<FaultyTable<MemoryTable>, SqliteQueue, MemoryMetrics>;
 
 impl World {
     fn new() -> World {
@@ -137,7 +86,7 @@ impl World {
         .expect("stitch")
         .with_changes(changes.clone())
         .with_clock(move || c.load(Ordering::SeqCst));
-        World { _dir: dir, table, delivery, changes, clock, stitch, sent: 0, fail: Arc::default() }
+        World { _dir: dir, faults: FaultyTable::new(table.clone()), table, delivery, changes, clock, stitch, sent: 0 }
     }
 
     fn now(&self) -> i64 {
@@ -156,10 +105,16 @@ impl World {
             change_visibility: Duration::from_millis(200),
             ..RefreshSettings::default()
         };
-        let table = Flaky { inner: self.table.clone(), fail_transactions: self.fail.clone() };
-        Audiences::new(table, self.changes.clone(), self.delivery.clone(), MemoryMetrics::default(), ws, settings)
-            .expect("audiences")
-            .with_clock(move || c.load(Ordering::SeqCst))
+        Audiences::new(
+            self.faults.clone(),
+            self.changes.clone(),
+            self.delivery.clone(),
+            MemoryMetrics::default(),
+            ws,
+            settings,
+        )
+        .expect("audiences")
+        .with_clock(move || c.load(Ordering::SeqCst))
     }
 
     /// Sends one event of `user` through stitch at the current time.
@@ -393,7 +348,7 @@ async fn a_run_retried_after_sending_sends_the_same_message_ids() {
     run(&a, false).await;
     w.identify("eve", json!({ "plan": "pro" })).await;
     // The run sends, then cannot write the membership (the store is down for writes).
-    w.fail.store(1, Ordering::SeqCst);
+    w.faults.fail_next_transactions(1);
     assert!(a.handle(RefreshRequest::default(), None).await.is_err());
     let first = w.audience_events().await;
     assert_eq!(names(&first), [("Audience Entered", "pro", "eve")]);

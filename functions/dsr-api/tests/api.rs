@@ -11,7 +11,7 @@ use base64::Engine as _;
 use http::{HeaderValue, Method};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use tributary_core::config::WorkspaceConfig;
@@ -19,11 +19,8 @@ use tributary_core::dsr::record::{AUDIT_PK_PREFIX, WAITING_PK};
 use tributary_core::dsr::{
     request_key, waiting_key, AuditRow, DsrRecord, DsrTask, ExportResult, RequestStatus, ResultLinks, Signer,
 };
-use tributary_core::ports::{
-    FailedEntry, Item, ItemKey, KeyPage, OutgoingMessage, PortError, QueryPage, Queue, ReceivedMessage, SparseIndex,
-    TableStore, TransactError, WriteOp,
-};
-use tributary_core::testing::MemoryTable;
+use tributary_core::ports::{FailedEntry, Item, OutgoingMessage, PortError, Queue, ReceivedMessage};
+use tributary_core::testing::{FaultyTable, MemoryTable};
 use tributary_dsr_api::{DsrApi, RsaSigner};
 
 const FIXTURE: &str = include_str!("../../../events/dsr/signing.pem");
@@ -108,69 +105,14 @@ impl ResultLinks for FakeLinks {
     }
 }
 
-/// A table whose single writes to the audit log fail while `fail_audit` is set, and whose next `lost_races`
-/// transactions fail their first condition (another writer got there first).
-#[derive(Clone, Default)]
-struct AuditFailingTable {
-    inner: MemoryTable,
-    fail_audit: Arc<Mutex<bool>>,
-    lost_races: Arc<Mutex<usize>>,
-}
-
-impl TableStore for AuditFailingTable {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-        self.inner.get_many(keys).await
-    }
-    async fn query(&self, pk: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-        self.inner.query(pk, prefix, after, limit).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        {
-            let mut lost = self.lost_races.lock().expect("lock");
-            if *lost > 0 {
-                *lost -= 1;
-                return Err(TransactError::ConditionFailed { index: 0 });
-            }
-        }
-        self.inner.transact(ops).await
-    }
-    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-        if *self.fail_audit.lock().expect("lock") && op.key().pk.starts_with(AUDIT_PK_PREFIX) {
-            return Err(PortError::Unavailable("audit partition throttled".into()));
-        }
-        self.inner.write(op).await
-    }
-    async fn add(
-        &self,
-        key: &ItemKey,
-        deltas: &[(String, i64)],
-        set: Map<String, Value>,
-        expires_at: Option<i64>,
-    ) -> Result<(), PortError> {
-        self.inner.add(key, deltas, set, expires_at).await
-    }
-    async fn scan_index(
-        &self,
-        index: &SparseIndex,
-        segment: u32,
-        total: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, PortError> {
-        self.inner.scan_index(index, segment, total, cursor, limit).await
-    }
-}
-
-type Api = DsrApi<AuditFailingTable, RecordingQueue, RsaSigner, FakeLinks>;
+/// The API's view of the table: the same items, with writes to the audit log that can be made to fail and
+/// transactions that can be made to lose their race (another writer got there first).
+type Api = DsrApi<FaultyTable<MemoryTable>, RecordingQueue, RsaSigner, FakeLinks>;
 
 struct Setup {
     api: Api,
     table: MemoryTable,
-    fail_audit: Arc<Mutex<bool>>,
-    lost_races: Arc<Mutex<usize>>,
+    faults: FaultyTable<MemoryTable>,
     queue: RecordingQueue,
     cert: String,
 }
@@ -178,7 +120,7 @@ struct Setup {
 fn setup_with(waiting_days: u32, certificate_url: Option<&str>) -> Setup {
     let signer = RsaSigner::from_pem(FIXTURE).expect("fixture key");
     let cert = signer.certificate_pem().to_string();
-    let table = AuditFailingTable::default();
+    let table = FaultyTable::new(MemoryTable::default());
     let queue = RecordingQueue::default();
     let api = DsrApi::new(
         table.clone(),
@@ -189,7 +131,7 @@ fn setup_with(waiting_days: u32, certificate_url: Option<&str>) -> Setup {
         certificate_url.map(str::to_string),
     )
     .with_clock(|| NOW);
-    Setup { api, table: table.inner, fail_audit: table.fail_audit, lost_races: table.lost_races, queue, cert }
+    Setup { api, table: table.inner().clone(), faults: table, queue, cert }
 }
 
 /// A 7-day waiting period: requests stay pending (cancellable) and nothing is queued at create.
@@ -533,7 +475,7 @@ async fn status_shows_the_lifecycle_and_the_results_link_while_it_works() {
 async fn status_fails_closed_when_the_audit_log_cannot_be_written() {
     let s = setup();
     signed_json(&create(&s, &create_body()).await, 201, false, &s.cert);
-    *s.fail_audit.lock().expect("lock") = true;
+    s.faults.fail_writes_with_prefix(AUDIT_PK_PREFIX, Some(PortError::Unavailable("audit partition throttled".into())));
     let resp =
         s.api.handle(request(Method::GET, &format!("/opendsr/v2/requests/{ID}"), Some(&bearer(DSR_KEY)), None)).await;
     let answer = signed_json(&resp, 503, false, &s.cert);
@@ -594,13 +536,13 @@ async fn cancel_reads_again_after_losing_a_race_and_gives_up_after_a_few() {
     signed_json(&create(&s, &create_body()).await, 201, false, &s.cert);
     let delete = || request(Method::DELETE, &format!("/opendsr/v2/requests/{ID}"), Some(&bearer(DSR_KEY)), None);
 
-    *s.lost_races.lock().expect("lock") = 10;
+    s.faults.lose_next_races(10);
     let resp = s.api.handle(delete()).await;
     assert_eq!(signed_json(&resp, 503, false, &s.cert)["code"], "unavailable");
     assert_eq!(stored(&s.table, ID).1.status, RequestStatus::Pending);
     assert!(s.queue.tasks().is_empty());
 
-    *s.lost_races.lock().expect("lock") = 1;
+    s.faults.lose_next_races(1);
     let answer = signed_json(&s.api.handle(delete()).await, 202, false, &s.cert);
     assert_eq!(answer["request_status"], "cancelled");
     assert_eq!(stored(&s.table, ID).1.status, RequestStatus::Cancelled);

@@ -14,13 +14,10 @@ use tributary_core::dsr::{
     parse_create, request_key, waiting_key, Api, DsrRecord, DsrTask, RequestStatus, ResultLinks, Signer,
 };
 use tributary_core::metrics::MemoryMetrics;
-use tributary_core::ports::{
-    Condition, Item, ItemKey, KeyPage, ObjectStore, PortError, QueryPage, Queue, SparseIndex, TableStore,
-    TransactError, WriteOp,
-};
+use tributary_core::ports::{Condition, Item, ObjectStore, PortError, Queue, TableStore, WriteOp};
 use tributary_core::profile::read::{self, Lookup};
 use tributary_core::sha256_hex;
-use tributary_core::testing::MemoryTable;
+use tributary_core::testing::{FaultyTable, MemoryTable};
 use tributary_dsr_worker::{DsrWorker, ForwardError, Holdings, Http, ObjectPlace, Outcome, WorkerSettings};
 use tributary_local::dir_store::DirStore;
 use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
@@ -114,63 +111,9 @@ impl Http for Controller {
     }
 }
 
-/// The worker's view of the table: the same items, with transactions that fail once `budget` reaches zero (a
-/// crash in the middle of an erasure).
-#[derive(Clone)]
-struct Crashing {
-    inner: MemoryTable,
-    budget: Arc<AtomicI64>,
-}
-
-impl Crashing {
-    fn spend(&self) -> Result<(), PortError> {
-        if self.budget.fetch_sub(1, Ordering::SeqCst) <= 0 {
-            return Err(PortError::Unavailable("injected crash".into()));
-        }
-        Ok(())
-    }
-}
-
-impl TableStore for Crashing {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-        self.inner.get_many(keys).await
-    }
-    async fn query(&self, pk: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-        self.inner.query(pk, prefix, after, limit).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        self.spend()?;
-        self.inner.transact(ops).await
-    }
-    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-        self.spend()?;
-        self.inner.write(op).await
-    }
-    async fn add(
-        &self,
-        key: &ItemKey,
-        deltas: &[(String, i64)],
-        set: serde_json::Map<String, Value>,
-        expires_at: Option<i64>,
-    ) -> Result<(), PortError> {
-        self.inner.add(key, deltas, set, expires_at).await
-    }
-    async fn scan_index(
-        &self,
-        index: &SparseIndex,
-        segment: u32,
-        total: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, PortError> {
-        self.inner.scan_index(index, segment, total, cursor, limit).await
-    }
-}
-
-type Worker = DsrWorker<Crashing, SqliteQueue, DirStore, DigestSigner, Links, Controller>;
+/// The worker's view of the table: the same items, with writes that fail once a budget is spent (a crash in the
+/// middle of an erasure).
+type Worker = DsrWorker<FaultyTable<MemoryTable>, SqliteQueue, DirStore, DigestSigner, Links, Controller>;
 
 const DLQS: [&str; 3] = ["events-dlq", "delivery-dlq", "profile-changes-dlq"];
 
@@ -182,7 +125,8 @@ struct World {
     clock: Arc<AtomicI64>,
     stitch: Stitch<MemoryTable, SqliteQueue, MemoryMetrics>,
     controller: Controller,
-    budget: Arc<AtomicI64>,
+    /// The worker's table (shares `table`'s items).
+    faults: FaultyTable<MemoryTable>,
     sent: u32,
 }
 
@@ -205,13 +149,13 @@ impl World {
         .with_clock(move || c.load(Ordering::SeqCst));
         let results = DirStore::open(&dir.path().join("objects")).expect("objects");
         World {
+            faults: FaultyTable::new(table.clone()),
             table,
             dsr: open("dsr"),
             results,
             clock,
             stitch,
             controller: Controller::default(),
-            budget: Arc::new(AtomicI64::new(i64::MAX)),
             sent: 0,
             dir,
         }
@@ -223,7 +167,7 @@ impl World {
 
     fn worker(&self) -> Worker {
         let c = self.clock.clone();
-        let table = Crashing { inner: self.table.clone(), budget: self.budget.clone() };
+        let table = self.faults.clone();
         let settings = WorkerSettings {
             backoff_base: Duration::from_secs(1),
             queue_empty_wait: Duration::ZERO,
@@ -446,16 +390,16 @@ async fn erasure_by_email_removes_every_trace_of_the_person_and_leaves_others() 
 #[tokio::test]
 async fn an_erasure_interrupted_anywhere_finishes_on_retry() {
     // Crash after each write in turn, until a run has room to finish.
-    for (crashes, crash_after) in (0i64..).enumerate() {
+    for (crashes, crash_after) in (0u64..).enumerate() {
         let mut w = World::new();
         w.people().await;
         let id = w.request("erasure", email_identity(ANN_EMAIL), &[], 0);
-        w.budget.store(crash_after, Ordering::SeqCst);
+        w.faults.crash_after_writes(Some(crash_after));
         if w.worker().process(&id).await.is_ok() {
             assert!(crashes >= 5, "an erasure takes more than {crashes} writes");
             break;
         }
-        w.budget.store(i64::MAX, Ordering::SeqCst);
+        w.faults.crash_after_writes(None);
         let outcome = w.worker().process(&id).await.expect("retry");
         assert!(matches!(outcome, Outcome::Completed { .. }), "crash_after {crash_after}: {outcome:?}");
         let after = w.dump();

@@ -336,8 +336,9 @@ async fn the_sources_pii_policy_applies_to_imported_rows() {
 
 use tributary_core::dsr::suppression::Suppressions;
 use tributary_core::identity::{IdType, Identifier};
-use tributary_core::ports::{Item, ItemKey, KeyPage, PortError, QueryPage, SparseIndex, TransactError, WriteOp};
+use tributary_core::ports::PortError;
 use tributary_core::profile::layout::identity_key;
+use tributary_core::testing::{Call, FaultyTable};
 
 impl Stack {
     /// Writes the tombstone erasure leaves for `kind:raw`.
@@ -436,53 +437,6 @@ async fn a_file_of_erased_subjects_only_is_done_and_a_governed_source_rejects_no
     assert_eq!(s.text("import-reports/leads/erased.csv.rejects.csv").await, "row,column,reason\n");
 }
 
-/// The memory table, whose index scans fail while `down` is set (everything else answers).
-#[derive(Clone, Default)]
-struct ScanFailing {
-    inner: MemoryTable,
-    down: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl TableStore for ScanFailing {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-        self.inner.get_many(keys).await
-    }
-    async fn query(&self, pk: &str, sk: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-        self.inner.query(pk, sk, after, limit).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        self.inner.transact(ops).await
-    }
-    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-        self.inner.write(op).await
-    }
-    async fn add(
-        &self,
-        key: &ItemKey,
-        deltas: &[(String, i64)],
-        set: serde_json::Map<String, Value>,
-        expires_at: Option<i64>,
-    ) -> Result<(), PortError> {
-        self.inner.add(key, deltas, set, expires_at).await
-    }
-    async fn scan_index(
-        &self,
-        index: &SparseIndex,
-        segment: u32,
-        total: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, PortError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(PortError::Unavailable("dynamodb Scan: unavailable".into()));
-        }
-        self.inner.scan_index(index, segment, total, cursor, limit).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_waits_while_no_suppression_list_can_be_loaded() {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -491,9 +445,15 @@ async fn an_import_waits_while_no_suppression_list_can_be_loaded() {
     let queue = |name: &str| SqliteQueue::open(&db, name, QueueOptions::default()).expect("queue");
     let root = dir.path().join("objects").join(BUCKET);
     std::fs::create_dir_all(&root).expect("bucket dir");
-    let table = ScanFailing { inner: MemoryTable::default(), down: Arc::new(AtomicBool::new(true)) };
+    // The memory table, whose index scans fail while `down` is set (everything else answers).
+    let down = Arc::new(AtomicBool::new(true));
+    let scans_down = down.clone();
+    let table = FaultyTable::new(MemoryTable::default()).with_rule(move |call| {
+        let failing = matches!(call, Call::ScanIndex { .. }) && scans_down.load(Ordering::SeqCst);
+        failing.then(|| PortError::Unavailable("dynamodb Scan: unavailable".into()))
+    });
     let id = Identifier::new(IdType::Email, "user1@example.com", None).expect("email");
-    table.inner.put(identity_key(&id), tributary_core::dsr::tombstone_attrs("email", "req-1", 1));
+    table.inner().put(identity_key(&id), tributary_core::dsr::tombstone_attrs("email", "req-1", 1));
     let now = Arc::new(AtomicI64::new(0));
     let clock = now.clone();
     let cache = Suppressions::new(table.clone()).with_clock(move || clock.load(Ordering::SeqCst));
@@ -519,16 +479,16 @@ async fn an_import_waits_while_no_suppression_list_can_be_loaded() {
     assert_eq!(resp.batch_item_failures.len(), 1, "the record comes back");
     assert!(drain(&queue("events")).await.is_empty(), "nothing queued before the list is known");
     let file = FileId { bucket: BUCKET.into(), key: key.into(), version: Some("etag:e1".into()) };
-    let state_item = table.inner.get(&state_key("partner", &file)).await.expect("get").expect("state");
+    let state_item = table.inner().get(&state_key("partner", &file)).await.expect("get").expect("state");
     let state: ImportState = serde_json::from_value(Value::Object(state_item.attrs)).expect("state");
     assert_eq!((state.status, state.rows, state.lease_until), (ImportStatus::Running, 0, 0), "free to resume");
 
     // The table answers again and the retry wait is over: the record's next delivery imports the file.
-    table.down.store(false, Ordering::SeqCst);
+    down.store(false, Ordering::SeqCst);
     now.fetch_add(5_000, Ordering::SeqCst);
     let resp = import.handle(records(&[note]), None).await;
     assert!(resp.batch_item_failures.is_empty());
-    let item = table.inner.get(&state_key("partner", &file)).await.expect("get").expect("state");
+    let item = table.inner().get(&state_key("partner", &file)).await.expect("get").expect("state");
     assert_eq!(item.attrs.get(tributary_import::SUPPRESSED_ROWS_ATTR), Some(&json!(1)));
     let state: ImportState = serde_json::from_value(Value::Object(item.attrs)).expect("state");
     assert_eq!((state.status, state.rows, state.accepted), (ImportStatus::Done, 4, 3));

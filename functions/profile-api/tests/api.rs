@@ -17,9 +17,7 @@ use tributary_core::governance::stats;
 use tributary_core::identity::{IdType, Identifier};
 
 use tributary_core::dsr::{tombstone_attrs, AuditRow};
-use tributary_core::ports::{
-    Condition, Item, ItemKey, KeyPage, PortError, QueryPage, SparseIndex, TableStore, TransactError, WriteOp,
-};
+use tributary_core::ports::{Condition, Item, ItemKey, PortError, TableStore, WriteOp};
 use tributary_core::profile::layout;
 use tributary_core::profile::{ConsentEntry, EventRow, LedgerOp, LedgerRow, ProfileDoc, Stamp, TraitEntry};
 use tributary_profile_api::ProfileApi;
@@ -31,7 +29,7 @@ const ROOT: &str = "prof_root0000000000000000001";
 const LOSER: &str = "prof_loser000000000000000002";
 const T0: i64 = 1_741_608_000_000; // 2025-03-10T12:00:00Z
 
-use tributary_core::testing::MemoryTable as MemTable;
+use tributary_core::testing::{FaultyTable, MemoryTable as MemTable};
 
 fn workspace() -> WorkspaceConfig {
     let sha = |k: &str| tributary_core::sha256_hex(k.as_bytes());
@@ -446,7 +444,7 @@ async fn store_failures_map_to_503_and_500() {
     let resp = api.handle(get("/v1/profiles/user_id:u-42/events")).await;
     assert_error(&resp, 500, "internal", &["u-42"]);
     // Two rows (the same millisecond, maybe: their order is the nonces').
-    let mut outcomes: Vec<String> = audit_rows(&table.inner).iter().map(|r| r.outcome.clone()).collect();
+    let mut outcomes: Vec<String> = audit_rows(table.inner()).iter().map(|r| r.outcome.clone()).collect();
     outcomes.sort();
     assert_eq!(outcomes, ["500", "503"]);
 
@@ -454,12 +452,12 @@ async fn store_failures_map_to_503_and_500() {
     table.fail_reads(None);
     let mut bad = Map::new();
     bad.insert("created_at".into(), json!("not a number"));
-    table.inner.put(layout::profile_key(ROOT), bad);
+    table.inner().put(layout::profile_key(ROOT), bad);
     let resp = api.handle(get("/v1/profiles/email:ann%2Bnews%40example.com")).await;
     assert_error(&resp, 500, "internal", &["ann"]);
 
     // With the whole table down, the audit row cannot be written either: the answer says so.
-    table.inner.fail_with(Some(PortError::Unavailable("down".into())));
+    table.inner().fail_with(Some(PortError::Unavailable("down".into())));
     let resp = api.handle(get("/v1/profiles/user_id:u-42")).await;
     assert_error(&resp, 503, "audit_unavailable", &["u-42"]);
 }
@@ -750,86 +748,13 @@ async fn source_imports_are_listed_newest_first_with_counts() {
 // Audit log, scopes, suppressions
 // ---------------------------------------------------------------------------------------------------------------
 
-/// A table that fails on demand: reads (get, get_many, query) with one error, writes of audit rows with another,
-/// and that can slip a write in right before the next transaction (a concurrent writer winning a race).
-#[derive(Clone, Default)]
-struct Faulty {
-    inner: MemTable,
-    reads: Arc<Mutex<Option<PortError>>>,
-    audit: Arc<Mutex<Option<PortError>>>,
-    before_transact: Arc<Mutex<Vec<WriteOp>>>,
-}
+/// A table that fails on demand: reads with one error, writes of audit rows with another, and that can slip a
+/// write in right before the next transaction (a concurrent writer winning a race).
+type Faulty = FaultyTable<MemTable>;
 
-impl Faulty {
-    fn new(inner: MemTable) -> Self {
-        Faulty { inner, ..Faulty::default() }
-    }
-
-    fn fail_reads(&self, e: Option<PortError>) {
-        *self.reads.lock().unwrap() = e;
-    }
-
-    fn fail_audit(&self, e: Option<PortError>) {
-        *self.audit.lock().unwrap() = e;
-    }
-
-    fn read_error(&self) -> Result<(), PortError> {
-        self.reads.lock().unwrap().clone().map_or(Ok(()), Err)
-    }
-
-    fn audit_error(&self, keys: &[&ItemKey]) -> Result<(), PortError> {
-        let failing = self.audit.lock().unwrap().clone();
-        match failing {
-            Some(e) if keys.iter().any(|k| k.pk.starts_with("audit#")) => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl TableStore for Faulty {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.read_error()?;
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-        self.read_error()?;
-        self.inner.get_many(keys).await
-    }
-    async fn query(&self, pk: &str, sk: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-        self.read_error()?;
-        self.inner.query(pk, sk, after, limit).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        self.audit_error(&ops.iter().map(WriteOp::key).collect::<Vec<_>>())?;
-        let slipped = std::mem::take(&mut *self.before_transact.lock().unwrap());
-        for op in slipped {
-            self.inner.write(op).await.expect("the slipped-in write");
-        }
-        self.inner.transact(ops).await
-    }
-    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-        self.audit_error(&[op.key()])?;
-        self.inner.write(op).await
-    }
-    async fn add(
-        &self,
-        key: &ItemKey,
-        deltas: &[(String, i64)],
-        set: Map<String, Value>,
-        expires_at: Option<i64>,
-    ) -> Result<(), PortError> {
-        self.inner.add(key, deltas, set, expires_at).await
-    }
-    async fn scan_index(
-        &self,
-        index: &SparseIndex,
-        segment: u32,
-        total: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, PortError> {
-        self.inner.scan_index(index, segment, total, cursor, limit).await
-    }
+/// Fails (`Some`) or lets through (`None`) every write of an audit row.
+fn fail_audit(table: &Faulty, error: Option<PortError>) {
+    table.fail_writes_with_prefix("audit#", error);
 }
 
 /// Every audit row in the table, in key order (oldest first).
@@ -944,7 +869,7 @@ async fn an_audit_log_that_cannot_be_written_withholds_every_profile_read() {
     let table = Faulty::new(seeded());
     let api = ProfileApi::new(table.clone(), Arc::new(workspace()));
     for error in [PortError::Unavailable("down".into()), PortError::Invalid("bad".into())] {
-        table.fail_audit(Some(error));
+        fail_audit(&table, Some(error));
         for path in [
             "/v1/profiles/user_id:u-42",
             "/v1/profiles/user_id:u-42/events",
@@ -957,16 +882,16 @@ async fn an_audit_log_that_cannot_be_written_withholds_every_profile_read() {
         }
         // A nonce already taken is never overwritten: the write is refused (and tried again, under another
         // nonce, at most a few times).
-        table.fail_audit(Some(PortError::ConditionFailed("taken".into())));
+        fail_audit(&table, Some(PortError::ConditionFailed("taken".into())));
         assert_error(&api.handle(get("/v1/profiles/user_id:u-42")).await, 503, "audit_unavailable", &[]);
     }
-    assert!(audit_rows(&table.inner).is_empty());
+    assert!(audit_rows(table.inner()).is_empty());
     // Routes that read no personal data do not need the audit log.
     let resp = api.handle(get("/v1/sources/web/imports")).await;
     assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
-    table.fail_audit(None);
+    fail_audit(&table, None);
     assert_eq!(api.handle(get("/v1/profiles/user_id:u-42")).await.status_code, 200);
-    assert_eq!(audit_rows(&table.inner).len(), 1);
+    assert_eq!(audit_rows(table.inner()).len(), 1);
 }
 
 #[tokio::test]
@@ -1218,29 +1143,34 @@ async fn lifting_a_suppression_deletes_only_its_tombstones_and_is_audited() {
 async fn a_lift_never_deletes_an_item_that_changed_since_it_was_read() {
     let table = Faulty::new(seeded());
     let erased = id(IdType::Email, "raced@example.com");
-    erase(&table.inner, &erased, REQUEST_ID, true);
+    erase(table.inner(), &erased, REQUEST_ID, true);
     let api = ProfileApi::new(table.clone(), Arc::new(workspace()));
     // Between the lift's read and its transaction, the hashed form's item becomes something else (version 2).
     let key = layout::identity_key(&erased.hashed());
     let relinked =
         Item { key: key.clone(), attrs: layout::identity_attrs(&erased.hashed(), ROOT), version: 2, expires_at: None };
-    table.before_transact.lock().unwrap().push(WriteOp::Put { item: relinked, condition: Condition::VersionIs(1) });
+    table.before_next_transaction(move |inner| async move {
+        inner
+            .write(WriteOp::Put { item: relinked, condition: Condition::VersionIs(1) })
+            .await
+            .expect("the slipped-in write");
+    });
     let resp = api.handle(with_key("DELETE", "/v1/suppressions/email:raced%40example.com", "", ADMIN_KEY)).await;
     assert_eq!(resp.status_code, 200, "{}", body_text(&resp));
     assert_eq!(
         body_json(&resp)["lifted"],
         json!([{"type": "email", "request": REQUEST_ID, "at": "2025-03-10T12:01:00Z"}])
     );
-    let item = table.inner.get(&key).await.unwrap().expect("kept");
+    let item = table.inner().get(&key).await.unwrap().expect("kept");
     assert_eq!(layout::identity_profile(&item.attrs), Some(ROOT));
-    assert_eq!(audit_rows(&table.inner).len(), 1, "the failed attempt left no row");
+    assert_eq!(audit_rows(table.inner()).len(), 1, "the failed attempt left no row");
 
     // If the audit row cannot be written, nothing is lifted.
-    erase(&table.inner, &erased, REQUEST_ID, false);
-    table.fail_audit(Some(PortError::Unavailable("down".into())));
+    erase(table.inner(), &erased, REQUEST_ID, false);
+    fail_audit(&table, Some(PortError::Unavailable("down".into())));
     let resp = api.handle(with_key("DELETE", "/v1/suppressions/email:raced%40example.com", "", ADMIN_KEY)).await;
     assert_error(&resp, 503, "audit_unavailable", &["raced"]);
-    assert!(table.inner.get(&layout::identity_key(&erased)).await.unwrap().is_some(), "the tombstone stays");
+    assert!(table.inner().get(&layout::identity_key(&erased)).await.unwrap().is_some(), "the tombstone stays");
 }
 
 #[tokio::test]

@@ -13,12 +13,11 @@ use tributary_core::dsr::{suppressed_by, tombstone_attrs};
 use tributary_core::identity::{IdType, Identifier};
 use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::{
-    Condition, FailedEntry, Item, ItemKey, KeyPage, OutgoingMessage, PortError, QueryPage, Queue, ReceivedMessage,
-    SparseIndex, TableStore, TransactError, WriteOp,
+    Condition, FailedEntry, Item, OutgoingMessage, PortError, Queue, ReceivedMessage, TableStore, WriteOp,
 };
 use tributary_core::profile::layout::{dedup_key, identity_key, identity_profile, profile_key};
 use tributary_core::profile::ProfileDoc;
-use tributary_core::testing::MemoryTable;
+use tributary_core::testing::{FaultyTable, MemoryTable, Method};
 use tributary_stitch::{Applied, DeliveryEnvelope, Stitch, StitchSettings};
 
 const WORKSPACE: &str = r#"
@@ -30,67 +29,6 @@ sources:
 "#;
 const REQUEST: &str = "7a8b1c4e-0000-4000-8000-00000000e2a5";
 const ERASED_AT: i64 = 1_767_225_600_000;
-
-/// A table that, right before its next transaction, tombstones the identifiers it was told to: an eraser that
-/// wins the race between stitch's read and its write.
-#[derive(Clone, Default)]
-struct Racing {
-    inner: MemoryTable,
-    erase_before_commit: Arc<Mutex<Vec<Identifier>>>,
-    transactions: Arc<Mutex<u32>>,
-}
-
-impl Racing {
-    fn erase_during_next_commit(&self, ids: &[Identifier]) {
-        self.erase_before_commit.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(ids);
-    }
-
-    fn transactions(&self) -> u32 {
-        *self.transactions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl TableStore for Racing {
-    async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-        self.inner.get_many(keys).await
-    }
-    async fn query(&self, pk: &str, sk: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-        self.inner.query(pk, sk, after, limit).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-        *self.transactions.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        let erase = std::mem::take(&mut *self.erase_before_commit.lock().unwrap_or_else(PoisonError::into_inner));
-        for id in &erase {
-            tombstone(&self.inner, id).await;
-        }
-        self.inner.transact(ops).await
-    }
-    async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-        self.inner.write(op).await
-    }
-    async fn add(
-        &self,
-        key: &ItemKey,
-        deltas: &[(String, i64)],
-        set: Map<String, Value>,
-        expires_at: Option<i64>,
-    ) -> Result<(), PortError> {
-        self.inner.add(key, deltas, set, expires_at).await
-    }
-    async fn scan_index(
-        &self,
-        index: &SparseIndex,
-        segment: u32,
-        total: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, PortError> {
-        self.inner.scan_index(index, segment, total, cursor, limit).await
-    }
-}
 
 /// A delivery queue that keeps what it is sent.
 #[derive(Clone, Default)]
@@ -136,8 +74,10 @@ impl Queue for Capture {
 }
 
 struct Fixture {
-    stitch: Stitch<Racing, Capture, Arc<MemoryMetrics>>,
-    table: Racing,
+    stitch: Stitch<FaultyTable<MemoryTable>, Capture, Arc<MemoryMetrics>>,
+    table: FaultyTable<MemoryTable>,
+    /// Identifiers to tombstone right before the table's next transaction.
+    erase_before_commit: Arc<Mutex<Vec<Identifier>>>,
     delivery: Capture,
     metrics: Arc<MemoryMetrics>,
     workspace: WorkspaceConfig,
@@ -145,7 +85,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let workspace: WorkspaceConfig = tributary_core::config::load(WORKSPACE).expect("workspace");
-    let table = Racing::default();
+    let table = FaultyTable::new(MemoryTable::default());
     let delivery = Capture::default();
     let metrics = Arc::new(MemoryMetrics::default());
     let stitch = Stitch::new(
@@ -156,10 +96,23 @@ fn fixture() -> Fixture {
         StitchSettings::default(),
     )
     .expect("rules compile");
-    Fixture { stitch, table, delivery, metrics, workspace }
+    Fixture { stitch, table, erase_before_commit: Arc::default(), delivery, metrics, workspace }
 }
 
 impl Fixture {
+    /// Right before the table's next transaction, tombstones `ids`: an eraser that wins the race between stitch's
+    /// read and its write.
+    fn erase_during_next_commit(&self, ids: &[Identifier]) {
+        self.erase_before_commit.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(ids);
+        let pending = Arc::clone(&self.erase_before_commit);
+        self.table.before_next_transaction(move |inner| async move {
+            let erase = std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
+            for id in &erase {
+                tombstone(&*inner, id).await;
+            }
+        });
+    }
+
     async fn apply(&self, event: &Value) -> Applied {
         self.stitch.apply_event(&self.workspace.sources[0], event.as_object().expect("object")).await.expect("apply")
     }
@@ -235,8 +188,8 @@ fn sqs(records: &[(&str, Vec<Value>)]) -> SqsEvent {
 async fn an_event_with_a_tombstoned_email_is_dropped_and_counted() {
     let f = fixture();
     let email = id(IdType::Email, "erased@example.com");
-    erase(&f.table.inner, &email).await;
-    let before = f.table.inner.items();
+    erase(f.table.inner(), &email).await;
+    let before = f.table.inner().items();
 
     // A fresh user id, a fresh anonymous id, and the erased email (spelled otherwise: normalized first).
     let e = event(
@@ -247,14 +200,14 @@ async fn an_event_with_a_tombstoned_email_is_dropped_and_counted() {
     let resp = f.stitch.handle(sqs(&[("r1", vec![e.clone()])])).await;
     assert!(resp.batch_item_failures.is_empty(), "a suppressed event is acknowledged, not retried");
 
-    assert_eq!(f.table.inner.items(), before, "nothing is written: no profile, identity, event, ledger or dedup");
+    assert_eq!(f.table.inner().items(), before, "nothing is written: no profile, identity, event, ledger or dedup");
     assert!(f.table.get(&dedup_key("web", "x1")).await.expect("get").is_none());
-    assert_eq!(f.table.transactions(), 0, "no transaction was even tried");
+    assert_eq!(f.table.calls(Method::Transact), 0, "no transaction was even tried");
     assert!(f.delivery.envelopes().is_empty(), "nothing is handed to delivery");
     let lines = f.metric_lines();
     assert!(lines.iter().any(|l| l.contains("\"Suppressed\":1")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("\"EventsStitched\":0")), "{lines:?}");
-    assert_tombstone(&f.table.inner, &email).await;
+    assert_tombstone(f.table.inner(), &email).await;
 
     // A redelivery is checked again (no dedup record was written) and dropped again.
     assert_eq!(f.apply(&e).await, Applied::Suppressed);
@@ -266,25 +219,25 @@ async fn an_event_with_a_tombstoned_email_is_dropped_and_counted() {
                "context": {"externalIds": [{"id": email.hashed().value, "type": "email", "encoding": "sha256"}]}}),
     );
     assert_eq!(f.apply(&hashed).await, Applied::Suppressed);
-    assert_eq!(f.table.inner.items(), before);
+    assert_eq!(f.table.inner().items(), before);
 }
 
 #[tokio::test]
 async fn a_tombstoned_anonymous_id_with_a_fresh_user_id_is_dropped_too() {
     let f = fixture();
-    erase(&f.table.inner, &id(IdType::AnonymousId, "a-erased")).await;
-    let before = f.table.inner.items();
+    erase(f.table.inner(), &id(IdType::AnonymousId, "a-erased")).await;
+    let before = f.table.inner().items();
     let e = event("identify", "y1", json!({"userId": "u-fresh", "anonymousId": "a-erased", "traits": {"n": 1}}));
     assert_eq!(f.apply(&e).await, Applied::Suppressed);
-    assert_eq!(f.table.inner.items(), before);
+    assert_eq!(f.table.inner().items(), before);
     assert!(f.table.get(&identity_key(&id(IdType::UserId, "u-fresh"))).await.expect("get").is_none());
-    assert_tombstone(&f.table.inner, &id(IdType::AnonymousId, "a-erased")).await;
+    assert_tombstone(f.table.inner(), &id(IdType::AnonymousId, "a-erased")).await;
 }
 
 #[tokio::test]
 async fn other_peoples_events_still_stitch_in_the_same_batch() {
     let f = fixture();
-    erase(&f.table.inner, &id(IdType::UserId, "gone")).await;
+    erase(f.table.inner(), &id(IdType::UserId, "gone")).await;
     let batch = sqs(&[
         (
             "r1",
@@ -313,7 +266,7 @@ async fn other_peoples_events_still_stitch_in_the_same_batch() {
     }
     let lines = f.metric_lines();
     assert!(lines.iter().any(|l| l.contains("\"Suppressed\":2") && l.contains("\"EventsStitched\":2")), "{lines:?}");
-    assert_tombstone(&f.table.inner, &id(IdType::UserId, "gone")).await;
+    assert_tombstone(f.table.inner(), &id(IdType::UserId, "gone")).await;
 }
 
 #[tokio::test]
@@ -322,7 +275,7 @@ async fn a_redelivered_event_of_a_subject_erased_since_is_not_handed_off_again()
     let e = event("track", "d1", json!({"userId": "later-erased", "event": "Played"}));
     assert!(matches!(f.apply(&e).await, Applied::Stitched { .. }));
     assert!(matches!(f.apply(&e).await, Applied::Duplicate { profile: Some(_) }));
-    erase(&f.table.inner, &id(IdType::UserId, "later-erased")).await;
+    erase(f.table.inner(), &id(IdType::UserId, "later-erased")).await;
     let resp = f.stitch.handle(sqs(&[("r1", vec![e])])).await;
     assert!(resp.batch_item_failures.is_empty());
     assert!(f.delivery.envelopes().is_empty());
@@ -332,12 +285,12 @@ async fn a_redelivered_event_of_a_subject_erased_since_is_not_handed_off_again()
 #[tokio::test]
 async fn an_identifier_past_the_resolution_bound_is_checked_too() {
     let f = fixture();
-    erase(&f.table.inner, &id(IdType::External("crm".into()), "ext-40")).await;
+    erase(f.table.inner(), &id(IdType::External("crm".into()), "ext-40")).await;
     let ids: Vec<Value> = (0..41).map(|n| json!({"id": format!("ext-{n}"), "type": "crm"})).collect();
     let e = event("track", "b1", json!({"userId": "u-many", "event": "E", "context": {"externalIds": ids}}));
-    let before = f.table.inner.items();
+    let before = f.table.inner().items();
     assert_eq!(f.apply(&e).await, Applied::Suppressed);
-    assert_eq!(f.table.inner.items(), before);
+    assert_eq!(f.table.inner().items(), before);
 }
 
 #[tokio::test]
@@ -345,22 +298,22 @@ async fn a_tombstone_written_between_read_and_commit_is_never_replaced_by_a_link
     // An identifier stitch reads as absent (its link is conditioned on `NotExists`).
     let f = fixture();
     let fresh = id(IdType::UserId, "racing-fresh");
-    f.table.erase_during_next_commit(std::slice::from_ref(&fresh));
+    f.erase_during_next_commit(std::slice::from_ref(&fresh));
     let e = event("identify", "c1", json!({"userId": "racing-fresh", "anonymousId": "a-c1"}));
     assert_eq!(f.apply(&e).await, Applied::Suppressed, "the commit fails, the re-read finds the tombstone");
-    assert_tombstone(&f.table.inner, &fresh).await;
+    assert_tombstone(f.table.inner(), &fresh).await;
     assert!(f.table.get(&identity_key(&id(IdType::AnonymousId, "a-c1"))).await.expect("get").is_none());
     assert!(f.table.get(&dedup_key("web", "c1")).await.expect("get").is_none());
-    assert_eq!(f.table.transactions(), 1);
+    assert_eq!(f.table.calls(Method::Transact), 1);
 
     // An orphan (its profile is gone) that stitch re-links on the version it read.
     let f = fixture();
     let orphan = id(IdType::UserId, "racing-orphan");
-    f.table.inner.put(identity_key(&orphan), tributary_core::profile::layout::identity_attrs(&orphan, "prof_gone"));
-    f.table.erase_during_next_commit(std::slice::from_ref(&orphan));
+    f.table.inner().put(identity_key(&orphan), tributary_core::profile::layout::identity_attrs(&orphan, "prof_gone"));
+    f.erase_during_next_commit(std::slice::from_ref(&orphan));
     let e = event("track", "c2", json!({"userId": "racing-orphan", "event": "E"}));
     assert_eq!(f.apply(&e).await, Applied::Suppressed);
-    assert_tombstone(&f.table.inner, &orphan).await;
+    assert_tombstone(f.table.inner(), &orphan).await;
 
     // A stale pointer (to a profile merged since) that stitch compresses on the version it read.
     let f = fixture();
@@ -376,10 +329,10 @@ async fn a_tombstone_written_between_read_and_commit_is_never_replaced_by_a_link
     let stale = f.table.get(&identity_key(&device)).await.expect("get").expect("linked");
     let root = f.table.get(&identity_key(&id(IdType::UserId, "u"))).await.expect("get").expect("linked");
     assert_ne!(identity_profile(&stale.attrs), identity_profile(&root.attrs), "d2 still names the merged profile");
-    f.table.erase_during_next_commit(std::slice::from_ref(&device));
+    f.erase_during_next_commit(std::slice::from_ref(&device));
     let e = event("track", "p5", json!({"event": "E", "context": {"device": {"id": "d2"}}}));
     assert_eq!(f.apply(&e).await, Applied::Suppressed);
-    assert_tombstone(&f.table.inner, &device).await;
+    assert_tombstone(f.table.inner(), &device).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -460,7 +413,7 @@ async fn run(steps: Vec<Step>) {
             Step::Erase(i) => {
                 for id in erased_by(i) {
                     if !queued.contains(&id) && tombstoned.insert(id.clone()) {
-                        tombstone(&f.table.inner, &id).await;
+                        tombstone(f.table.inner(), &id).await;
                     }
                 }
             }
@@ -469,18 +422,18 @@ async fn run(steps: Vec<Step>) {
                     .into_iter()
                     .filter(|id| !tombstoned.contains(id) && queued.insert(id.clone()))
                     .collect();
-                f.table.erase_during_next_commit(&fresh);
+                f.erase_during_next_commit(&fresh);
             }
             Step::Event { user, anon, email, device } => {
                 let e = step_event(n, user, anon, email, device);
                 let ids: Vec<Identifier> =
                     [user, anon, email, device].into_iter().flatten().flat_map(erased_by).collect();
                 let erased_before = ids.iter().any(|id| tombstoned.contains(id));
-                let before = f.table.inner.items();
+                let before = f.table.inner().items();
                 let applied = f.apply(&e).await;
                 if erased_before {
                     assert_eq!(applied, Applied::Suppressed, "step {n}");
-                    assert_eq!(f.table.inner.items(), before, "a suppressed event wrote something (step {n})");
+                    assert_eq!(f.table.inner().items(), before, "a suppressed event wrote something (step {n})");
                 }
                 if applied == Applied::Suppressed {
                     assert!(f.table.get(&dedup_key("web", &format!("step-{n}"))).await.expect("get").is_none());
@@ -488,7 +441,7 @@ async fn run(steps: Vec<Step>) {
             }
         }
         let still_queued: BTreeSet<Identifier> =
-            f.table.erase_before_commit.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+            f.erase_before_commit.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
         let written: Vec<Identifier> = queued.difference(&still_queued).cloned().collect();
         for id in written {
             queued.remove(&id);
@@ -496,7 +449,8 @@ async fn run(steps: Vec<Step>) {
         }
         // The invariant, after every step: every tombstone written is intact.
         for id in &tombstoned {
-            let item = f.table.inner.get(&identity_key(id)).await.expect("get").expect("a tombstone is never deleted");
+            let item =
+                f.table.inner().get(&identity_key(id)).await.expect("get").expect("a tombstone is never deleted");
             assert_eq!(item.attrs, tombstone_attrs(&id.kind.name(), REQUEST, ERASED_AT), "step {n}: {id:?}");
         }
     }
@@ -517,7 +471,7 @@ proptest! {
 async fn after_a_lift_new_events_stitch_normally() {
     let f = fixture();
     let email = id(IdType::Email, "back@example.com");
-    erase(&f.table.inner, &email).await;
+    erase(f.table.inner(), &email).await;
     let e = event("identify", "l1", json!({"userId": "u-back", "traits": {"email": "back@example.com"}}));
     assert_eq!(f.apply(&e).await, Applied::Suppressed);
     for id in [email.clone(), email.hashed()] {

@@ -358,17 +358,15 @@ impl<T: TableStore> Suppressions<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicI64, AtomicUsize};
+    use std::sync::atomic::AtomicI64;
     use std::sync::Mutex;
 
     use serde_json::json;
 
     use super::*;
     use crate::identity::IdType;
-    use crate::ports::{
-        Condition, Item, ItemKey, KeyPage, QueryPage, SparseIndex, TransactError, WriteOp, ROOT_PROFILES,
-    };
-    use crate::testing::MemoryTable;
+    use crate::ports::{Condition, ItemKey, WriteOp, ROOT_PROFILES};
+    use crate::testing::{Call, FaultyTable, MemoryTable, Method};
 
     fn id(kind: IdType, raw: &str) -> Identifier {
         Identifier::new(kind, raw, None).expect("a valid identifier")
@@ -393,56 +391,17 @@ mod tests {
         }
     }
 
-    /// A table that counts index scans (pages), over a [`MemoryTable`].
-    #[derive(Clone, Default)]
-    struct Counting {
-        inner: MemoryTable,
-        scans: Arc<AtomicUsize>,
-    }
+    /// A table that counts index scans (pages), over a [`MemoryTable`], and checks that only the suppression index
+    /// is scanned.
+    type Counting = FaultyTable<MemoryTable>;
 
-    impl Counting {
-        fn scans(&self) -> usize {
-            self.scans.load(Ordering::SeqCst)
-        }
-    }
-
-    impl TableStore for Counting {
-        async fn get(&self, key: &ItemKey) -> Result<Option<Item>, PortError> {
-            self.inner.get(key).await
-        }
-        async fn get_many(&self, keys: &[ItemKey]) -> Result<Vec<Option<Item>>, PortError> {
-            self.inner.get_many(keys).await
-        }
-        async fn query(&self, pk: &str, sk: &str, after: Option<&str>, limit: usize) -> Result<QueryPage, PortError> {
-            self.inner.query(pk, sk, after, limit).await
-        }
-        async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TransactError> {
-            self.inner.transact(ops).await
-        }
-        async fn write(&self, op: WriteOp) -> Result<(), PortError> {
-            self.inner.write(op).await
-        }
-        async fn add(
-            &self,
-            key: &ItemKey,
-            deltas: &[(String, i64)],
-            set: Map<String, Value>,
-            expires_at: Option<i64>,
-        ) -> Result<(), PortError> {
-            self.inner.add(key, deltas, set, expires_at).await
-        }
-        async fn scan_index(
-            &self,
-            index: &SparseIndex,
-            segment: u32,
-            total: u32,
-            cursor: Option<&str>,
-            limit: usize,
-        ) -> Result<KeyPage, PortError> {
-            assert_eq!(*index, SUPPRESSED_IDENTITIES, "only the suppression index is scanned");
-            self.scans.fetch_add(1, Ordering::SeqCst);
-            self.inner.scan_index(index, segment, total, cursor, limit).await
-        }
+    fn counting() -> Counting {
+        FaultyTable::new(MemoryTable::default()).with_rule(|call| {
+            if let Call::ScanIndex { index, .. } = call {
+                assert_eq!(**index, SUPPRESSED_IDENTITIES, "only the suppression index is scanned");
+            }
+            None
+        })
     }
 
     #[tokio::test]
@@ -529,49 +488,49 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_loads_lazily_and_reloads_after_the_refresh_interval() {
-        let table = Counting::default();
+        let table = counting();
         let now = Arc::new(AtomicI64::new(1_000_000));
         let erased = id(IdType::UserId, "erased-user");
         let later = id(IdType::Email, "later@example.com");
-        tombstone(&table.inner, &erased, "req-1");
+        tombstone(table.inner(), &erased, "req-1");
         let cache = clocked(&table, &now);
-        assert_eq!(table.scans(), 0, "nothing is read before the first use");
+        assert_eq!(table.calls(Method::ScanIndex), 0, "nothing is read before the first use");
 
         assert_eq!(cache.suppressed(std::slice::from_ref(&erased)).await, Ok(true));
-        assert_eq!(table.scans(), 2, "one page of each of the 2 segments");
+        assert_eq!(table.calls(Method::ScanIndex), 2, "one page of each of the 2 segments");
         assert_eq!(cache.suppressed(std::slice::from_ref(&later)).await, Ok(false));
         // Erased meanwhile: the list in use does not know yet.
-        tombstone(&table.inner, &later, "req-2");
+        tombstone(table.inner(), &later, "req-2");
         now.fetch_add(59_999, Ordering::SeqCst);
         assert_eq!(cache.suppressed(std::slice::from_ref(&later)).await, Ok(false));
-        assert_eq!(table.scans(), 2, "no read within the interval");
+        assert_eq!(table.calls(Method::ScanIndex), 2, "no read within the interval");
         now.fetch_add(1, Ordering::SeqCst);
         assert_eq!(cache.suppressed(std::slice::from_ref(&later)).await, Ok(true));
-        assert_eq!(table.scans(), 4, "one reload");
+        assert_eq!(table.calls(Method::ScanIndex), 4, "one reload");
         assert_eq!(cache.current().await.map(|l| l.len()), Ok(2));
-        assert_eq!(table.scans(), 4);
+        assert_eq!(table.calls(Method::ScanIndex), 4);
         // A clock that jumps back a long way counts as an age too.
         now.fetch_sub(3_600_000, Ordering::SeqCst);
         assert!(cache.current().await.is_ok());
-        assert_eq!(table.scans(), 6);
+        assert_eq!(table.calls(Method::ScanIndex), 6);
 
         // Configurable interval; zero reloads every time.
         let every = clocked(&table, &now).with_refresh(Duration::ZERO);
         for _ in 0..3 {
             assert_eq!(every.suppressed(std::slice::from_ref(&erased)).await, Ok(true));
         }
-        assert_eq!(table.scans(), 12);
-        let defaults = Suppressions::new(table.inner.clone());
+        assert_eq!(table.calls(Method::ScanIndex), 12);
+        let defaults = Suppressions::new(table.inner().clone());
         assert_eq!(defaults.refresh_ms, 60_000);
         assert!(format!("{defaults:?}").contains("60000"));
     }
 
     #[tokio::test]
     async fn a_failed_reload_keeps_the_last_list_and_says_so() {
-        let table = Counting::default();
+        let table = counting();
         let now = Arc::new(AtomicI64::new(5_000_000));
         let erased = id(IdType::DeviceId, "device-1");
-        tombstone(&table.inner, &erased, "req-1");
+        tombstone(table.inner(), &erased, "req-1");
         let reports: Arc<Mutex<Vec<(PortError, bool)>>> = Arc::default();
         let hook = Arc::clone(&reports);
         let cache =
@@ -579,50 +538,50 @@ mod tests {
         assert_eq!(cache.suppressed(std::slice::from_ref(&erased)).await, Ok(true));
 
         let down = PortError::Throttled("slow down".into());
-        table.inner.fail_with(Some(down.clone()));
+        table.inner().fail_with(Some(down.clone()));
         now.fetch_add(61_000, Ordering::SeqCst);
         assert_eq!(cache.suppressed(std::slice::from_ref(&erased)).await, Ok(true), "the last list stays in use");
         assert_eq!(reports.lock().expect("hook").clone(), vec![(down.clone(), true)]);
-        let scans = table.scans();
+        let scans = table.calls(Method::ScanIndex);
         // No new attempt until the retry wait is over, however many events come.
         for _ in 0..10 {
             assert_eq!(cache.suppressed(std::slice::from_ref(&erased)).await, Ok(true));
         }
-        assert_eq!(table.scans(), scans);
+        assert_eq!(table.calls(Method::ScanIndex), scans);
         now.fetch_add(millis(RETRY_AFTER_FAILURE), Ordering::SeqCst);
-        table.inner.fail_with(None);
+        table.inner().fail_with(None);
         let lifted = identity_key(&erased);
-        table.inner.write(WriteOp::Delete { key: lifted, condition: Condition::Exists }).await.expect("lift");
+        table.inner().write(WriteOp::Delete { key: lifted, condition: Condition::Exists }).await.expect("lift");
         assert_eq!(cache.suppressed(&[erased]).await, Ok(false), "reloaded once the table answers again");
         assert_eq!(reports.lock().expect("hook").len(), 1);
     }
 
     #[tokio::test]
     async fn a_first_load_that_fails_is_an_error_until_one_succeeds() {
-        let table = Counting::default();
+        let table = counting();
         let now = Arc::new(AtomicI64::new(0));
         let erased = id(IdType::UserId, "u-erased");
-        tombstone(&table.inner, &erased, "req-1");
+        tombstone(table.inner(), &erased, "req-1");
         let down = PortError::Unavailable("down".into());
-        table.inner.fail_with(Some(down.clone()));
+        table.inner().fail_with(Some(down.clone()));
         let stale = Arc::new(Mutex::new(Vec::new()));
         let hook = Arc::clone(&stale);
         let cache = clocked(&table, &now).on_reload_error(move |_, s| hook.lock().expect("hook").push(s));
         assert_eq!(cache.suppressed(std::slice::from_ref(&erased)).await, Err(down.clone()));
         assert_eq!(cache.current().await, Err(down), "the same error, without another scan, during the wait");
         assert_eq!(stale.lock().expect("hook").clone(), vec![false]);
-        let scans = table.scans();
-        table.inner.fail_with(None);
+        let scans = table.calls(Method::ScanIndex);
+        table.inner().fail_with(None);
         now.fetch_add(millis(RETRY_AFTER_FAILURE), Ordering::SeqCst);
         assert_eq!(cache.suppressed(&[erased]).await, Ok(true));
-        assert!(table.scans() > scans);
+        assert!(table.calls(Method::ScanIndex) > scans);
     }
 
     #[tokio::test]
     async fn concurrent_callers_share_one_reload() {
-        let table = Counting::default();
+        let table = counting();
         let now = Arc::new(AtomicI64::new(0));
-        tombstone(&table.inner, &id(IdType::UserId, "x"), "req-1");
+        tombstone(table.inner(), &id(IdType::UserId, "x"), "req-1");
         let cache = Arc::new(clocked(&table, &now).with_segments(1));
         cache.current().await.expect("first load");
         now.fetch_add(120_000, Ordering::SeqCst);
@@ -636,7 +595,7 @@ mod tests {
             assert_eq!(call.await.expect("task"), Ok(1));
         }
         // The first load, then at most one reload per caller that found none running: never more than the callers.
-        assert!(table.scans() <= 1 + 8, "{}", table.scans());
+        assert!(table.calls(Method::ScanIndex) <= 1 + 8, "{}", table.calls(Method::ScanIndex));
         assert!(!cache.loading.load(Ordering::SeqCst), "the flag is cleared after a load");
     }
 }

@@ -7,6 +7,7 @@
 //! takes a few seconds, not minutes.
 
 mod counting_queue;
+mod faulty_table;
 mod imports;
 mod memory_table;
 mod object_store;
@@ -14,6 +15,7 @@ mod queue;
 mod table_store;
 
 pub use counting_queue::CountingQueue;
+pub use faulty_table::{Call, FaultyTable, Method};
 pub use imports::{gzip, partner_csv, partner_row, IMPORT_WORKSPACE, PARTNER_HEADER};
 pub use memory_table::MemoryTable;
 pub use object_store::object_store_contract;
