@@ -194,14 +194,4 @@ mod tests {
         assert!(RsaSigner::from_pem("").is_err());
         assert!(RsaSigner::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
     }
-
-    /// Writes a new `events/dsr/signing.pem`. Run by hand: `cargo test -p tributary-dsr-api -- --ignored
-    /// regenerate_fixture`.
-    #[test]
-    #[ignore]
-    fn regenerate_fixture() {
-        let pem = generate_self_signed("tributary.local").expect("generate");
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/dsr/signing.pem");
-        std::fs::write(path, pem).expect("write");
-    }
 }
