@@ -485,7 +485,29 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(WorkspaceConfig)).unwrap_or(serde_json::Value::Null)
 }
 
+/// Whether two byte strings are equal, in time that depends only on their length (for comparing secrets' hashes).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 impl WorkspaceConfig {
+    /// The management key whose SHA-256 is `presented`'s. Every configured key is compared, in constant time, so
+    /// timing says nothing about which hash prefix matched.
+    pub fn management_key(&self, presented: &str) -> Option<&ManagementKey> {
+        let hash = crate::sha256_hex(presented.as_bytes());
+        let mut found = None;
+        for key in &self.management_keys {
+            if constant_time_eq(hash.as_bytes(), key.key_sha256.as_str().as_bytes()) && found.is_none() {
+                found = Some(key);
+            }
+        }
+        found
+    }
+
     /// The source a write key belongs to, comparing SHA-256 hashes.
     pub fn source_for_write_key(&self, write_key: &str) -> Option<&SourceConfig> {
         let h = crate::sha256_hex(write_key.as_bytes());
@@ -500,6 +522,22 @@ impl WorkspaceConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn management_keys_are_found_by_hash_and_compared_whole() {
+        assert!(super::constant_time_eq(b"abcd", b"abcd"));
+        assert!(!super::constant_time_eq(b"abcd", b"abce"));
+        assert!(!super::constant_time_eq(b"abcd", b"abc"));
+        let text = GOOD.replace(
+            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25c",
+            &crate::sha256_hex(b"mk-ops"),
+        );
+        let cfg = load(&text).expect("loads");
+        assert_eq!(cfg.management_key("mk-ops").map(|k| k.id.as_str()), Some("ops"));
+        assert!(cfg.management_key("MK-OPS").is_none());
+        assert!(cfg.management_key("secret").is_none(), "a write key is not a management key");
+        assert!(cfg.management_key("").is_none());
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -71,9 +71,7 @@ impl LocalLinks {
     /// Checks a link's parts: `Ok` when it was made here and has not expired at `now_ms`.
     pub fn check(&self, key: &str, expires_ms: i64, signature: &str, now_ms: i64) -> Result<(), &'static str> {
         let Some(want) = self.signature(key, expires_ms) else { return Err("bad_signature") };
-        let same = want.len() == signature.len()
-            && want.bytes().zip(signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !same {
+        if !tributary_core::config::constant_time_eq(want.as_bytes(), signature.as_bytes()) {
             return Err("bad_signature");
         }
         if now_ms >= expires_ms {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tributary_core::delivery::{DestinationConfig, DestinationKind};
 
 use crate::payload;
-use crate::ssrf::{self, Guard, GuardedResolver};
+use crate::ssrf::{self, Guard};
 use crate::types::{Outbound, SendResult};
 
 /// Most of a response body read: enough for an error object, bounded against hostile endpoints.
@@ -42,13 +42,7 @@ impl HttpSender {
     /// `allow_private_hosts`: `delivery.allow_private_hosts` (names or IP literals the SSRF guard lets through).
     pub fn new(allow_private_hosts: &[String]) -> Result<HttpSender, String> {
         let guard = Arc::new(Guard::new(allow_private_hosts));
-        let client = reqwest::Client::builder()
-            .dns_resolver(GuardedResolver::new(Arc::clone(&guard)))
-            // Following a redirect would reach a URL the guard never checked.
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve and connect on our behalf, past the guarded resolver.
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
+        let client = ssrf::guarded_client_builder(&guard)
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .user_agent(concat!("tributary-deliver/", env!("CARGO_PKG_VERSION")))

@@ -148,6 +148,17 @@ impl Guard {
     }
 }
 
+/// A client builder behind `guard`: names resolve through [`GuardedResolver`], redirects are not followed (a
+/// redirect would reach a URL the guard never checked) and no proxy is used (a proxy would resolve and connect on
+/// our behalf, past the resolver). Callers add their timeouts, pool and user agent.
+pub fn guarded_client_builder(guard: &Arc<Guard>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .dns_resolver(GuardedResolver::new(Arc::clone(guard)))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(5))
+}
+
 /// A reqwest resolver that drops forbidden addresses of names that are not allow-listed.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {

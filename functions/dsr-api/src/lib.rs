@@ -449,15 +449,7 @@ impl<T: TableStore, Q: Queue, S: Signer, L: ResultLinks> DsrApi<T, Q, S, L> {
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_or_basic)
             .ok_or_else(unauthorized)?;
-        let hash = tributary_core::sha256_hex(token.as_bytes());
-        // Every key is compared, in constant time, so timing says nothing about which hash prefix matched.
-        let mut found = None;
-        for key in &self.workspace.management_keys {
-            if hashes_equal(hash.as_bytes(), key.key_sha256.as_str().as_bytes()) && found.is_none() {
-                found = Some(key);
-            }
-        }
-        let key = found.ok_or_else(unauthorized)?;
+        let key = self.workspace.management_key(&token).ok_or_else(unauthorized)?;
         if !key.scopes.iter().any(|s| matches!(s, Scope::Dsr | Scope::Admin)) {
             return Err(ApiError::new(403, "forbidden", "this key lacks the dsr scope"));
         }
@@ -553,15 +545,6 @@ fn store_error(e: PortError, op: &str, request_id: &str) -> ApiError {
     }
 }
 
-/// Equality of two equal-length hashes without an early exit.
-fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
@@ -621,12 +604,5 @@ mod tests {
         assert_eq!(bearer_or_basic("Bearer "), None);
         assert_eq!(bearer_or_basic("Token k1"), None);
         assert_eq!(bearer_or_basic("k1"), None);
-    }
-
-    #[test]
-    fn compares_hashes() {
-        assert!(hashes_equal(b"abcd", b"abcd"));
-        assert!(!hashes_equal(b"abcd", b"abce"));
-        assert!(!hashes_equal(b"abcd", b"abc"));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tributary_core::delivery::{DestinationConfig, DestinationKind};
 use tributary_deliver::http::HttpSender;
-use tributary_deliver::ssrf::{is_refusal, Guard, GuardedResolver};
+use tributary_deliver::ssrf::{guarded_client_builder, is_refusal, Guard};
 use tributary_deliver::types::{Outbound, SendResult};
 
 /// Why a forwarded deletion did not arrive.
@@ -55,12 +55,7 @@ impl HttpClient {
     /// `allow_private_hosts`: the workspace's `delivery.allow_private_hosts`.
     pub fn new(allow_private_hosts: &[String]) -> Result<HttpClient, String> {
         let guard = Arc::new(Guard::new(allow_private_hosts));
-        let client = reqwest::Client::builder()
-            .dns_resolver(GuardedResolver::new(Arc::clone(&guard)))
-            // A redirect would reach a URL the guard never checked; a proxy would resolve past it.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
+        let client = guarded_client_builder(&guard)
             .timeout(Duration::from_secs(15))
             .user_agent(concat!("tributary-dsr/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -596,15 +596,7 @@ impl<T: TableStore> ProfileApi<T> {
         if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
             return Err(unauthorized());
         }
-        let hash = tributary_core::sha256_hex(token.as_bytes());
-        // Every key is compared, in constant time, so timing says nothing about which hash prefix matched.
-        let mut found = None;
-        for key in &self.workspace.management_keys {
-            if hashes_equal(hash.as_bytes(), key.key_sha256.as_str().as_bytes()) && found.is_none() {
-                found = Some(key);
-            }
-        }
-        found.ok_or_else(unauthorized)
+        self.workspace.management_key(token).ok_or_else(unauthorized)
     }
 }
 
@@ -815,15 +807,6 @@ fn stats_error(e: PortError, source_id: &str) -> ApiError {
     }
 }
 
-/// Equality of two equal-length hashes without an early exit.
-fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
@@ -913,12 +896,5 @@ mod tests {
         assert_eq!(Route::Suppression.scopes(&Method::DELETE), [Scope::Admin]);
         assert!(!Route::Profile.accepts(&Method::DELETE));
         assert!(Route::Suppression.accepts(&Method::DELETE));
-    }
-
-    #[test]
-    fn compares_hashes() {
-        assert!(hashes_equal(b"abcd", b"abcd"));
-        assert!(!hashes_equal(b"abcd", b"abce"));
-        assert!(!hashes_equal(b"abcd", b"abc"));
     }
 }
