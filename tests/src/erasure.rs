@@ -31,6 +31,19 @@ pub fn ann_traces() -> Vec<String> {
     out
 }
 
+/// A completed request's receipts, from its OpenDSR status: store → (action, count).
+pub fn receipts(status: &Value, processor_domain: &str) -> BTreeMap<String, (String, u64)> {
+    status["extensions"][processor_domain]["receipts"]
+        .as_array()
+        .expect("the status lists receipts")
+        .iter()
+        .map(|r| {
+            let text = |f: &str| r[f].as_str().unwrap_or("").to_string();
+            (text("store"), (text("action"), r["count"].as_u64().unwrap_or(0)))
+        })
+        .collect()
+}
+
 /// One POST the receiver got.
 #[derive(Debug, Clone)]
 pub struct Posted {

@@ -243,6 +243,27 @@ impl Serve {
         Some(events.iter().filter_map(|e| e["message_id"].as_str().map(str::to_owned)).collect())
     }
 
+    /// Runs `tributary import FILE --source SOURCE` against this server's config and data dir (the CLI puts the file
+    /// through the import path and returns once its rows are applied); the command's output.
+    pub fn import(&self, file: &Path, source: &str) -> std::process::Output {
+        let out = Command::new(tributary_bin())
+            .arg("import")
+            .arg(file)
+            .args(["--source", source, "--config"])
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("run tributary import");
+        assert!(
+            out.status.success(),
+            "tributary import failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// A ready-made HTTP client (30 s timeout) for requests of the test's own.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -349,6 +370,18 @@ impl WaitTimeoutOrKill for Child {
 
 fn pretty(values: &[Value]) -> String {
     serde_json::to_string_pretty(values).unwrap_or_else(|_| format!("{values:?}"))
+}
+
+/// Polls `f` every 200 ms until it gives a value; panics naming `what` after `timeout`.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

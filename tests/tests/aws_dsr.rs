@@ -50,7 +50,7 @@ use tributary_profile_api::ProfileApi;
 use tributary_stitch::{Stitch, StitchSettings};
 use tributary_tests::aws_env;
 use tributary_tests::erasure::{
-    ann_traces, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
+    ann_traces, receipts, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
 };
 
 const WRITE_KEY: &str = "aws-dsr-write-key";
@@ -802,17 +802,7 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
     let done = s.status(&ann_req).await;
     assert_eq!(done["request_status"], "completed", "{done}");
     println!("erasure completed in {:?}", erase_started.elapsed());
-    let receipts: BTreeMap<String, (String, u64)> = done["extensions"][DOMAIN]["receipts"]
-        .as_array()
-        .expect("receipts")
-        .iter()
-        .map(|r| {
-            (
-                r["store"].as_str().unwrap_or("").to_string(),
-                (r["action"].as_str().unwrap_or("").to_string(), r["count"].as_u64().unwrap_or(0)),
-            )
-        })
-        .collect();
+    let receipts = receipts(&done, DOMAIN);
     println!("receipts: {receipts:?}");
     for (store, action, at_least) in [
         ("identities", "suppressed", 5),

@@ -8,17 +8,15 @@
 //!   forwarded to the webhooks that had her; afterwards no table, queue or file of the server holds any of her
 //!   identifiers, raw or hashed, new events and partner rows of hers are dropped, and Bob is untouched.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tributary_tests::erasure::{
-    ann_traces, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
+    ann_traces, receipts, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
 };
-use tributary_tests::support::{test_config, tributary_bin, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
+use tributary_tests::support::{eventually, test_config, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -68,17 +66,6 @@ async fn send(serve: &Serve, events: Vec<Value>) {
     assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await.unwrap_or_default());
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn get(serve: &Serve, path: &str) -> (u16, Value) {
     let resp = serve
         .http()
@@ -95,16 +82,7 @@ fn import(serve: &Serve, name: &str, csv: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join(name);
     std::fs::write(&file, csv).expect("write partner file");
-    let out = Command::new(tributary_bin())
-        .arg("import")
-        .arg(&file)
-        .args(["--source", "partner", "--config"])
-        .arg(serve.config_path())
-        .arg("--data-dir")
-        .arg(serve.data_dir())
-        .output()
-        .expect("run tributary import");
-    assert!(out.status.success(), "tributary import failed: {}", String::from_utf8_lossy(&out.stderr));
+    serve.import(&file, "partner");
 }
 
 /// Posts a request; checks the answer is signed by the key of discovery's certificate. Returns (status, body).
@@ -134,7 +112,7 @@ fn request(kind: &str, identities: Value, callback: &str) -> (String, Value) {
 }
 
 async fn wait_completed(serve: &Serve, cert: &str, id: &str) -> Value {
-    eventually("the request to complete", async || {
+    eventually("the request to complete", TIMEOUT, async || {
         let (status, body) = dsr(serve, cert, reqwest::Method::GET, &format!("/opendsr/v2/requests/{id}"), None).await;
         assert_eq!(status, 200, "{body}");
         (body["request_status"] == "completed").then_some(body)
@@ -236,14 +214,14 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
         ],
     )
     .await;
-    eventually("both people stitched", async || {
+    eventually("both people stitched", TIMEOUT, async || {
         let ann = serve.profile_events(ANN_USER).await?;
         let bob = serve.profile_events(BOB_USER).await?;
         (ann.len() == 4 && bob.len() == 2).then_some(())
     })
     .await;
     import(&serve, "partners.csv", &format!("email,tier\n{},gold\n{BOB_EMAIL},silver\n", ANN_EMAIL.to_uppercase()));
-    eventually("the partner's tier on both profiles", async || {
+    eventually("the partner's tier on both profiles", TIMEOUT, async || {
         let (_, ann) = get(&serve, &format!("/v1/profiles/user_id:{ANN_USER}")).await;
         let (_, bob) = get(&serve, &format!("/v1/profiles/user_id:{BOB_USER}")).await;
         (ann["traits"]["tier"]["value"] == "gold" && bob["traits"]["tier"]["value"] == "silver").then_some(())
@@ -251,7 +229,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     .await;
     // Every event reached both webhooks (the local sink and the CRM).
     serve.wait_consumed(8, TIMEOUT).await;
-    eventually("the CRM deliveries", async || (hooks.to("/crm").len() >= 8).then_some(())).await;
+    eventually("the CRM deliveries", TIMEOUT, async || (hooks.to("/crm").len() >= 8).then_some(())).await;
 
     // Discovery names the certificate; every answer is signed with its key.
     let discovery: Value = serve
@@ -310,17 +288,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     let (status, created) = dsr(&serve, &cert, reqwest::Method::POST, "/opendsr/v2/requests", Some(body)).await;
     assert_eq!(status, 201, "{created}");
     let done = wait_completed(&serve, &cert, &ann_req).await;
-    let receipts: BTreeMap<String, (String, u64)> = done["extensions"]["dsr.tributary.test"]["receipts"]
-        .as_array()
-        .expect("receipts")
-        .iter()
-        .map(|r| {
-            (
-                r["store"].as_str().unwrap_or("").to_string(),
-                (r["action"].as_str().unwrap_or("").to_string(), r["count"].as_u64().unwrap_or(0)),
-            )
-        })
-        .collect();
+    let receipts = receipts(&done, "dsr.tributary.test");
     for (store, action, at_least) in [
         ("identities", "suppressed", 5),
         ("profiles", "deleted", 2),
@@ -343,7 +311,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     }
 
     // Callbacks for each change, signed; the CRM got a deletion naming Ann.
-    let calls = eventually("the callbacks", async || {
+    let calls = eventually("the callbacks", TIMEOUT, async || {
         let calls: Vec<Value> = hooks
             .to("/callbacks")
             .iter()
@@ -394,7 +362,7 @@ async fn an_erased_person_is_gone_from_every_store_and_stays_gone() {
     )
     .await;
     import(&serve, "partners-2.csv", &format!("email,tier\n{ANN_EMAIL},platinum\n{BOB_EMAIL},gold\n"));
-    eventually("Bob's new event and row", async || {
+    eventually("Bob's new event and row", TIMEOUT, async || {
         let (_, bob) = get(&serve, &format!("/v1/profiles/user_id:{BOB_USER}")).await;
         let events = serve.profile_events(BOB_USER).await?;
         (events.len() == 5 && bob["traits"]["tier"]["value"] == "gold").then_some(())

@@ -2,11 +2,10 @@
 //! broker file of SHA-256-hashed emails put through `tributary import`, and the profile API shows the broker's
 //! traits with their class (3P) and source.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use tributary_tests::support::{test_config, tributary_bin, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
+use tributary_tests::support::{eventually, test_config, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,17 +35,6 @@ async fn profile(serve: &Serve, email: &str) -> Option<Value> {
     (resp.status().as_u16() == 200).then_some(resp.json().await.expect("JSON profile"))
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_file_of_hashed_emails_enriches_profiles_made_from_raw_emails() {
     let serve = Serve::start_with_config(&config());
@@ -69,7 +57,7 @@ async fn a_broker_file_of_hashed_emails_enriches_profiles_made_from_raw_emails()
         .expect("POST /v1/batch");
     assert_eq!(resp.status().as_u16(), 200);
     for email in people {
-        eventually("the web profile", async || profile(&serve, email).await).await;
+        eventually("the web profile", TIMEOUT, async || profile(&serve, email).await).await;
     }
 
     // The broker's file: the same people as SHA-256 of their emails (as brokers send them), one stranger, one bad row.
@@ -84,17 +72,8 @@ async fn a_broker_file_of_hashed_emails_enriches_profiles_made_from_raw_emails()
     );
     std::fs::write(&file, text).expect("write broker file");
 
-    let out = Command::new(tributary_bin())
-        .arg("import")
-        .arg(&file)
-        .args(["--source", "broker", "--config"])
-        .arg(serve.config_path())
-        .arg("--data-dir")
-        .arg(serve.data_dir())
-        .output()
-        .expect("run tributary import");
+    let out = serve.import(&file, "broker");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "tributary import failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("import done: imports/broker/enrichment.csv (broker)"), "{stdout}");
     assert!(stdout.contains("rows 4  accepted 3  rejected 1"), "{stdout}");
     assert!(stdout.contains("not_sha256: 1"), "{stdout}");
