@@ -527,10 +527,8 @@ mod tests {
         assert!(super::constant_time_eq(b"abcd", b"abcd"));
         assert!(!super::constant_time_eq(b"abcd", b"abce"));
         assert!(!super::constant_time_eq(b"abcd", b"abc"));
-        let text = GOOD.replace(
-            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25c",
-            &crate::sha256_hex(b"mk-ops"),
-        );
+        let text = GOOD
+            .replace("2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25c", &crate::sha256_hex(b"mk-ops"));
         let cfg = load(&text).expect("loads");
         assert_eq!(cfg.management_key("mk-ops").map(|k| k.id.as_str()), Some("ops"));
         assert!(cfg.management_key("MK-OPS").is_none());
