@@ -4,8 +4,8 @@
 //! 1. every identity item becomes a tombstone, so an event read from now on is dropped instead of linked;
 //! 2. every profile document is deleted, so a stitch transaction planned before step 1 fails its version
 //!    condition, re-reads and finds the tombstones;
-//! 3. the partitions are emptied (ledger, events, receipts, memberships, export markers), with the dedup records of
-//!    their events and the audience schedule's due items, and read again until nothing is left.
+//! 3. the partitions are emptied page by page (ledger, events, receipts, memberships, export markers), with the
+//!    dedup records of their events and the audience schedule's due items, until a read finds nothing left.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +16,6 @@ use tributary_core::ports::{
 };
 use tributary_core::profile::layout::{self, dedup_key, EVENT_PREFIX, IDENTITY_SK, LEDGER_PREFIX, PROFILE_SK};
 use tributary_core::profile::membership::{due_key, Membership, MEMBERSHIP_SK};
-use tributary_core::profile::read;
 use tributary_core::profile::{EventRow, LedgerRow};
 
 use crate::subject::Subject;
@@ -24,8 +23,9 @@ use crate::subject::Subject;
 /// Sort-key prefix of the marker an access export leaves in the root's partition (`x#<request id>`, attribute
 /// `key`: the export's object key), so a later erasure finds and deletes old exports.
 pub const EXPORT_MARKER_PREFIX: &str = "x#";
-/// Rounds of "read the partition, delete what is there" before giving up on a partition that keeps filling.
-const MAX_ROUNDS: usize = 5;
+/// Pages deleted from one partition before the erasure gives up on it (and is retried): far above any history the
+/// profile bounds allow (retention × events kept per day), so only a partition that keeps filling reaches it.
+const MAX_PAGES: usize = 100_000;
 const PAGE: usize = 500;
 
 /// What the table part of an erasure deleted, per store.
@@ -99,16 +99,25 @@ pub async fn erase_partitions<T: TableStore>(table: &T, subject: &Subject) -> Re
         .collect();
     write_all(table, docs).await?;
 
-    let mut dedup: BTreeSet<ItemKey> = BTreeSet::new();
-    let mut due: BTreeSet<ItemKey> = BTreeSet::new();
     let mut exports: BTreeSet<String> = BTreeSet::new();
     for profile in &subject.profiles {
         let pk = layout::profile_pk(profile);
-        for _ in 0..MAX_ROUNDS {
-            let items = read::query_all(table, &pk, "", PAGE).await?;
+        // Page by page, each page deleted before the next is read (so memory stays one page whatever the history),
+        // until the partition reads empty: rows a concurrent writer slips in are read and deleted too.
+        let mut pages = 0usize;
+        loop {
+            let items = table.query(&pk, "", None, PAGE).await?.items;
             if items.is_empty() {
                 break;
             }
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(PortError::Unavailable(format!(
+                    "profile {profile}'s partition still holds rows after {MAX_PAGES} pages; the erasure is retried"
+                )));
+            }
+            let mut dedup: BTreeSet<ItemKey> = BTreeSet::new();
+            let mut due: BTreeSet<ItemKey> = BTreeSet::new();
             let mut ops = Vec::with_capacity(items.len());
             for item in items {
                 let sk = item.key.sk.as_str();
@@ -141,14 +150,14 @@ pub async fn erase_partitions<T: TableStore>(table: &T, subject: &Subject) -> Re
                 ops.push(WriteOp::Delete { key: item.key, condition: Condition::None });
             }
             write_all(table, ops).await?;
+            // Dedup records and due items only exist for some keys; count the ones that did.
+            counts.dedup += delete_existing(table, dedup.into_iter().collect()).await?;
+            counts.schedule += delete_existing(table, due.into_iter().collect()).await?;
         }
     }
     // A document deleted in step 2 counts as a profile; one a concurrent writer recreated is deleted above too.
     counts.profiles = subject.profiles.len() as u64;
 
-    // Dedup records and due items only exist for some keys; count the ones that did.
-    counts.dedup = delete_existing(table, dedup.into_iter().collect()).await?;
-    counts.schedule = delete_existing(table, due.into_iter().collect()).await?;
     counts.exports = exports.into_iter().collect();
     Ok(counts)
 }

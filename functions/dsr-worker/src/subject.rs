@@ -14,6 +14,8 @@ use tributary_core::profile::{LedgerOp, LedgerRow};
 
 /// Rows read per page of a partition.
 const PAGE: usize = 500;
+/// Most distinct destinations looked for in one profile's receipts (far above any workspace's).
+const MAX_DESTINATIONS: usize = 1_000;
 
 /// Everything a subject resolved to. Identifier values live only in memory, for matching stored blobs.
 #[derive(Debug, Clone, Default)]
@@ -109,13 +111,17 @@ pub async fn resolve<T: TableStore>(
                 subject.add_identifier(id);
             }
         }
-        for item in read::query_all(table, &pk, RECEIPT_PREFIX, PAGE).await? {
-            // `r#<destination>#<hash>`
-            if let Some(dest) =
-                item.key.sk.strip_prefix(RECEIPT_PREFIX).and_then(|r| r.rsplit_once('#')).map(|(d, _)| d)
-            {
-                subject.destinations.insert(dest.to_string());
-            }
+        // Receipts are `r#<destination>#<hash>`: one read per destination, each starting past the previous
+        // destination's receipts (hashes are hex, below `~`), however many events were delivered.
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_DESTINATIONS {
+            let page = table.query(&pk, RECEIPT_PREFIX, after.as_deref(), 1).await?;
+            let Some(item) = page.items.first() else { break };
+            let Some((dest, _)) = item.key.sk.strip_prefix(RECEIPT_PREFIX).and_then(|r| r.rsplit_once('#')) else {
+                break;
+            };
+            subject.destinations.insert(dest.to_string());
+            after = Some(format!("{RECEIPT_PREFIX}{dest}#~"));
         }
     }
     Ok(subject)

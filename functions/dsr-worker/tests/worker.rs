@@ -388,6 +388,43 @@ async fn erasure_by_email_removes_every_trace_of_the_person_and_leaves_others() 
 }
 
 #[tokio::test]
+async fn a_long_history_is_erased_page_by_page() {
+    let mut w = World::new();
+    w.people().await;
+    let ann = read::resolve(&w.table, &Lookup::Identifier(email(ANN_EMAIL))).await.expect("read").expect("ann");
+    // Far more rows than one page: the erasure must keep reading until the partition is empty.
+    for i in 0..1_234i64 {
+        let row = tributary_core::profile::EventRow {
+            source: "web".into(),
+            message_id: format!("old-{i}"),
+            kind: "track".into(),
+            name: Some("Viewed".into()),
+            ts: T0 - DAY - i * 1_000,
+            received: T0 - DAY,
+            event: json!({"type": "track", "event": "Viewed", "userId": ANN_USER, "messageId": format!("old-{i}")}),
+            truncated: false,
+        };
+        let key = tributary_core::ports::ItemKey::new(
+            tributary_core::profile::layout::profile_pk(&ann.profile_id),
+            tributary_core::profile::layout::event_sk(
+                row.ts,
+                &tributary_core::profile::layout::message_hash("web", &row.message_id),
+            ),
+        );
+        w.table.put(key, row.to_attrs());
+    }
+    let id = w.request("erasure", email_identity(ANN_EMAIL), &[], 0);
+    assert!(matches!(w.worker().process(&id).await.expect("process"), Outcome::Completed { .. }));
+    let rec = w.record(&id);
+    let events = rec.receipts.iter().find(|r| r.store == "events").expect("events receipt");
+    assert_eq!(events.count, 5 + 1_234);
+    let after = w.dump();
+    for t in ann_traces() {
+        assert!(!after.contains(t.as_str()), "{t} is still stored");
+    }
+}
+
+#[tokio::test]
 async fn an_erasure_interrupted_anywhere_finishes_on_retry() {
     // Crash after each write in turn, until a run has room to finish.
     for (crashes, crash_after) in (0u64..).enumerate() {
@@ -562,7 +599,11 @@ async fn erasure_reaches_dead_letters_files_and_the_destinations_that_had_the_pe
     let bob = read::resolve(&w.table, &Lookup::Identifier(email(BOB_EMAIL))).await.expect("read").expect("bob");
     let (ann_id, bob_id) = (ann.profile_id.clone(), bob.profile_id.clone());
     // Ann's events reached `hook`; nothing of hers reached `ads`.
-    w.table.put(tributary_core::delivery::receipt_key(Some(&ann_id), "hook", "m-3"), serde_json::Map::new());
+    // Ann's events reached `hook` (several receipts) and `lake`, a destination no longer configured.
+    for m in ["m-1", "m-2", "m-3", "m-4"] {
+        w.table.put(tributary_core::delivery::receipt_key(Some(&ann_id), "hook", m), serde_json::Map::new());
+    }
+    w.table.put(tributary_core::delivery::receipt_key(Some(&ann_id), "lake", "m-5"), serde_json::Map::new());
     w.table.put(tributary_core::delivery::receipt_key(Some(&bob_id), "ads", "m-6"), serde_json::Map::new());
 
     let db = w.dir.path().join("queues.sqlite");
@@ -619,6 +660,7 @@ async fn erasure_reaches_dead_letters_files_and_the_destinations_that_had_the_pe
     assert_eq!(receipts["export:archive"], ("deleted", 1));
     assert_eq!(receipts["destination:hook"], ("forwarded", 1));
     assert!(!receipts.contains_key("destination:ads"), "ads never had Ann: {receipts:?}");
+    assert_eq!(receipts["destination:lake"], ("not_supported", 0), "a destination gone from the config is named");
 
     // The deletion names Ann to `hook`, and only `hook` got one.
     let deletions = w.controller.deletions.lock().expect("lock").clone();
