@@ -64,7 +64,8 @@ enum Command {
         #[command(subcommand)]
         command: sources::SourcesCommand,
     },
-    /// Deliveries given up on (the delivery DLQ): list them, or move them back to the delivery queue.
+    /// Dead letters: deliveries given up on (the delivery DLQ), or with `--events` the events DLQ (events of erased
+    /// people are dropped on the way back): list them, or move them back.
     Redrive(redrive::RedriveArgs),
     /// Import a partner or broker file through the local stack (as S3 would hand it to the import function).
     Import(import::ImportArgs),

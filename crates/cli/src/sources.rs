@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use time::OffsetDateTime;
-use tributary_core::governance::stats::{self, Counts, Report, Window, COUNTERS};
+use tributary_core::governance::stats::{self, Counts, Report, Window, STORED_COUNTERS};
 use tributary_local::runtime::{load_workspace, DataDir, PROFILES_TABLE};
 use tributary_local::sqlite_table::SqliteTable;
 
@@ -97,7 +97,8 @@ fn render(report: &Report) -> String {
     let width = names.iter().map(|n| n.chars().count()).chain(["name".len(), "total".len()]).max().unwrap_or(5);
     let row = |name: &str, counts: &Counts| {
         let mut line = format!("{name:<width$}");
-        for (header, value) in COUNTERS.iter().zip(counts.values()) {
+        // Every stored counter, `suppressed` (events of erased people dropped at ingest) included.
+        for (header, value) in STORED_COUNTERS.iter().zip(counts.stored_values()) {
             line.push_str(&format!("  {value:>w$}", w = header.len()));
         }
         line.push('\n');
@@ -106,7 +107,7 @@ fn render(report: &Report) -> String {
     let mut out =
         format!("source {}, {} to {} (whole hours overlapping it)\n", report.source, report.since, report.until);
     out.push_str(&format!("{:<width$}", "name"));
-    for header in COUNTERS {
+    for header in STORED_COUNTERS {
         out.push_str(&format!("  {header}"));
     }
     out.push('\n');
@@ -135,18 +136,36 @@ mod tests {
                 EventStats { name: "(identify)".into(), counts: Counts { accepted: 2, ..Counts::default() } },
                 EventStats {
                     name: "Order\u{1b}[31mCompleted".into(),
-                    counts: Counts { accepted: 10, quarantined: 3, pii_actioned: 1, ..Counts::default() },
+                    counts: Counts {
+                        accepted: 10,
+                        quarantined: 3,
+                        pii_actioned: 1,
+                        suppressed: 2,
+                        ..Counts::default()
+                    },
                 },
             ],
-            totals: Counts { accepted: 12, quarantined: 3, pii_actioned: 1, ..Counts::default() },
+            totals: Counts { accepted: 12, quarantined: 3, pii_actioned: 1, suppressed: 2, ..Counts::default() },
         };
         let text = render(&report);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "source web, 2025-03-09T12:30:00Z to 2025-03-10T12:30:00Z (whole hours overlapping it)");
-        assert_eq!(lines[1], "name                 accepted  dropped_properties  quarantined  pii_actioned  dropped");
-        assert_eq!(lines[2], "(identify)                  2                   0            0             0        0");
-        assert_eq!(lines[3], "Order?[31mCompleted        10                   0            3             1        0");
-        assert_eq!(lines[4], "total                      12                   0            3             1        0");
+        assert_eq!(
+            lines[1],
+            "name                 accepted  dropped_properties  quarantined  pii_actioned  dropped  suppressed"
+        );
+        assert_eq!(
+            lines[2],
+            "(identify)                  2                   0            0             0        0           0"
+        );
+        assert_eq!(
+            lines[3],
+            "Order?[31mCompleted        10                   0            3             1        0           2"
+        );
+        assert_eq!(
+            lines[4],
+            "total                      12                   0            3             1        0           2"
+        );
         assert_eq!(lines.len(), 5);
 
         let empty = Report { events: Vec::new(), totals: Counts::default(), ..report };
