@@ -44,6 +44,15 @@ pub fn receipts(status: &Value, processor_domain: &str) -> BTreeMap<String, (Str
         .collect()
 }
 
+/// Asserts each (store, action, at least this count) is among `receipts`.
+pub fn assert_receipts(receipts: &BTreeMap<String, (String, u64)>, expected: &[(&str, &str, u64)]) {
+    for (store, action, at_least) in expected {
+        let got = receipts.get(*store).unwrap_or_else(|| panic!("no receipt for {store}: {receipts:?}"));
+        assert_eq!(got.0, *action, "{store}: {receipts:?}");
+        assert!(got.1 >= *at_least, "{store}: {receipts:?}");
+    }
+}
+
 /// One POST the receiver got.
 #[derive(Debug, Clone)]
 pub struct Posted {
