@@ -88,27 +88,27 @@ pub fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
             (Some(queue), Some(dlq)) => on_aws(queue, dlq, &filter, args.dry_run).await?,
             _ => {
                 let data = DataDir(args.data_dir.clone());
-                if !data.queues().is_file() {
-                    anyhow::bail!(
-                        "{}: no queues here (pass --data-dir, the one `tributary serve` uses)",
-                        data.queues().display()
-                    );
-                }
-                let open = |name: &str, options: QueueOptions| {
-                    SqliteQueue::open(&data.queues(), name, options)
-                        .map_err(|e| anyhow::anyhow!("{}: queue {name}: {e}", data.queues().display()))
-                };
-                let queue = open(
+                let queue = local_queue(
+                    &data,
                     DELIVERY_QUEUE,
                     QueueOptions { dead_letter: Some((DELIVERY_DLQ.to_string(), DELIVERY_MAX_RECEIVE_COUNT)) },
                 )?;
-                let dlq = open(DELIVERY_DLQ, QueueOptions::default())?;
+                let dlq = local_queue(&data, DELIVERY_DLQ, QueueOptions::default())?;
                 sweep(&dlq, &queue, &filter, args.dry_run).await?
             }
         };
         print(&report, args.dry_run, args.json)?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A queue of the data dir `tributary serve` uses; an error naming the place when there is none.
+fn local_queue(data: &DataDir, name: &str, options: QueueOptions) -> anyhow::Result<SqliteQueue> {
+    if !data.queues().is_file() {
+        anyhow::bail!("{}: no queues here (pass --data-dir, the one `tributary serve` uses)", data.queues().display());
+    }
+    SqliteQueue::open(&data.queues(), name, options)
+        .map_err(|e| anyhow::anyhow!("{}: queue {name}: {e}", data.queues().display()))
 }
 
 async fn sweep<Q: Queue>(dlq: &Q, queue: &Q, filter: &Filter, dry_run: bool) -> anyhow::Result<Report> {
@@ -170,19 +170,12 @@ async fn run_events(args: RedriveArgs) -> anyhow::Result<ExitCode> {
             events_on_aws(queue, dlq, table, &ids, args.since, args.dry_run).await?
         }
         _ => {
-            if !data.queues().is_file() {
-                anyhow::bail!(
-                    "{}: no queues here (pass --data-dir, the one `tributary serve` uses)",
-                    data.queues().display()
-                );
-            }
-            let open = |name: &str, options: QueueOptions| {
-                SqliteQueue::open(&data.queues(), name, options)
-                    .map_err(|e| anyhow::anyhow!("{}: queue {name}: {e}", data.queues().display()))
-            };
-            let queue =
-                open(EVENTS_QUEUE, QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) })?;
-            let dlq = open(EVENTS_DLQ, QueueOptions::default())?;
+            let queue = local_queue(
+                &data,
+                EVENTS_QUEUE,
+                QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) },
+            )?;
+            let dlq = local_queue(&data, EVENTS_DLQ, QueueOptions::default())?;
             let table = SqliteTable::open(&data.tables(), PROFILES_TABLE)
                 .map_err(|e| anyhow::anyhow!("{}: profile table: {e}", data.tables().display()))?;
             sweep_events(&dlq, &queue, &table, &ids, args.since, args.dry_run).await?
