@@ -27,6 +27,9 @@ exec </dev/null # CI has no stdin; nothing here may wait for input.
 TOOLS="$ROOT/.test-tools"
 VENV="$TOOLS/venv"
 REQUIREMENTS="$ROOT/scripts/requirements-test.txt"
+# checkov pins an older boto3 than moto runs on, so it gets a venv of its own.
+CHECKOV_VENV="$TOOLS/checkov-venv"
+CHECKOV_REQUIREMENTS="$ROOT/scripts/requirements-checkov.txt"
 NODE_DIR="$ROOT/tests/sdk/node"
 LOGS="$TOOLS/logs"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 DEBIAN_FRONTEND=noninteractive
@@ -133,6 +136,22 @@ ensure_venv() {
   echo "$want" >"$stamp"
 }
 
+ensure_checkov_venv() {
+  local stamp="$CHECKOV_VENV/.tributary-requirements" want
+  want="$(sha256_of "$CHECKOV_REQUIREMENTS")-$(python3 -c 'import sys; print(sys.version.split()[0])')"
+  if [[ -x "$CHECKOV_VENV/bin/checkov" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "checkov venv up to date ($CHECKOV_VENV)"
+    return 0
+  fi
+  ensure_python
+  if ! "$CHECKOV_VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    rm -rf "$CHECKOV_VENV"
+    python3 -m venv "$CHECKOV_VENV"
+  fi
+  "$CHECKOV_VENV/bin/python" -m pip install --quiet --progress-bar off -r "$CHECKOV_REQUIREMENTS"
+  echo "$want" >"$stamp"
+}
+
 ensure_node() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     apt_install nodejs npm
@@ -180,6 +199,7 @@ ensure_rust() {
 setup() {
   ensure_rust
   ensure_venv
+  ensure_checkov_venv
   ensure_node_modules
 }
 
@@ -257,7 +277,8 @@ export TRIBUTARY_NODE_MODULES="$NODE_DIR/node_modules"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tier 3 (cheap, first): the SAM template.
-run_step cfn-lint "tier 3: cfn-lint infra/template.yaml" "$VENV/bin/cfn-lint" infra/template.yaml || true
+run_step cfn-lint "tier 3: cfn-lint + serverless rules, infra/template.yaml" \
+  "$VENV/bin/cfn-lint" -a cfn_lint_serverless.rules -- infra/template.yaml || true
 
 sam_transform() {
   # cfn-lint validates SAM resources against SAM's schemas but no longer runs the transform itself; run it
@@ -291,6 +312,14 @@ EOF
   "$VENV/bin/cfn-lint" "$out"
 }
 run_step sam "tier 3: SAM transform of infra/template.yaml + cfn-lint of the result" sam_transform || true
+
+checkov_infra() {
+  # Zero failures on the template as written and as CloudFormation will see it; every skip sits on its resource
+  # with its reason (infra/.checkov.yaml holds none).
+  "$CHECKOV_VENV/bin/checkov" --config-file infra/.checkov.yaml -d infra || return 1
+  "$CHECKOV_VENV/bin/checkov" --config-file infra/.checkov.yaml -f "$TOOLS/template.transformed.json"
+}
+run_step checkov "tier 3: checkov on infra/ and on the transformed template" checkov_infra || true
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rust: format, one build, the test tiers, doctests, clippy.
