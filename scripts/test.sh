@@ -281,34 +281,12 @@ run_step cfn-lint "tier 3: cfn-lint + serverless rules, infra/template.yaml" \
   "$VENV/bin/cfn-lint" -a cfn_lint_serverless.rules -- infra/template.yaml || true
 
 sam_transform() {
-  # cfn-lint validates SAM resources against SAM's schemas but no longer runs the transform itself; run it
-  # offline (no AWS calls: a fixed managed-policy map, placeholder code location) and lint what it produces.
+  # cfn-lint validates SAM resources against SAM's schemas but no longer runs the transform itself; run it offline
+  # (infra/emulator.py: a fixed managed-policy map, a placeholder code location, no AWS calls) and lint the result.
+  # The AWS tier deploys the same translation onto moto (tests/tests/aws_stack.rs).
   local out="$TOOLS/template.transformed.json"
   rm -f "$out"
-  "$VENV/bin/python" - infra/template.yaml "$out" <<'EOF' || return 1
-import json, sys
-from cfnlint.decode import decode
-from samtranslator.translator.transform import transform
-
-template, matches = decode(sys.argv[1])
-if matches:
-    sys.exit("\n".join(str(m) for m in matches))
-template = json.loads(json.dumps(template, default=str))
-template.setdefault("Globals", {}).setdefault("Function", {})["CodeUri"] = "s3://artifacts/code.zip"
-for resource in template.get("Resources", {}).values():
-    if resource.get("Type") == "AWS::Serverless::Function":
-        resource.get("Properties", {}).pop("CodeUri", None)
-
-
-class Policies:
-    def load(self):
-        return {"AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
-
-
-params = {"WorkspaceConfigUri": "s3://config-bucket/tributary.yaml"}
-with open(sys.argv[2], "w") as f:
-    json.dump(transform(template, params, Policies()), f, indent=1)
-EOF
+  "$VENV/bin/python" infra/emulator.py transform "$out" || return 1
   "$VENV/bin/cfn-lint" "$out"
 }
 run_step sam "tier 3: SAM transform of infra/template.yaml + cfn-lint of the result" sam_transform || true

@@ -5,5 +5,6 @@ pub mod erasure;
 pub mod people;
 pub mod reference;
 pub mod sdk;
+pub mod stack;
 pub mod stitching;
 pub mod support;

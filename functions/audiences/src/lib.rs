@@ -15,6 +15,11 @@
 //! ([`transition_message_id`]), so a run that sent them but failed before writing the membership sends the same
 //! ids again and delivery's receipts drop the repeats.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,6 +8,11 @@
 //! honoured); refusals and exhausted retries go to the DLQ at once with their reason, one dead letter per
 //! (destination, event), which `tributary redrive` moves back.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 pub mod event;
 pub mod export;
 pub mod http;

@@ -17,6 +17,11 @@
 //! exactly this code. Identity values never reach the store, a log line or an error message: records keep only the
 //! identity items' keys, and logs name request ids, key ids and status codes.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 pub mod signing;
 
 use std::sync::Arc;

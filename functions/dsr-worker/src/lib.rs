@@ -18,6 +18,11 @@
 //! The handler is generic over the ports, so Lambda (DynamoDB, SQS, S3) and `tributary serve` (SQLite, files) run
 //! exactly this code. Logs name request ids and counts, never an identifier.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 pub mod callback;
 pub mod erase;
 pub mod export;

@@ -22,6 +22,11 @@
 //! cannot point at who was erased. The list is loaded once per invocation and refreshed (at most once a minute) at
 //! the checkpoints; an invocation that cannot load it at all retries later, like one whose table fails.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 pub mod reader;
 pub mod report;
 

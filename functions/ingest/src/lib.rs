@@ -24,6 +24,11 @@
 //! (lazily: the first request after a cold start pays one small scan); if it cannot be loaded at all, events go
 //! through and stitch, the authoritative check, drops them.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -49,6 +49,11 @@
 //! (SQLite) run exactly this code. Lookups hold personal data: they never appear in errors, logs or audit rows,
 //! only their SHA-256 does.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 use std::sync::Arc;
 use std::time::Instant;
 

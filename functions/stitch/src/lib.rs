@@ -31,6 +31,11 @@
 //! writer of the table bumps versions). Dropped events write no dedup item, so a redelivery is checked again; a
 //! lifted suppression (its tombstones deleted) lets new events stitch normally.
 
+// The Lambda function's wiring on the AWS adapters: the binary's `main` and the emulator deployment test
+// (tests/tests/aws_stack.rs) build the handler through it.
+#[cfg(feature = "lambda")]
+pub mod lambda;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

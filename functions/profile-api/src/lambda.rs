@@ -1,0 +1,32 @@
+//! The Lambda function's wiring (feature `lambda`): the handler built from its environment variables on the AWS
+//! adapters, exactly as `main.rs` runs it. The emulator deployment test (tests/tests/aws_stack.rs) builds it with the
+//! variables the deployed stack gives the function, so the template and this code are checked against each other.
+//!
+//! Environment (set by infra/template.yaml):
+//! - `PROFILES_TABLE`: the profile table (DynamoDB).
+//! - `WORKSPACE_CONFIG`: `s3://bucket/key` of the workspace file, or a path inside the deployment package.
+
+use std::env::VarError;
+use std::sync::Arc;
+
+use anyhow::Context;
+use lambda_runtime::Error;
+use tributary_aws::{AwsClients, DynamoTable};
+
+use crate::ProfileApi;
+
+/// The handler the Lambda binary runs.
+pub type Handler = ProfileApi<DynamoTable>;
+
+/// Builds the handler as `main` does at cold start: reads its variables through `env` (`std::env::var` in `main`),
+/// loads the workspace, opens the connections during init (`clients.warm()`). Fails as `main`'s init fails, with the
+/// same errors (converted into a Lambda runtime error as `main`'s `?` converts them).
+pub async fn build(env: &dyn Fn(&str) -> Result<String, VarError>, clients: &AwsClients) -> Result<Handler, Error> {
+    let table_name = env("PROFILES_TABLE").context("PROFILES_TABLE is not set")?;
+    let config_uri = env("WORKSPACE_CONFIG").context("WORKSPACE_CONFIG is not set")?;
+    let workspace = tributary_aws::load_workspace(clients, &config_uri).await?;
+    // Open the TLS connection during init, which is billed the same but keeps the first request fast.
+    clients.warm().await;
+
+    Ok(ProfileApi::new(clients.dynamo_table(table_name), Arc::new(workspace)))
+}
