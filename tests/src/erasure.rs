@@ -1,6 +1,6 @@
 //! Shared pieces of the end-to-end tests that reach outside the platform: a webhook receiver that records every
-//! POST (destinations, DSR callbacks), the two people of the erasure tests and the forms in which a store could hold Ann's identifiers, and
-//! opening an export archive.
+//! POST (destinations, DSR callbacks), the two people of the erasure tests and the forms in which a store could hold Ann's identifiers,
+//! opening an export archive, and reading every version of every object of a bucket.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -11,6 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Router;
 use serde_json::Value;
+use tributary_aws::S3Store;
+use tributary_core::ports::ObjectStore;
 
 pub const ANN_EMAIL: &str = "ann.erasable@example.com";
 pub const ANN_USER: &str = "user-ann-4711";
@@ -126,6 +128,34 @@ pub fn untar(bytes: &[u8]) -> BTreeMap<String, String> {
         let mut text = String::new();
         entry.read_to_string(&mut text).expect("UTF-8 entry");
         out.insert(name, text);
+    }
+    out
+}
+
+/// Every version of every object in `store`, earlier ones included (`ListObjectVersions`, then `GetObject` by
+/// version id; delete markers hold no bytes), one lowercase line each: `<label>/<key> (current|earlier <version
+/// id>): <text>`, gzip opened (so export archives read as tar text) and newlines as spaces. A versioned bucket
+/// keeps what a delete or a rewrite replaced, so a scan of current objects alone would miss it.
+pub async fn every_object_version(store: &S3Store, label: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in store.all_versions("").await.expect("list the bucket's versions") {
+        if v.delete_marker {
+            continue;
+        }
+        let bytes = store
+            .get_version(&v.key, &v.version_id)
+            .await
+            .expect("get an object version")
+            .unwrap_or_else(|| panic!("{label}/{}: listed version {} cannot be read", v.key, v.version_id));
+        let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut plain).expect("gunzip");
+            String::from_utf8_lossy(&plain).into_owned()
+        } else {
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        let which = if v.latest { "current".to_string() } else { format!("earlier {}", v.version_id) };
+        out.push(format!("{label}/{} ({which}): {}", v.key, text.to_lowercase().replace('\n', " ")));
     }
     out
 }

@@ -10,8 +10,9 @@
 //! - an access request for Bob gives an export behind a presigned S3 link that works, and once the export's
 //!   `expires_at` is past the status no longer carries the link;
 //! - an erasure of Ann **by email only** completes with a receipt per store, signed answers and callbacks, and a
-//!   deletion forwarded to the webhook that had her; afterwards a scan of every table item, every object of every
-//!   bucket and every message of every queue and DLQ finds none of her identifiers, raw or hashed;
+//!   deletion forwarded to the webhook that had her; afterwards a scan of every table item, every version of every
+//!   object of every bucket (the archive, import and export buckets keep versions, as the SAM template's do) and
+//!   every message of every queue and DLQ finds none of her identifiers, raw or hashed;
 //! - new events and new partner rows of hers are dropped (by stitch behind containers whose suppression list
 //!   predates the erasure, by ingest and import themselves in containers started since), while Bob's land; Bob
 //!   is untouched throughout.
@@ -21,7 +22,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use tributary_core::ingest::Envelope;
 use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::{ObjectStore, OutgoingMessage, Queue, ReceivedMessage};
 use tributary_core::profile::changes::ProfileChanges;
+use tributary_core::testing::{object_store_contract, object_store_versions_contract};
 use tributary_deliver::export::ExportSender;
 use tributary_deliver::http::HttpSender;
 use tributary_deliver::{resolve_destinations, Deliver, DeliverSettings, Senders};
@@ -50,8 +51,8 @@ use tributary_profile_api::ProfileApi;
 use tributary_stitch::{Stitch, StitchSettings};
 use tributary_tests::aws_env;
 use tributary_tests::erasure::{
-    ann_traces, assert_receipts, receipts, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON,
-    BOB_EMAIL, BOB_USER,
+    ann_traces, assert_receipts, every_object_version, receipts, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE,
+    ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
 };
 
 const WRITE_KEY: &str = "aws-dsr-write-key";
@@ -317,6 +318,12 @@ impl Stack {
         }
         let [archive, import_bucket, results_bucket, exports_bucket] =
             <[String; 4]>::try_from(buckets.clone()).expect("four buckets");
+        // Versioned as infra/template.yaml's ArchiveBucket and ImportBucket are, and the export destination's
+        // bucket (the workspace's own) may be: a delete or a rewrite there leaves the old bytes as an earlier
+        // version. The results bucket keeps none, as in the template.
+        for bucket in [&archive, &import_bucket, &exports_bucket] {
+            aws.s3_store(bucket, "").enable_versioning().await.expect("enable versioning");
+        }
 
         let hooks = Receiver::start().await;
         let crm_url = format!("{}/crm", hooks.url());
@@ -566,27 +573,18 @@ impl Stack {
         body["events"].as_array().expect("events").clone()
     }
 
-    /// Everything the stack stores, one lowercase line per table item, object and message, each prefixed with where
-    /// it was found: every item of the table (a full scan), every object of every bucket (gzip opened, so export
-    /// archives read as tar text), every message of every queue and DLQ (received once, then made visible again).
+    /// Everything the stack stores, one lowercase line per table item, object version and message, each prefixed
+    /// with where it was found: every item of the table (a full scan), every version of every object of every
+    /// bucket, earlier versions included (`ListObjectVersions`, then `GetObject` by version id; gzip opened, so
+    /// export archives read as tar text), every message of every queue and DLQ (received once, then made visible
+    /// again).
     async fn everything_stored(&self) -> Vec<String> {
         let mut out = Vec::new();
         for item in admin::scan_all(&self.aws, &self.table_name).await.expect("scan the table") {
             out.push(format!("table {}: {}", self.table_name, item.to_lowercase()));
         }
         for bucket in &self.buckets {
-            let store = self.aws.s3_store(bucket, "");
-            for meta in store.list("").await.expect("list the bucket") {
-                let bytes = store.get(&meta.key).await.expect("get an object").unwrap_or_default();
-                let text = if bytes.starts_with(&[0x1f, 0x8b]) {
-                    let mut plain = Vec::new();
-                    flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut plain).expect("gunzip");
-                    String::from_utf8_lossy(&plain).into_owned()
-                } else {
-                    String::from_utf8_lossy(&bytes).into_owned()
-                };
-                out.push(format!("s3://{bucket}/{}: {}", meta.key, text.to_lowercase().replace('\n', " ")));
-            }
+            out.extend(every_object_version(&self.aws.s3_store(bucket, ""), &format!("s3://{bucket}")).await);
         }
         for (name, queue) in &self.queues {
             let messages = receive_all(queue, name).await;
@@ -781,7 +779,22 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
     s.settle().await;
     assert_eq!(s.status(&ann_access).await["request_status"], "completed");
 
+    // Each quarantined record rewritten in place, as the quarantine redrive does when it re-checks a held event
+    // against a newer tracking plan (crates/local/src/quarantine.rs): in the versioned archive the first record
+    // stays as an earlier version.
+    let quarantine = s.aws.s3_store(&s.archive, "");
+    for held in quarantine.list("quarantine/").await.expect("list the quarantine") {
+        let record = quarantine.get(&held.key).await.expect("get a record").expect("the record");
+        quarantine.put(&held.key, record).await.expect("rewrite a record");
+    }
+
     let before = s.everything_stored().await;
+    let earlier = |lines: &[String], who: &str| {
+        lines.iter().any(|l| {
+            l.starts_with(&format!("s3://{}/quarantine/", s.archive)) && l.contains(" (earlier ") && l.contains(who)
+        })
+    };
+    assert!(earlier(&before, ANN_USER) && earlier(&before, BOB_USER), "the scan reads earlier versions");
     // The scan sees her before the erasure, raw and hashed (stitch keeps the SHA-256 of her email): it reads
     // what the stores hold.
     let hashed_email = tributary_core::sha256_hex(ANN_EMAIL.as_bytes());
@@ -853,9 +866,11 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
     assert_eq!(deletions[0]["userId"], ANN_USER);
     assert_eq!(deletions[0]["context"]["dsr"]["subject_request_id"], ann_req.as_str());
 
-    // Nothing of Ann's anywhere: table, buckets, queues and DLQs.
+    // Nothing of Ann's anywhere: table, every version in the buckets, queues and DLQs. Bob's quarantined record
+    // keeps its earlier version (the erasure removes only the history of objects that named her).
     let after = s.everything_stored().await;
     assert_clean(&after, "after the erasure", |_| false);
+    assert!(earlier(&after, BOB_USER), "Bob's earlier version stays");
     let (status, _) = s.profile(&format!("user_id:{ANN_USER}")).await;
     assert_eq!(status, 404);
     let (status, _) = s.profile(&format!("email:{}", ANN_EMAIL.replace('@', "%40"))).await;
@@ -937,4 +952,27 @@ async fn an_erased_person_is_gone_from_every_aws_store_and_stays_gone() {
     assert_clean(&again, "after she came back", |l| l.starts_with(&partner_files));
     assert!(again.iter().any(|l| l.starts_with(&partner_files) && l.contains(ANN_EMAIL)), "the new file is there");
     println!("the AWS DSR acceptance took {:?}", started.elapsed());
+}
+
+/// The S3 adapter on buckets with versioning, as the archive and import buckets are deployed: the object store
+/// contract (current objects) and the contract of earlier versions, at the bucket root and under a prefix, with
+/// listing pages of two entries so that every listing and removal goes over several pages.
+#[tokio::test]
+async fn s3_store_keeps_both_object_store_contracts_on_a_versioned_bucket() {
+    let aws = aws_env::clients().await;
+    let versioned = || async {
+        let bucket = admin::create_bucket(&aws, &aws_env::unique("versioned")).await.expect("create a bucket");
+        aws.s3_store(&bucket, "").enable_versioning().await.expect("enable versioning");
+        bucket
+    };
+    let a = versioned().await;
+    object_store_versions_contract(&aws.s3_store(&a, "").with_page_size(2)).await;
+    object_store_versions_contract(&aws.s3_store(&a, "/tenant-a/").with_page_size(3)).await;
+    object_store_contract(&aws.s3_store(&a, "tenant-b")).await;
+    let b = versioned().await;
+    object_store_contract(&aws.s3_store(&b, "").with_page_size(2)).await;
+    // The stores under a prefix saw nothing of each other's versions; the whole bucket sees what they left.
+    let left = aws.s3_store(&a, "").all_versions("").await.expect("list every version");
+    assert!(left.iter().all(|v| v.key.starts_with("tenant-b/")), "{left:?}");
+    assert!(left.iter().any(|v| !v.latest), "the contract's overwrites left earlier versions: {left:?}");
 }

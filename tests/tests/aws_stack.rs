@@ -14,7 +14,6 @@
 //! leaves out or applies itself (the report's `emulator` section, printed below).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,8 +29,8 @@ use tributary_core::import::IMPORTS_PREFIX;
 use tributary_core::ports::{ObjectStore, Queue, ReceivedMessage, SPARSE_INDEXES};
 use tributary_tests::aws_env;
 use tributary_tests::erasure::{
-    ann_traces, assert_receipts, receipts, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON, BOB_EMAIL,
-    BOB_USER,
+    ann_traces, assert_receipts, every_object_version, receipts, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER,
+    BOB_ANON, BOB_EMAIL, BOB_USER,
 };
 use tributary_tests::stack::{Deployment, Trigger};
 
@@ -683,10 +682,9 @@ async fn the_sam_template_deployed_on_moto_runs_the_whole_pipeline() {
         assert_eq!(out, json!({"queued": 0}));
     }
 
-    // Nothing of Ann's anywhere the stack stores: every table item, every (current) object of its buckets, every
-    // message of its queues and dead-letter queues. The versioned buckets keep the erased partner file as a
-    // noncurrent version until their lifecycle rule expires it (30 days); the object store port sees current
-    // objects only.
+    // Nothing of Ann's anywhere the stack stores: every table item, every version of every object of its buckets
+    // (the archive and import buckets are versioned: what the erasure deleted or rewrote must not live on as an
+    // earlier version), every message of its queues and dead-letter queues.
     let mut stored: Vec<String> = Vec::new();
     let table = p.stack.var("stitch", "PROFILES_TABLE");
     for item in admin::scan_all(&p.aws, &table).await.expect("scan the table") {
@@ -696,17 +694,7 @@ async fn the_sam_template_deployed_on_moto_runs_the_whole_pipeline() {
         p.stack.report["buckets"].as_object().expect("buckets").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (id, bucket) in &buckets {
         let store = p.aws.s3_store(bucket["name"].as_str().expect("a bucket name"), "");
-        for meta in store.list("").await.expect("list a bucket") {
-            let bytes = store.get(&meta.key).await.expect("get an object").unwrap_or_default();
-            let text = if bytes.starts_with(&[0x1f, 0x8b]) {
-                let mut plain = Vec::new();
-                flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut plain).expect("gunzip");
-                String::from_utf8_lossy(&plain).into_owned()
-            } else {
-                String::from_utf8_lossy(&bytes).into_owned()
-            };
-            stored.push(format!("{id}/{}: {}", meta.key, text.to_lowercase()));
-        }
+        stored.extend(every_object_version(&store, id).await);
     }
     let queues: Vec<(String, String)> = p.stack.report["queues"]
         .as_object()

@@ -30,7 +30,7 @@ mod workspace;
 pub use billing::Usage;
 pub use dynamo::DynamoTable;
 pub use links::{S3Links, MAX_LINK_LIFETIME};
-pub use s3::S3Store;
+pub use s3::{S3Store, S3Version};
 pub use sqs::SqsQueue;
 pub use workspace::{load_workspace, read_location};
 

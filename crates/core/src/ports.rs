@@ -116,8 +116,23 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// An earlier (noncurrent) version of an object, in a store that keeps versions (an S3 bucket with versioning):
+/// the bytes an overwrite or a delete left behind. Delete markers hold no bytes and are not listed as such.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierVersion {
+    pub key: String,
+    /// Opaque, as the store gave it; only [`ObjectStore::get_version`] reads it.
+    pub version_id: String,
+    pub size: u64,
+}
+
 /// Keys are `/`-separated relative paths of printable characters; `..` segments, empty segments and a leading
 /// `/` are refused with [`PortError::Invalid`] by every adapter.
+///
+/// Versions: a store may keep what an overwrite or a delete replaced (S3 versioning). `get`, `head` and `list`
+/// see current objects only; the last three methods reach the earlier versions, so that an erasure can remove
+/// them too. Their defaults are those of a store without versions (nothing to list, read or remove); a store
+/// that keeps versions must implement all three.
 pub trait ObjectStore: Send + Sync {
     /// Writes the whole object atomically: readers see the old or the new bytes, never a mix.
     fn put(&self, key: &str, bytes: Vec<u8>) -> impl Future<Output = Result<(), PortError>> + Send;
@@ -134,6 +149,36 @@ pub trait ObjectStore: Send + Sync {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, PortError>> + Send;
     /// Deleting a missing object is not an error.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Every earlier version of every object whose key starts with `prefix` (delete markers left out), sorted by
+    /// key, newest first within a key. A key may have earlier versions and no current object (it was deleted).
+    fn list_earlier_versions(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<EarlierVersion>, PortError>> + Send {
+        let _ = prefix;
+        std::future::ready(Ok(Vec::new()))
+    }
+
+    /// The bytes of one version of `key` (earlier or current), `None` if there is no such version or it is a
+    /// delete marker.
+    fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, PortError>> + Send {
+        let _ = version_id;
+        std::future::ready(validate_object_key(key).map(|()| None))
+    }
+
+    /// Removes every earlier version and every delete marker of exactly `key` (not of longer keys it prefixes),
+    /// keeping the current object if there is one: after it, `key` has its current object or nothing at all, and
+    /// [`list_earlier_versions`](Self::list_earlier_versions) lists nothing for it. Returns how many versions and
+    /// markers were removed. Idempotent; a store without versions removes nothing. An error may come after part
+    /// of the removal: calling it again finishes it.
+    fn delete_earlier_versions(&self, key: &str) -> impl Future<Output = Result<usize, PortError>> + Send {
+        std::future::ready(validate_object_key(key).map(|()| 0))
+    }
 }
 
 /// Shared key check, so that adapters refuse the same keys.

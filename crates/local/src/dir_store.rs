@@ -12,7 +12,7 @@ use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tributary_core::ports::{validate_object_key, ObjectMeta, ObjectStore, PortError};
+use tributary_core::ports::{validate_object_key, EarlierVersion, ObjectMeta, ObjectStore, PortError};
 
 /// Suffix of in-progress puts; files ending with it are never listed or served.
 pub const TEMP_SUFFIX: &str = ".tributary-tmp";
@@ -271,5 +271,22 @@ impl ObjectStore for DirStore {
         check_key(key)?;
         let key = key.to_string();
         self.blocking(move |root| delete_blocking(root, &key)).await
+    }
+
+    // A directory keeps no versions: a put replaces the file and a delete removes it. These say so with the
+    // store's own key rules, so a key `put` refuses is refused here too.
+
+    async fn list_earlier_versions(&self, _prefix: &str) -> Result<Vec<EarlierVersion>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn get_version(&self, key: &str, _version_id: &str) -> Result<Option<Vec<u8>>, PortError> {
+        check_key(key)?;
+        Ok(None)
+    }
+
+    async fn delete_earlier_versions(&self, key: &str) -> Result<usize, PortError> {
+        check_key(key)?;
+        Ok(0)
     }
 }

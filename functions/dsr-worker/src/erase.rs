@@ -89,6 +89,30 @@ pub async fn tombstone<T: TableStore>(
     Ok(n)
 }
 
+/// Object keys of the earlier exports the subject's partitions name (their markers). Read before step 3 empties
+/// the partitions, so that the caller deletes the objects while the markers still lead to them: a run that stops
+/// in between finds the markers again on retry.
+pub async fn export_keys<T: TableStore>(table: &T, subject: &Subject) -> Result<BTreeSet<String>, PortError> {
+    let mut keys = BTreeSet::new();
+    for profile in &subject.profiles {
+        let pk = layout::profile_pk(profile);
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = table.query(&pk, EXPORT_MARKER_PREFIX, after.as_deref(), PAGE).await?;
+            for item in &page.items {
+                if let Some(key) = item.attrs.get("key").and_then(|v| v.as_str()) {
+                    keys.insert(key.to_string());
+                }
+            }
+            match page.next {
+                Some(next) if after.as_deref().is_none_or(|a| next.as_str() > a) => after = Some(next),
+                _ => break,
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// Steps 2 and 3.
 pub async fn erase_partitions<T: TableStore>(table: &T, subject: &Subject) -> Result<TableCounts, PortError> {
     let mut counts = TableCounts::default();

@@ -409,15 +409,26 @@ where
                 // ledgers hold, and a retry after a failure here still finds them.
                 let mut outside = self.purge_holdings(&subject, now).await?;
                 outside.extend(self.forward_deletions(&rec, &subject, now).await?);
+                // Earlier exports before the partitions, which hold the markers that lead to them.
+                let mut exports = erase::export_keys(&self.table, &subject).await?;
+                let mut earlier_removed = 0;
+                for key in &exports {
+                    earlier_removed += self.delete_export(key).await?;
+                }
                 let mut counts = erase::erase_partitions(&self.table, &subject).await?;
                 counts.identities = identities;
                 let mut receipts = counts.receipts(now);
-                let mut exports = 0;
+                // An export whose marker was written meanwhile (an access request of the subject racing this one).
                 for key in &counts.exports {
-                    self.results.delete(key).await?;
-                    exports += 1;
+                    if exports.insert(key.clone()) {
+                        earlier_removed += self.delete_export(key).await?;
+                    }
                 }
-                receipts.push(StoreReceipt::new("dsr_exports", "deleted", exports, now));
+                let mut r = StoreReceipt::new("dsr_exports", "deleted", exports.len() as u64, now);
+                if earlier_removed > 0 {
+                    r.detail = Some(format!("{earlier_removed} earlier versions removed"));
+                }
+                receipts.push(r);
                 receipts.extend(outside);
                 receipts
             }
@@ -427,6 +438,13 @@ where
         self.notify(&rec, RequestStatus::Completed).await?;
         self.save(&rec, version, Vec::new(), "dsr.complete").await?;
         Ok(Outcome::Completed { receipts: rec.receipts.len() })
+    }
+
+    /// Deletes an export and, in a results bucket that keeps versions, every earlier version of it (one left
+    /// behind would still hold the subject). Returns how many earlier versions and delete markers went.
+    async fn delete_export(&self, key: &str) -> Result<u64, WorkerError> {
+        self.results.delete(key).await?;
+        Ok(self.results.delete_earlier_versions(key).await? as u64)
     }
 
     /// Removes the subject from the dead-letter queues and the object stores; one receipt per store.
@@ -447,7 +465,11 @@ where
             }
             let p = purge::purge_objects(&place.store, &place.prefix, &matcher, place.whole_files).await?;
             let mut r = StoreReceipt::new(place.name.clone(), "deleted", p.touched(), now);
-            r.detail = Some(format!("{} objects inspected, {} rewritten without the subject", p.scanned, p.rewritten));
+            r.detail = Some(format!(
+                "{} objects and {} earlier versions inspected, {} rewritten without the subject, {} earlier versions \
+                 removed",
+                p.scanned, p.earlier_scanned, p.rewritten, p.earlier_removed
+            ));
             out.push(r);
         }
         Ok(out)

@@ -149,6 +149,10 @@ pub struct Purged {
     pub scanned: u64,
     pub deleted: u64,
     pub rewritten: u64,
+    /// Earlier versions read (versioned buckets only).
+    pub earlier_scanned: u64,
+    /// Earlier versions and delete markers removed (versioned buckets only).
+    pub earlier_removed: u64,
 }
 
 impl Purged {
@@ -211,8 +215,15 @@ pub async fn purge_queue<Q: Queue>(queue: &Q, matcher: &Matcher, empty_wait: Dur
 
 /// Removes the subject from every object under `prefix`: `.json` documents that mention it are deleted, JSON
 /// Lines and CSV files lose the lines that do (and go when nothing is left), anything else that mentions it is
-/// deleted. Gzip (`.gz`) is read and written back. `deletable` says whether an object may be changed now (an
-/// import still reading a file must finish first: the caller then fails the task and it is retried).
+/// deleted. Gzip (`.gz`) is read and written back. With `delete_whole_files`, a file that would be rewritten is
+/// deleted instead (partner files).
+///
+/// In a store that keeps versions (a versioned S3 bucket) a delete or a rewrite leaves the old bytes behind as an
+/// earlier version; every object changed here loses its earlier versions right after the change. Then the
+/// earlier versions still stored under `prefix` are read, and an object any of whose earlier versions mentions the
+/// subject loses them all: that finishes a run that stopped between a change and its clean-up (its retry finds
+/// the current object already without the subject), and reaches versions other writers left (an overwritten
+/// report, a redriven quarantine file).
 pub async fn purge_objects<O: ObjectStore>(
     store: &O,
     prefix: &str,
@@ -221,40 +232,16 @@ pub async fn purge_objects<O: ObjectStore>(
 ) -> Result<Purged, PortError> {
     let mut out = Purged::default();
     for meta in store.list(prefix).await? {
-        if meta.size > MAX_OBJECT_BYTES {
-            return Err(PortError::Invalid(format!("an object under {prefix} is too large to inspect")));
-        }
+        check_size(meta.size, prefix)?;
         let Some(bytes) = store.get(&meta.key).await? else { continue };
         out.scanned += 1;
-        let gz = bytes.starts_with(&[0x1f, 0x8b]);
-        let plain = if gz {
-            let mut s = Vec::new();
-            GzDecoder::new(bytes.as_slice())
-                .take(MAX_OBJECT_BYTES * 4)
-                .read_to_end(&mut s)
-                .map_err(|_| PortError::Invalid("a gzip object cannot be read".into()))?;
-            s
-        } else {
-            bytes
-        };
-        let name = meta.key.trim_end_matches(".gz");
-        let text = String::from_utf8_lossy(&plain);
-        let verdict = if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
-            redact_lines(&text, |line| matcher.redact_json_text(line) != Redaction::Keep)
-        } else if name.ends_with(".csv") || name.ends_with(".tsv") {
-            redact_lines(&text, |line| csv_line_mentions(line, matcher))
-        } else {
-            match matcher.redact_json_text(&text) {
-                Redaction::Keep => Redaction::Keep,
-                _ => Redaction::Drop,
-            }
-        };
+        let (verdict, gz) = judge(&meta.key, bytes, matcher)?;
         let verdict = match verdict {
             Redaction::Rewrite(_) if delete_whole_files => Redaction::Drop,
             v => v,
         };
         match verdict {
-            Redaction::Keep => {}
+            Redaction::Keep => continue,
             Redaction::Drop => {
                 store.delete(&meta.key).await?;
                 out.deleted += 1;
@@ -272,8 +259,60 @@ pub async fn purge_objects<O: ObjectStore>(
                 out.rewritten += 1;
             }
         }
+        out.earlier_removed += store.delete_earlier_versions(&meta.key).await? as u64;
+    }
+
+    // Listed after the changes above, so it holds only what they did not clear.
+    let earlier = store.list_earlier_versions(prefix).await?;
+    let mut cleared: Option<&str> = None;
+    for version in &earlier {
+        if cleared == Some(version.key.as_str()) {
+            continue;
+        }
+        check_size(version.size, prefix)?;
+        let Some(bytes) = store.get_version(&version.key, &version.version_id).await? else { continue };
+        out.earlier_scanned += 1;
+        if judge(&version.key, bytes, matcher)?.0 != Redaction::Keep {
+            out.earlier_removed += store.delete_earlier_versions(&version.key).await? as u64;
+            cleared = Some(version.key.as_str());
+        }
     }
     Ok(out)
+}
+
+fn check_size(size: u64, prefix: &str) -> Result<(), PortError> {
+    if size > MAX_OBJECT_BYTES {
+        return Err(PortError::Invalid(format!("an object under {prefix} is too large to inspect")));
+    }
+    Ok(())
+}
+
+/// What to do with the object (or earlier version) `key` holding `bytes`, and whether it was gzipped.
+fn judge(key: &str, bytes: Vec<u8>, matcher: &Matcher) -> Result<(Redaction, bool), PortError> {
+    let gz = bytes.starts_with(&[0x1f, 0x8b]);
+    let plain = if gz {
+        let mut s = Vec::new();
+        GzDecoder::new(bytes.as_slice())
+            .take(MAX_OBJECT_BYTES * 4)
+            .read_to_end(&mut s)
+            .map_err(|_| PortError::Invalid("a gzip object cannot be read".into()))?;
+        s
+    } else {
+        bytes
+    };
+    let name = key.trim_end_matches(".gz");
+    let text = String::from_utf8_lossy(&plain);
+    let verdict = if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+        redact_lines(&text, |line| matcher.redact_json_text(line) != Redaction::Keep)
+    } else if name.ends_with(".csv") || name.ends_with(".tsv") {
+        redact_lines(&text, |line| csv_line_mentions(line, matcher))
+    } else {
+        match matcher.redact_json_text(&text) {
+            Redaction::Keep => Redaction::Keep,
+            _ => Redaction::Drop,
+        }
+    };
+    Ok((verdict, gz))
 }
 
 /// Keeps the lines `mentions` says nothing about (the first line of a CSV is its header and always stays).

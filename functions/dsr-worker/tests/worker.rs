@@ -17,7 +17,7 @@ use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::{Condition, Item, ObjectStore, PortError, Queue, TableStore, WriteOp};
 use tributary_core::profile::read::{self, Lookup};
 use tributary_core::sha256_hex;
-use tributary_core::testing::{FaultyTable, MemoryTable};
+use tributary_core::testing::{FaultyTable, MemoryObjects, MemoryTable, StoredVersion};
 use tributary_dsr_worker::{DsrWorker, ForwardError, Holdings, Http, ObjectPlace, Outcome, WorkerSettings};
 use tributary_local::dir_store::DirStore;
 use tributary_local::sqlite_queue::{QueueOptions, SqliteQueue};
@@ -113,7 +113,9 @@ impl Http for Controller {
 
 /// The worker's view of the table: the same items, with writes that fail once a budget is spent (a crash in the
 /// middle of an erasure).
-type Worker = DsrWorker<FaultyTable<MemoryTable>, SqliteQueue, DirStore, DigestSigner, Links, Controller>;
+type Worker = WorkerOn<DirStore>;
+/// The worker on another object store (a versioned one, standing in for the versioned S3 buckets).
+type WorkerOn<O> = DsrWorker<FaultyTable<MemoryTable>, SqliteQueue, O, DigestSigner, Links, Controller>;
 
 const DLQS: [&str; 3] = ["events-dlq", "delivery-dlq", "profile-changes-dlq"];
 
@@ -166,6 +168,11 @@ impl World {
     }
 
     fn worker(&self) -> Worker {
+        self.worker_on(self.results.clone())
+    }
+
+    /// The worker with `store` for exports and for every searched place.
+    fn worker_on<O: ObjectStore + Clone>(&self, store: O) -> WorkerOn<O> {
         let c = self.clock.clone();
         let table = self.faults.clone();
         let settings = WorkerSettings {
@@ -180,7 +187,7 @@ impl World {
             .collect();
         let place = |name: &str, prefix: &str, whole_files: bool| ObjectPlace {
             name: name.into(),
-            store: self.results.clone(),
+            store: store.clone(),
             prefix: prefix.into(),
             whole_files,
             imports: whole_files,
@@ -194,7 +201,7 @@ impl World {
         DsrWorker::new(
             table,
             self.dsr.clone(),
-            self.results.clone(),
+            store,
             DigestSigner,
             Links,
             self.controller.clone(),
@@ -430,6 +437,10 @@ async fn an_erasure_interrupted_anywhere_finishes_on_retry() {
     for (crashes, crash_after) in (0u64..).enumerate() {
         let mut w = World::new();
         w.people().await;
+        // An export Ann was given earlier: its marker in her partition is what leads the erasure to it.
+        let access = w.request("access", email_identity(ANN_EMAIL), &[], 0);
+        assert!(matches!(w.worker().process(&access).await.expect("access"), Outcome::Completed { .. }));
+        let export_key = w.record(&access).result.expect("an export").key;
         let id = w.request("erasure", email_identity(ANN_EMAIL), &[], 0);
         w.faults.crash_after_writes(Some(crash_after));
         if w.worker().process(&id).await.is_ok() {
@@ -439,6 +450,8 @@ async fn an_erasure_interrupted_anywhere_finishes_on_retry() {
         w.faults.crash_after_writes(None);
         let outcome = w.worker().process(&id).await.expect("retry");
         assert!(matches!(outcome, Outcome::Completed { .. }), "crash_after {crash_after}: {outcome:?}");
+        let export = w.results.get(&export_key).await.expect("get");
+        assert!(export.is_none(), "crash_after {crash_after}: the export is left");
         let after = w.dump();
         for t in ann_traces() {
             assert!(!after.contains(t.as_str()), "crash_after {crash_after}: {t} is still stored");
@@ -701,6 +714,147 @@ async fn erasure_reaches_dead_letters_files_and_the_destinations_that_had_the_pe
     }
     assert!(left.contains("imports/web/others.csv"), "a partner file without Ann stays");
     assert!(!left.contains("imports/web/partners.csv "), "a partner file with Ann goes whole");
+}
+
+/// Objects as the versioned buckets hold them before Ann's erasure, with history: Ann's quarantined event, a
+/// partner file and an S3 export naming her and Bob, Bob's own objects, a report whose earlier version named her
+/// (overwritten by its writer before the erasure), and a file of Bob's overwritten twice (its history is his).
+async fn versioned_holdings(store: &MemoryObjects) {
+    let put = |key: &'static str, text: String| async move { store.put(key, text.into_bytes()).await.expect("put") };
+    put("quarantine/web/2026-11-02/a.json", json!({"anonymousId": ANN_LAPTOP_ANON, "event": "Bad"}).to_string()).await;
+    put("quarantine/web/2026-11-02/b.json", json!({"anonymousId": BOB_ANON, "event": "Bad"}).to_string()).await;
+    put("quarantine/web/2026-11-02/c.json", json!({"anonymousId": BOB_ANON, "event": "First"}).to_string()).await;
+    put("quarantine/web/2026-11-02/c.json", json!({"anonymousId": BOB_ANON, "event": "Second"}).to_string()).await;
+    // Re-uploaded: the first upload named only Bob, the second names Ann too.
+    put("imports/web/partners.csv", format!("email,plan\n{BOB_EMAIL},free\n")).await;
+    put("imports/web/partners.csv", format!("email,plan\n{BOB_EMAIL},free\n{},pro\n", ANN_EMAIL.to_uppercase())).await;
+    put("imports/web/others.csv", format!("email,plan\n{BOB_EMAIL},free\n")).await;
+    put("import-reports/web/partners.csv.rejects.csv", format!("line,reason,value\n3,bad_plan,{ANN_EMAIL}\n")).await;
+    put("import-reports/web/partners.csv.rejects.csv", "line,reason,value\n".into()).await;
+    put(
+        "exports/hook/dt=2026-11-02/x.jsonl",
+        format!("{}\n{}\n", json!({"userId": ANN_USER}), json!({"userId": BOB_USER})),
+    )
+    .await;
+}
+
+/// Every version the store holds (current and earlier), as `key@version: text` lines, lowercased.
+fn every_version(store: &MemoryObjects) -> Vec<String> {
+    store
+        .all_versions()
+        .into_iter()
+        .filter_map(|v| {
+            let bytes = v.bytes?;
+            Some(format!("{}@{}: {}", v.key, v.version_id, String::from_utf8_lossy(&bytes)).to_lowercase())
+        })
+        .collect()
+}
+
+/// The earlier versions holding bytes (delete markers left out) of `key`.
+fn earlier_of(versions: &[StoredVersion], key: &str) -> usize {
+    versions.iter().filter(|v| v.key == key && !v.latest && v.bytes.is_some()).count()
+}
+
+/// What an erasure of Ann must leave in the versioned store: no version of anything names her, what it deleted or
+/// rewrote kept no earlier version, and Bob's objects keep theirs.
+fn assert_versioned_store_clean(store: &MemoryObjects, ann_profile: &str, when: &str) {
+    let versions = store.all_versions();
+    let text = every_version(store);
+    for t in ann_traces().into_iter().chain([ann_profile.to_lowercase()]) {
+        if let Some(line) = text.iter().find(|l| l.contains(t.as_str())) {
+            panic!("{when}: {t} is still in a version: {line}\nevery version:\n{}", text.join("\n"));
+        }
+    }
+    for changed in [
+        "quarantine/web/2026-11-02/a.json",
+        "imports/web/partners.csv",
+        "import-reports/web/partners.csv.rejects.csv",
+        "exports/hook/dt=2026-11-02/x.jsonl",
+    ] {
+        assert_eq!(earlier_of(&versions, changed), 0, "{when}: {changed} kept an earlier version: {versions:?}");
+    }
+    assert!(
+        !versions.iter().any(|v| v.key == "quarantine/web/2026-11-02/a.json" && v.latest && v.bytes.is_some()),
+        "{when}: Ann's quarantined event is gone"
+    );
+    let current = |key: &str| versions.iter().find(|v| v.key == key && v.latest).and_then(|v| v.bytes.clone());
+    assert_eq!(
+        current("exports/hook/dt=2026-11-02/x.jsonl").map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Some(format!("{}\n", json!({"userId": BOB_USER}))),
+        "{when}: the export keeps Bob's line"
+    );
+    assert_eq!(earlier_of(&versions, "quarantine/web/2026-11-02/c.json"), 1, "{when}: Bob's history stays");
+    for t in [BOB_EMAIL.to_lowercase(), BOB_ANON.to_lowercase(), BOB_USER.to_lowercase()] {
+        assert!(text.iter().any(|l| l.contains(t.as_str())), "{when}: Bob's {t} should be left");
+    }
+}
+
+#[tokio::test]
+async fn on_versioned_buckets_erasure_leaves_no_earlier_version_that_names_the_person() {
+    let mut w = World::new();
+    w.people().await;
+    let store = MemoryObjects::versioned();
+    versioned_holdings(&store).await;
+    let ann = read::resolve(&w.table, &Lookup::Identifier(email(ANN_EMAIL))).await.expect("read").expect("ann");
+    // An access export of Ann first, overwritten once (a retried export writes it again): the erasure deletes it
+    // with its earlier version.
+    let access = w.request("access", email_identity(ANN_EMAIL), &[], 0);
+    assert!(matches!(w.worker_on(store.clone()).process(&access).await.expect("access"), Outcome::Completed { .. }));
+    let export_key = w.record(&access).result.expect("an export").key;
+    let archive = store.get(&export_key).await.expect("get").expect("the export");
+    store.put(&export_key, archive).await.expect("overwrite the export");
+    let before = every_version(&store);
+    assert!(before.iter().any(|l| l.contains(&ANN_EMAIL.to_lowercase())), "the fixture names Ann");
+
+    let id = w.request("erasure", email_identity(ANN_EMAIL), &[], 0);
+    assert!(matches!(w.worker_on(store.clone()).process(&id).await.expect("erase"), Outcome::Completed { .. }));
+
+    assert_versioned_store_clean(&store, &ann.profile_id, "after the erasure");
+    let versions = store.all_versions();
+    assert!(!versions.iter().any(|v| v.key == export_key), "the export left no version: {versions:?}");
+    // A deleted object leaves nothing at all, not even a delete marker.
+    assert!(!versions.iter().any(|v| v.key == "quarantine/web/2026-11-02/a.json"), "{versions:?}");
+    let rec = w.record(&id);
+    let receipt = |store: &str| rec.receipts.iter().find(|r| r.store == store).expect("a receipt").clone();
+    assert_eq!(receipt("quarantine").count, 1);
+    assert_eq!(receipt("import_files").count, 1, "the partner file naming Ann goes whole");
+    assert_eq!(receipt("export:archive").count, 1);
+    assert_eq!(receipt("dsr_exports").count, 1);
+    // Earlier versions: the partner file's first upload and the version its delete left, and its marker; the
+    // rewritten export's old bytes; the quarantined event's bytes and marker; the report's old version.
+    let detail = |store: &str| receipt(store).detail.unwrap_or_default();
+    assert!(detail("import_files").ends_with(", 3 earlier versions removed"), "{}", detail("import_files"));
+    assert!(detail("export:archive").ends_with(", 1 earlier versions removed"), "{}", detail("export:archive"));
+    assert!(detail("quarantine").ends_with(", 2 earlier versions removed"), "{}", detail("quarantine"));
+    assert!(
+        detail("import_reports").contains("0 rewritten")
+            && detail("import_reports").ends_with(", 1 earlier versions removed"),
+        "the report's current version never named her, its earlier one did: {}",
+        detail("import_reports")
+    );
+    assert_eq!(receipt("dsr_exports").detail.as_deref(), Some("3 earlier versions removed"), "two puts and a marker");
+}
+
+#[tokio::test]
+async fn on_versioned_buckets_an_erasure_interrupted_at_any_object_write_finishes_on_retry() {
+    // Crash before each object write in turn (a put, a delete, one version removed), until a run has room to finish.
+    for (crashes, crash_after) in (0u64..).enumerate() {
+        let mut w = World::new();
+        w.people().await;
+        let store = MemoryObjects::versioned();
+        versioned_holdings(&store).await;
+        let ann = read::resolve(&w.table, &Lookup::Identifier(email(ANN_EMAIL))).await.expect("read").expect("ann");
+        let id = w.request("erasure", email_identity(ANN_EMAIL), &[], 0);
+        store.crash_after_writes(Some(crash_after));
+        if w.worker_on(store.clone()).process(&id).await.is_ok() {
+            assert!(crashes >= 8, "an erasure of these objects takes more than {crashes} object writes");
+            break;
+        }
+        store.crash_after_writes(None);
+        let outcome = w.worker_on(store.clone()).process(&id).await.expect("retry");
+        assert!(matches!(outcome, Outcome::Completed { .. }), "crash_after {crash_after}: {outcome:?}");
+        assert_versioned_store_clean(&store, &ann.profile_id, &format!("crash after {crash_after} object writes"));
+    }
 }
 
 fn email(v: &str) -> tributary_core::identity::Identifier {

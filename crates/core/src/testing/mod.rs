@@ -9,6 +9,7 @@
 mod counting_queue;
 mod faulty_table;
 mod imports;
+mod memory_objects;
 mod memory_table;
 mod object_store;
 mod queue;
@@ -17,8 +18,9 @@ mod table_store;
 pub use counting_queue::CountingQueue;
 pub use faulty_table::{Call, FaultyTable, Method};
 pub use imports::{gzip, partner_csv, partner_row, IMPORT_WORKSPACE, PARTNER_HEADER};
+pub use memory_objects::{MemoryObjects, StoredVersion};
 pub use memory_table::MemoryTable;
-pub use object_store::object_store_contract;
+pub use object_store::{object_store_contract, object_store_versions_contract};
 pub use queue::{queue_contract, queue_dlq_contract};
 pub use table_store::{table_store_contract, table_store_contract_with, ContractOptions};
 
