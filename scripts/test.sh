@@ -8,11 +8,16 @@
 #   1. unit, contract and end-to-end tests (cargo nextest, every test binary but the two below)
 #      + real SDK clients (tests/tests/sdk_clients.rs: official Python and Node clients against `tributary serve`)
 #   2. the AWS adapters against moto_server on loopback (tests/tests/aws.rs, feature aws-integration)
-#   3. infra: cfn-lint on infra/template.yaml, plus the SAM transform run offline
+#   3. infra: cfn-lint (+ serverless rules) and checkov on infra/template.yaml, the SAM transform run offline and
+#      linted too; the emulator deployment of the translated template runs in tier 2 (tests/tests/aws_stack.rs)
+# then the Lambda artifacts (cargo lambda build --release, sizes) and the cold-start benchmark (ratios to a
+# hello-world lambda_runtime binary),
 # and the hygiene checks: cargo fmt --check, cargo clippy -D warnings, doctests.
 #
 # Installs, idempotently (a second run only checks stamps):
-#   .test-tools/venv                 Python venv with scripts/requirements-test.txt (moto, cfn-lint, SDKs)
+#   .test-tools/venv                 Python venv with scripts/requirements-test.txt (moto, cfn-lint, SDKs,
+#                                    cargo-lambda, zig)
+#   .test-tools/checkov-venv         checkov (scripts/requirements-checkov.txt; its pins clash with moto's)
 #   tests/sdk/node/node_modules      npm ci from tests/sdk/node/package-lock.json
 #   Debian packages only when python3/venv or node/npm are missing (apt-get update once first).
 #
@@ -40,7 +45,7 @@ for arg in "$@"; do
   case "$arg" in
     --setup-only) SETUP_ONLY=true ;;
     -h | --help)
-      sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -376,8 +381,23 @@ if $BUILD_OK; then
   count_results "$LOGS/doctest.log"
   run_step clippy "cargo clippy --all-targets --all-features -D warnings" \
     cargo clippy --workspace --all-targets --all-features "${LOCKED[@]}" -- -D warnings || true
+  # Lambda artifacts: every function (and the hello-world baseline) built by cargo-lambda as `sam build` builds
+  # them, sizes printed; x86_64 because the cold-start benchmark runs them on this machine. Then each function's init
+  # next to the baseline's on a local Runtime API, against the moto server (ratios printed, not asserted: a
+  # benchmark, not a timed test).
+  LAMBDA_OK=true
+  run_step lambda "cargo lambda build --release (8 functions + baseline), sizes" \
+    bash scripts/lambda-build.sh x86_64 || LAMBDA_OK=false
+  if ! $LAMBDA_OK; then
+    record SKIP cold-start "not run: the Lambda build failed" 0
+  elif [[ -z "$MOTO_PID" ]]; then
+    record FAIL cold-start "not run: moto_server did not start" 0
+  else
+    run_step cold-start "cold start of each function vs hello-world lambda_runtime (ratios)" \
+      target/debug/cold-start --lambda-dir target/lambda --runs 10 || true
+  fi
 else
-  for step in tests sdk aws doctest clippy; do record SKIP "$step" "not run: the build failed" 0; done
+  for step in tests sdk aws doctest clippy lambda cold-start; do record SKIP "$step" "not run: the build failed" 0; done
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
