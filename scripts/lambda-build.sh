@@ -8,7 +8,8 @@
 #                    runs the binaries on this machine, so it needs the host's architecture (x86_64 here).
 #   --lambda-dir DIR where the bootstraps go (default target/lambda: DIR/<function>/bootstrap, as cargo-lambda
 #                    and the benchmark expect).
-#   --profile NAME   a Cargo profile other than `release` (e.g. to compare profiles); default `--release`.
+#   --profile NAME   a Cargo profile other than `release`, e.g. `lambda-ci` (no LTO: a third of the CPU time, for
+#                    CI checks; see Cargo.toml). Default `--release`, what `sam build` deploys.
 #   --no-baseline    only the eight functions, without crates/bench's hello-lambda.
 #
 # Tools: cargo-lambda and zig (PyPI `cargo-lambda`, `ziglang`, pinned in scripts/requirements-test.txt) from the
@@ -57,7 +58,7 @@ while (($#)); do
       ;;
     --no-baseline) WITH_BASELINE=false ;;
     -h | --help)
-      sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
       exit 0
       ;;
     *) die "unknown argument: $1 (try --help)" ;;

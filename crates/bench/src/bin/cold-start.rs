@@ -871,3 +871,55 @@ fn print_table(binaries: &[Binary], runs: usize, description: &str, invoke: bool
         println!("Invocations answered with an error (counted as responses): {}", failed.join(", "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_percentiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 90.0), 9.0);
+        assert_eq!(percentile(&v, 100.0), 10.0);
+        assert_eq!(percentile(&[5.0], 90.0), 5.0);
+    }
+
+    #[test]
+    fn reads_keep_alive_requests_with_bodies() {
+        let wire = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: x\r\n\r\n\
+                     POST /2018-06-01/runtime/invocation/1/response HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let mut reader = BufReader::new(&wire[..]);
+        let (method, path, body) = read_request(&mut reader).unwrap().unwrap();
+        assert_eq!((method.as_str(), path.as_str(), body.len()), ("GET", NEXT, 0));
+        let (method, path, body) = read_request(&mut reader).unwrap().unwrap();
+        assert_eq!(
+            (method.as_str(), path.as_str(), body),
+            ("POST", "/2018-06-01/runtime/invocation/1/response", b"{}".to_vec())
+        );
+        assert!(read_request(&mut reader).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_function_gets_its_template_variables() {
+        let dir = std::env::temp_dir().join(format!("tributary-cold-start-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = Resources::offline(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        for f in FUNCTIONS {
+            let b = Binary {
+                name: format!("{f}.variant"),
+                path: PathBuf::from("/x/bootstrap"),
+                baseline: false,
+                size: 0,
+                samples: vec![],
+            };
+            let env = process_env(&b, &r, &[]);
+            let has = |k: &str| env.iter().any(|(name, v)| name == k && !v.is_empty());
+            assert!(has("WORKSPACE_CONFIG") && has("PROFILES_TABLE"), "{f}");
+            assert!(has("AWS_LAMBDA_FUNCTION_NAME") && has("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), "{f}");
+        }
+    }
+}
