@@ -384,6 +384,63 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut
     }
 }
 
+/// An HTTP API request (payload format 2.0, the `$default` stage), as API Gateway hands it to a function.
+pub fn http_request(
+    method: &str,
+    path: &str,
+    authorization: &str,
+    body: Option<String>,
+) -> aws_lambda_events::apigw::ApiGatewayV2httpRequest {
+    serde_json::from_value(serde_json::json!({
+        "version": "2.0",
+        "routeKey": format!("{method} {path}"),
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "user-agent": "tributary-tests",
+            "host": "abc123.execute-api.us-east-1.amazonaws.com",
+            "authorization": authorization,
+        },
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "198.51.100.23",
+                "userAgent": "tributary-tests"
+            },
+            "requestId": uuid::Uuid::new_v4().simple().to_string(),
+            "routeKey": format!("{method} {path}"),
+            "stage": "$default",
+            "time": "10/Mar/2025:12:00:00 +0000",
+            "timeEpoch": 1741608000000_i64
+        },
+        "body": body,
+        "isBase64Encoded": false
+    }))
+    .expect("an API Gateway request")
+}
+
+/// A function's HTTP answer body, base64 decoded when the function encoded it.
+pub fn body_bytes(resp: &aws_lambda_events::apigw::ApiGatewayV2httpResponse) -> Vec<u8> {
+    use base64::Engine as _;
+    let raw = match &resp.body {
+        Some(aws_lambda_events::encodings::Body::Text(s)) => s.as_bytes().to_vec(),
+        Some(aws_lambda_events::encodings::Body::Binary(b)) => b.clone(),
+        _ => Vec::new(),
+    };
+    if resp.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD.decode(&raw).expect("base64 body")
+    } else {
+        raw
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

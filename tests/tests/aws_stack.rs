@@ -17,8 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use aws_lambda_events::encodings::Body;
+use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -33,6 +32,7 @@ use tributary_tests::erasure::{
     BOB_ANON, BOB_EMAIL, BOB_USER,
 };
 use tributary_tests::stack::{Deployment, Trigger};
+use tributary_tests::support::{body_bytes, http_request};
 
 const WRITE_KEY: &str = "aws-stack-write-key";
 const MANAGEMENT_KEY: &str = "aws-stack-management-key";
@@ -128,56 +128,6 @@ impl Functions {
             dsr_worker: started("dsr-worker", dsr_worker::build(&stack.env_of("dsr-worker"), aws).await),
             profile_api: started("profile-api", profile_api::build(&stack.env_of("profile-api"), aws).await),
         }
-    }
-}
-
-/// An HTTP API request (payload format 2.0, the `$default` stage), as API Gateway hands it to a function.
-fn http_request(method: &str, path: &str, authorization: &str, body: Option<String>) -> ApiGatewayV2httpRequest {
-    serde_json::from_value(json!({
-        "version": "2.0",
-        "routeKey": format!("{method} {path}"),
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {
-            "content-type": "application/json",
-            "user-agent": "tributary-tests",
-            "host": "abc123.execute-api.us-east-1.amazonaws.com",
-            "authorization": authorization,
-        },
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-            "domainPrefix": "abc123",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "198.51.100.23",
-                "userAgent": "tributary-tests"
-            },
-            "requestId": uuid::Uuid::new_v4().simple().to_string(),
-            "routeKey": format!("{method} {path}"),
-            "stage": "$default",
-            "time": "10/Mar/2025:12:00:00 +0000",
-            "timeEpoch": 1741608000000_i64
-        },
-        "body": body,
-        "isBase64Encoded": false
-    }))
-    .expect("an API Gateway request")
-}
-
-fn body_bytes(resp: &ApiGatewayV2httpResponse) -> Vec<u8> {
-    let raw = match &resp.body {
-        Some(Body::Text(s)) => s.as_bytes().to_vec(),
-        Some(Body::Binary(b)) => b.clone(),
-        _ => Vec::new(),
-    };
-    if resp.is_base64_encoded {
-        base64::engine::general_purpose::STANDARD.decode(&raw).expect("base64 body")
-    } else {
-        raw
     }
 }
 
