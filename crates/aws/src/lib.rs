@@ -101,6 +101,9 @@ impl AwsClients {
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
+        if let Some(client) = amazon_roots_client(endpoint_url) {
+            loader = loader.http_client(client);
+        }
         if let Some(region) = lambda_region_with_env_credentials() {
             // Lambda gives the execution role's credentials and the region as variables; the default chains would
             // find them there too, after building their other providers (profile files, SSO, web identity,
@@ -199,10 +202,96 @@ fn lambda_region_with_env_credentials() -> Option<String> {
     set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION"))
 }
 
+/// The root certificates of Amazon Trust Services, which every AWS endpoint of the `aws` and `aws-us-gov`
+/// partitions chains to.
+const AMAZON_ROOTS_PEM: &[u8] = include_bytes!("../certs/amazon-trust-services.pem");
+
+/// In Lambda, an HTTPS client like the SDK's default (rustls on aws-lc, proxy from the environment) that trusts only
+/// the Amazon roots. The default reads and parses the system's whole bundle and certificate directory (~290
+/// certificates), then turns them into trust anchors again for each client: about 40 % of a function's init CPU
+/// (crates/bench `cold-start` under perf). `None`, i.e. the default client with the system's roots, outside Lambda;
+/// with an `https` endpoint other than AWS's (an emulator or proxy with its own CA; a plain `http` emulator needs no
+/// roots at all); when `SSL_CERT_FILE` or `SSL_CERT_DIR` names a trust store; and in the partitions whose endpoints
+/// may chain elsewhere (China, ISO).
+fn amazon_roots_client(endpoint_url: Option<&str>) -> Option<aws_sdk_s3::config::SharedHttpClient> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let region = std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).unwrap_or_default();
+    let amazon_only = in_lambda()
+        && !endpoint_url.into_iter().chain(endpoint_overrides_in_env().iter().map(String::as_str)).any(is_https)
+        && !set("SSL_CERT_FILE")
+        && !set("SSL_CERT_DIR")
+        && amazon_trust_services_region(&region);
+    amazon_only.then(|| {
+        use aws_smithy_http_client::{proxy::ProxyConfig, tls, ConnectorBuilder};
+        let trust = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(AMAZON_ROOTS_PEM);
+        // Infallible today (`build` only wraps the fields); on an error the SDK's default client is kept.
+        let context = tls::TlsContext::builder().with_trust_store(trust).build().ok()?;
+        let client = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+            let mut builder = ConnectorBuilder::default()
+                .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                .tls_context(context.clone());
+            builder.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                builder.set_sleep_impl(components.sleep_impl());
+            }
+            builder.set_proxy_config(Some(ProxyConfig::from_env()));
+            builder.build()
+        });
+        Some(client)
+    })?
+}
+
+/// Whether `region` is in a partition whose endpoints present Amazon Trust Services certificates (`aws`,
+/// `aws-us-gov`); an empty region (the SDK resolves it later) counts as not known.
+fn amazon_trust_services_region(region: &str) -> bool {
+    !region.is_empty() && !region.starts_with("cn-") && !region.contains("-iso")
+}
+
+fn is_https(url: &str) -> bool {
+    url.trim().get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The values of `AWS_ENDPOINT_URL` and every `AWS_ENDPOINT_URL_<SERVICE>` that are set to something.
+fn endpoint_overrides_in_env() -> Vec<String> {
+    std::env::vars_os()
+        .filter(|(k, v)| {
+            let k = k.to_string_lossy();
+            !v.is_empty() && (k == ENDPOINT_ENV || k.starts_with("AWS_ENDPOINT_URL_"))
+        })
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Whether `AWS_ENDPOINT_URL` or any `AWS_ENDPOINT_URL_<SERVICE>` is set to something.
 fn endpoint_override_in_env() -> bool {
-    std::env::vars_os().any(|(k, v)| {
-        let k = k.to_string_lossy();
-        !v.is_empty() && (k == ENDPOINT_ENV || k.starts_with("AWS_ENDPOINT_URL_"))
-    })
+    !endpoint_overrides_in_env().is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_roots_are_the_five_amazon_trust_services_anchors() {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(AMAZON_ROOTS_PEM)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the bundled PEM parses");
+        assert_eq!(certs.len(), 5);
+        for cert in &certs {
+            webpki::anchor_from_trusted_cert(cert).expect("each certificate is a usable trust anchor");
+        }
+    }
+
+    #[test]
+    fn amazon_roots_only_where_endpoints_present_them() {
+        for region in ["us-east-1", "eu-west-1", "us-gov-west-1", "ap-southeast-7"] {
+            assert!(amazon_trust_services_region(region), "{region}");
+        }
+        for region in ["", "cn-north-1", "cn-northwest-1", "us-iso-east-1", "us-isob-east-1", "eu-isoe-west-1"] {
+            assert!(!amazon_trust_services_region(region), "{region}");
+        }
+        assert!(is_https("https://localhost:4566") && is_https(" HTTPS://x"));
+        assert!(!is_https("http://127.0.0.1:5000") && !is_https("") && !is_https("http"));
+    }
 }
