@@ -7,10 +7,6 @@ use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tributary_aws::AwsClients;
 
-// Many small JSON allocations across threads: mimalloc handles them with less contention than glibc's malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     tributary_aws::init_tracing();
