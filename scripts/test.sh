@@ -12,6 +12,7 @@
 #      linted too; the emulator deployment of the translated template runs in tier 2 (tests/tests/aws_stack.rs)
 # then the Lambda artifacts (cargo lambda build --release, sizes) and the cold-start benchmark (ratios to a
 # hello-world lambda_runtime binary),
+# the fuzz targets for 20 s each (scripts/fuzz.sh: cargo-fuzz on nightly, installed into .test-tools/cargo),
 # and the hygiene checks: cargo fmt --check, cargo clippy -D warnings, doctests.
 #
 # Installs, idempotently (a second run only checks stamps):
@@ -45,7 +46,7 @@ for arg in "$@"; do
   case "$arg" in
     --setup-only) SETUP_ONLY=true ;;
     -h | --help)
-      sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -381,6 +382,10 @@ if $BUILD_OK; then
   count_results "$LOGS/doctest.log"
   run_step clippy "cargo clippy --all-targets --all-features -D warnings" \
     cargo clippy --workspace --all-targets --all-features "${LOCKED[@]}" -- -D warnings || true
+  # Fuzzing (issue 9): each cargo-fuzz target for a bounded time from the checked-in seeds (scripts/fuzz.sh; a
+  # longer hunt is `./scripts/fuzz.sh SECONDS [TARGET ...]`).
+  run_step fuzz "cargo fuzz: ingest body, import rows, workspace config, OpenDSR request (20 s each)" \
+    bash scripts/fuzz.sh 20 || true
   # Lambda artifacts: every function (and the hello-world baseline) built by cargo-lambda as `sam build` builds
   # them, sizes printed; x86_64 because the cold-start benchmark runs them on this machine. Then each function's init
   # next to the baseline's on a local Runtime API (ratios printed, not asserted: a benchmark, not a timed test):
@@ -399,7 +404,7 @@ if $BUILD_OK; then
         target/debug/cold-start --lambda-dir target/lambda --runs 10' || true
   fi
 else
-  for step in tests sdk aws doctest clippy lambda cold-start; do record SKIP "$step" "not run: the build failed" 0; done
+  for step in tests sdk aws doctest clippy fuzz lambda cold-start; do record SKIP "$step" "not run: the build failed" 0; done
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
