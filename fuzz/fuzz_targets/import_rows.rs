@@ -1,5 +1,5 @@
-//! Partner files: the bounded CSV / JSON Lines row reader. Checks that rows are numbered in order, that no row is
-//! longer than the record limit allows, and that resuming from a checkpoint yields the same next row.
+//! Partner files: the bounded CSV / JSON Lines row reader. Checks that rows are numbered in order, that offsets stay
+//! within the file, and that resuming from a checkpoint yields the same next row.
 #![no_main]
 
 use std::io::Cursor;

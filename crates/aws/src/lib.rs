@@ -37,6 +37,7 @@ pub use workspace::{load_workspace, read_location};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
+use tributary_core::lambda::in_execution_environment;
 
 /// Logging for a Lambda function: JSON lines without a timestamp (CloudWatch stamps every line), level from
 /// `RUST_LOG` (default `info`). Every function's `main` calls it first.
@@ -54,9 +55,6 @@ pub fn init_tracing() {
 
 /// The environment variable that points every service at another endpoint (moto, LocalStack).
 pub const ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
-
-/// Set by Lambda in every execution environment: where the function's runtime loop polls for invocations.
-const LAMBDA_RUNTIME_ENV: &str = "AWS_LAMBDA_RUNTIME_API";
 
 /// One SDK configuration and a client per service. Cheap to clone (the clients share one HTTP connection pool);
 /// build it once at cold start and hand out adapters.
@@ -84,7 +82,7 @@ impl AwsClients {
     /// taken from there directly rather than through the provider chains.
     pub async fn from_env() -> Self {
         let clients = Self::load(None).await;
-        if in_lambda() {
+        if in_execution_environment() {
             clients.start_warming();
         }
         clients
@@ -187,19 +185,26 @@ impl AwsClients {
     }
 }
 
-/// Whether this process runs in a Lambda execution environment.
-fn in_lambda() -> bool {
-    std::env::var_os(LAMBDA_RUNTIME_ENV).is_some_and(|v| !v.is_empty())
+/// An environment variable's value, if it is set to something other than blanks.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The region the environment names (`AWS_REGION`, else `AWS_DEFAULT_REGION`).
+fn env_region() -> Option<String> {
+    env_value("AWS_REGION").or_else(|| env_value("AWS_DEFAULT_REGION"))
 }
 
 /// In Lambda, the region when the execution role's credentials are in the environment, as Lambda puts them (SnapStart
 /// gives them through a container endpoint instead: then the default chain is needed).
 fn lambda_region_with_env_credentials() -> Option<String> {
-    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if !in_lambda() || set("AWS_ACCESS_KEY_ID").is_none() || set("AWS_SECRET_ACCESS_KEY").is_none() {
+    if !in_execution_environment()
+        || env_value("AWS_ACCESS_KEY_ID").is_none()
+        || env_value("AWS_SECRET_ACCESS_KEY").is_none()
+    {
         return None;
     }
-    set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION"))
+    env_region()
 }
 
 /// The root certificates of Amazon Trust Services, which every AWS endpoint of the `aws` and `aws-us-gov`
@@ -214,13 +219,9 @@ const AMAZON_ROOTS_PEM: &[u8] = include_bytes!("../certs/amazon-trust-services.p
 /// roots at all); when `SSL_CERT_FILE` or `SSL_CERT_DIR` names a trust store; and in the partitions whose endpoints
 /// may chain elsewhere (China, ISO).
 fn amazon_roots_client(endpoint_url: Option<&str>) -> Option<aws_sdk_s3::config::SharedHttpClient> {
-    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    let region = std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).unwrap_or_default();
-    let amazon_only = in_lambda()
+    let amazon_only = tributary_core::lambda::built_in_tls_roots()
         && !endpoint_url.into_iter().chain(endpoint_overrides_in_env().iter().map(String::as_str)).any(is_https)
-        && !set("SSL_CERT_FILE")
-        && !set("SSL_CERT_DIR")
-        && amazon_trust_services_region(&region);
+        && amazon_trust_services_region(&env_region().unwrap_or_default());
     amazon_only.then(|| {
         use aws_smithy_http_client::{proxy::ProxyConfig, tls, ConnectorBuilder};
         let trust = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(AMAZON_ROOTS_PEM);

@@ -8,6 +8,20 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
 
 use crate::ports::{OutgoingMessage, PortError, Queue, MAX_SEND_BATCH};
 
+/// Whether this process runs in a Lambda execution environment (Lambda sets `AWS_LAMBDA_RUNTIME_API` in every one).
+pub fn in_execution_environment() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.is_empty())
+}
+
+/// Whether TLS clients should trust root certificates compiled into the binary instead of reading the system's
+/// bundle, which costs milliseconds of every cold start: in Lambda, unless `SSL_CERT_FILE` or `SSL_CERT_DIR` names
+/// a trust store (e.g. one holding a private CA), which the system-roots path honours. The AWS clients
+/// (`tributary-aws`) and the outbound HTTP clients (deliver's `ssrf`) decide with this one rule.
+pub fn built_in_tls_roots() -> bool {
+    let named = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    in_execution_environment() && !named("SSL_CERT_FILE") && !named("SSL_CERT_DIR")
+}
+
 /// The partial batch response naming the records that must come back (`ReportBatchItemFailures`).
 pub fn batch_response(failed_message_ids: impl IntoIterator<Item = String>) -> SqsBatchResponse {
     let mut resp = SqsBatchResponse::default();

@@ -170,11 +170,7 @@ pub fn guarded_client_builder(guard: &Arc<Guard>) -> reqwest::ClientBuilder {
 /// system's roots) outside Lambda, and where `SSL_CERT_FILE` or `SSL_CERT_DIR` names a trust store, e.g. for a
 /// destination behind a private CA.
 fn lambda_tls_config() -> Option<rustls::ClientConfig> {
-    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    if !set("AWS_LAMBDA_RUNTIME_API") || set("SSL_CERT_FILE") || set("SSL_CERT_DIR") {
-        return None;
-    }
-    built_in_roots_config()
+    tributary_core::lambda::built_in_tls_roots().then(built_in_roots_config)?
 }
 
 /// Rustls on aws-lc (reqwest's own provider) with the built-in roots; HTTP/1.1, as this reqwest build speaks no h2.
