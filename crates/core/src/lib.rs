@@ -2,6 +2,7 @@
 //! pack), the workspace configuration and the port traits that adapters implement. No async runtime, no AWS, no I/O.
 
 pub mod audience;
+pub mod benchmark;
 pub mod config;
 pub mod delivery;
 pub mod dsr;
