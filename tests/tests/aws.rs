@@ -346,3 +346,59 @@ async fn dynamo_index_scans_are_metered_as_eventually_consistent_reads() {
     assert_eq!((page.keys.len(), page.next.is_some()), (2, true));
     assert_eq!(t.usage().requests_read, 2);
 }
+
+#[tokio::test]
+async fn clients_meter_sqs_s3_and_every_table_they_made() {
+    let (aws, url) = clients().await;
+    let queue = aws.sqs_queue(new_queue(&aws, &url, None).await);
+    let bucket = admin::create_bucket(&aws, &unique("bucket")).await.unwrap_or_else(|e| unreachable("bucket", &url, e));
+    let store = aws.s3_store(&bucket, "meter");
+    let table_name =
+        admin::create_table(&aws, &unique("table")).await.unwrap_or_else(|e| unreachable("create_table", &url, e));
+    // Two handles on one table and a clone of the clients: all count into the same total.
+    let (t1, t2) = (aws.dynamo_table(&table_name), aws.clone().dynamo_table(&table_name));
+    aws.reset_usage();
+
+    // 70,000 + 10 bytes of bodies in one SendMessageBatch: two started 64 KiB chunks, 2 billed requests.
+    let big = OutgoingMessage { id: "big".into(), body: "x".repeat(70_000) };
+    let small = OutgoingMessage { id: "small".into(), body: "y".repeat(10) };
+    assert!(queue.send_batch(&[big, small]).await.expect("send").is_empty());
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && std::time::Instant::now() < deadline {
+        got.extend(queue.receive(10, Duration::from_secs(30), Duration::ZERO).await.expect("receive"));
+    }
+    assert_eq!(got.len(), 2, "both messages come back");
+    for m in &got {
+        queue.delete(&m.receipt_handle).await.expect("delete");
+    }
+    let u = aws.usage().sqs;
+    assert_eq!((u.messages_sent, u.bytes_sent, u.messages_received, u.bytes_received), (2, 70_010, 2, 70_010));
+    // The send (2) + each receive (1 per call, 2 when one call returned both) + 2 deletes.
+    let receives = u.calls - 3;
+    assert!((1..=10).contains(&receives), "{u:?}");
+    let receive_billed = u.billed_requests - 2 - 2;
+    assert!(receive_billed >= receives && receive_billed <= receives + 1, "{u:?}");
+
+    store.put("a.json", b"{}".to_vec()).await.expect("put");
+    assert_eq!(store.get("a.json").await.expect("get"), Some(b"{}".to_vec()));
+    assert!(store.head("missing.json").await.expect("head").is_none());
+    assert_eq!(store.list("").await.expect("list").len(), 1);
+    store.delete("a.json").await.expect("delete");
+    let s3 = aws.usage().s3;
+    assert_eq!((s3.write_requests, s3.read_requests, s3.delete_requests, s3.bytes_put), (2, 2, 1, 2), "{s3:?}");
+
+    t1.write(WriteOp::Put { item: item("p", "s#1", serde_json::json!({})), condition: Condition::None })
+        .await
+        .expect("put");
+    t2.write(WriteOp::Put { item: item("p", "s#2", serde_json::json!({})), condition: Condition::None })
+        .await
+        .expect("put");
+    assert_eq!((t1.usage().wru, t2.usage().wru, aws.usage().dynamodb.wru), (1, 1, 2));
+    let total = aws.usage();
+    let expected = total.dynamodb.dollars() + total.sqs.dollars() + total.s3.dollars();
+    assert!((total.dollars() - expected).abs() < 1e-15 && total.dollars() > 0.0);
+    aws.reset_usage();
+    assert_eq!(aws.usage(), tributary_aws::AwsUsage::default());
+    assert_eq!(t1.usage().wru, 1, "a table's own count is not reset with the clients'");
+}

@@ -55,7 +55,7 @@
 //! beside the estimate, in [`Usage::reported_rcu`] and [`Usage::reported_wcu`], so the two can be compared.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ConsumedCapacity};
 
@@ -225,14 +225,28 @@ struct Tally {
 }
 
 /// The shared counter behind [`Usage`]. A mutex rather than atomics: one update touches several fields, and a
-/// snapshot must not see half of it.
+/// snapshot must not see half of it. A table's meter also adds into the meter of the [`AwsClients`] it was made
+/// from (its `total`), so that a benchmark can read what every table of a function asked for.
+///
+/// [`AwsClients`]: crate::AwsClients
 #[derive(Debug, Default)]
-pub(crate) struct Meter(Mutex<Tally>);
+pub(crate) struct Meter {
+    tally: Mutex<Tally>,
+    total: Option<Arc<Meter>>,
+}
 
 impl Meter {
-    fn update(&self, f: impl FnOnce(&mut Tally)) {
+    /// A meter that also counts into `total`.
+    pub(crate) fn within(total: Arc<Meter>) -> Meter {
+        Meter { tally: Mutex::default(), total: Some(total) }
+    }
+
+    fn update(&self, f: impl Fn(&mut Tally)) {
         // A panic elsewhere while holding the lock leaves plain numbers behind, still worth counting on.
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        f(&mut self.tally.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(total) = &self.total {
+            total.update(f);
+        }
     }
 
     /// One GetItem or Query call that returned items totalling `bytes`.
@@ -298,7 +312,7 @@ impl Meter {
     }
 
     pub(crate) fn usage(&self) -> Usage {
-        let t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         Usage {
             requests_read: t.requests_read,
             requests_write: t.requests_write,
@@ -312,8 +326,144 @@ impl Meter {
         }
     }
 
+    /// Zero for this meter only (not its total's).
     pub(crate) fn reset(&self) {
-        self.update(|t| *t = Tally::default());
+        *self.tally.lock().unwrap_or_else(PoisonError::into_inner) = Tally::default();
+    }
+}
+
+/// SQS bills a request per started 64 KiB of its payload (a 256 KiB batch is 4 requests), at least one per call,
+/// empty receives included (AWS SQS pricing page; ../shared/reference/perf-anchors.md §3.1).
+pub(crate) const SQS_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// The billed requests of one SQS call carrying `payload` bytes of message bodies (sent or received).
+pub(crate) fn sqs_billed_requests(payload: u64) -> u64 {
+    payload.div_ceil(SQS_CHUNK_BYTES).max(1)
+}
+
+/// What the [`SqsQueue`](crate::SqsQueue)s made from one [`AwsClients`](crate::AwsClients) asked of SQS: calls SQS
+/// answered (a failed call is not billed and not counted), their billed requests, and the message bodies moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqsUsage {
+    /// SendMessageBatch, ReceiveMessage, DeleteMessage, ChangeMessageVisibility and GetQueueAttributes calls.
+    pub calls: u64,
+    /// Billed requests: each call once per started 64 KiB of the message bodies it sent or received, at least once.
+    pub billed_requests: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl SqsUsage {
+    /// SQS standard queues, per million requests, us-east-1, beyond the free tier (perf-anchors §3.1, source S25).
+    pub const USD_PER_MILLION_REQUESTS: f64 = 0.40;
+
+    pub fn dollars(&self) -> f64 {
+        self.billed_requests as f64 * Self::USD_PER_MILLION_REQUESTS / 1_000_000.0
+    }
+}
+
+/// How S3 prices a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum S3Class {
+    /// PUT, COPY, POST and LIST requests.
+    Write,
+    /// GET, HEAD and the rest.
+    Read,
+    /// DELETE requests (free).
+    Delete,
+}
+
+/// What the [`S3Store`](crate::S3Store)s made from one [`AwsClients`](crate::AwsClients) asked of S3: every call
+/// sent, whatever its answer (S3 bills error responses too), by price class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct S3Usage {
+    /// PutObject, PutBucketVersioning, ListObjectsV2, ListObjectVersions and DeleteObjects (a POST: AWS says
+    /// DELETE requests are free but not whether a multi-object delete is one, so it is priced as a POST, an upper
+    /// bound).
+    pub write_requests: u64,
+    /// GetObject (ranged and by version), HeadObject and HeadBucket.
+    pub read_requests: u64,
+    /// DeleteObject.
+    pub delete_requests: u64,
+    pub bytes_put: u64,
+}
+
+impl S3Usage {
+    /// S3 Standard, per thousand PUT, COPY, POST or LIST requests, us-east-1 (perf-anchors §3.1, source S27).
+    pub const USD_PER_THOUSAND_WRITES: f64 = 0.005;
+    /// S3 Standard, per thousand GET, HEAD and other requests.
+    pub const USD_PER_THOUSAND_READS: f64 = 0.0004;
+
+    pub fn dollars(&self) -> f64 {
+        (self.write_requests as f64 * Self::USD_PER_THOUSAND_WRITES
+            + self.read_requests as f64 * Self::USD_PER_THOUSAND_READS)
+            / 1000.0
+    }
+}
+
+/// Everything the adapters made from one [`AwsClients`](crate::AwsClients) asked of AWS since it was built or
+/// last reset (the SDK calls `AwsClients` makes itself to warm connections are not counted: they happen once per
+/// container, not per event).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AwsUsage {
+    pub dynamodb: Usage,
+    pub sqs: SqsUsage,
+    pub s3: S3Usage,
+}
+
+impl AwsUsage {
+    pub fn dollars(&self) -> f64 {
+        self.dynamodb.dollars() + self.sqs.dollars() + self.s3.dollars()
+    }
+}
+
+/// The counters behind [`AwsUsage`], shared by every adapter one `AwsClients` makes.
+#[derive(Debug, Default)]
+pub(crate) struct Meters {
+    pub(crate) dynamodb: Arc<Meter>,
+    sqs: Mutex<SqsUsage>,
+    s3: Mutex<S3Usage>,
+}
+
+impl Meters {
+    /// One SQS call SQS answered, with the bodies it sent and received.
+    pub(crate) fn sqs_call(&self, sent: &[usize], received: &[usize]) {
+        let (sent_bytes, received_bytes) =
+            (sent.iter().map(|&b| b as u64).sum::<u64>(), received.iter().map(|&b| b as u64).sum::<u64>());
+        let mut u = self.sqs.lock().unwrap_or_else(PoisonError::into_inner);
+        u.calls += 1;
+        u.billed_requests += sqs_billed_requests(sent_bytes.max(received_bytes));
+        u.messages_sent += sent.len() as u64;
+        u.messages_received += received.len() as u64;
+        u.bytes_sent += sent_bytes;
+        u.bytes_received += received_bytes;
+    }
+
+    /// One S3 call of this class, putting `bytes_put` bytes.
+    pub(crate) fn s3_call(&self, class: S3Class, bytes_put: usize) {
+        let mut u = self.s3.lock().unwrap_or_else(PoisonError::into_inner);
+        match class {
+            S3Class::Write => u.write_requests += 1,
+            S3Class::Read => u.read_requests += 1,
+            S3Class::Delete => u.delete_requests += 1,
+        }
+        u.bytes_put += bytes_put as u64;
+    }
+
+    pub(crate) fn usage(&self) -> AwsUsage {
+        AwsUsage {
+            dynamodb: self.dynamodb.usage(),
+            sqs: *self.sqs.lock().unwrap_or_else(PoisonError::into_inner),
+            s3: *self.s3.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.dynamodb.reset();
+        *self.sqs.lock().unwrap_or_else(PoisonError::into_inner) = SqsUsage::default();
+        *self.s3.lock().unwrap_or_else(PoisonError::into_inner) = S3Usage::default();
     }
 }
 
@@ -501,5 +651,47 @@ mod tests {
         let u = Usage { wru: 2, rru: 0.5, ..Usage::default() };
         assert!((u.dollars() - (2.0 * 0.625 + 0.5 * 0.125) / 1e6).abs() < 1e-18);
         assert_eq!(Usage::default().dollars(), 0.0);
+    }
+
+    #[test]
+    fn sqs_bills_each_started_64_kib_of_payload_at_least_once() {
+        assert_eq!(sqs_billed_requests(0), 1);
+        assert_eq!(sqs_billed_requests(1), 1);
+        assert_eq!(sqs_billed_requests(64 * 1024), 1);
+        assert_eq!(sqs_billed_requests(64 * 1024 + 1), 2);
+        assert_eq!(sqs_billed_requests(256 * 1024), 4);
+        let m = Meters::default();
+        m.sqs_call(&[40_000, 40_000], &[]);
+        m.sqs_call(&[], &[]);
+        m.sqs_call(&[], &[10, 20]);
+        let u = m.usage().sqs;
+        assert_eq!((u.calls, u.billed_requests, u.messages_sent, u.messages_received), (3, 4, 2, 2));
+        assert_eq!((u.bytes_sent, u.bytes_received), (80_000, 30));
+        assert!((m.usage().dollars() - 4.0 * 0.40 / 1e6).abs() < 1e-15);
+    }
+
+    #[test]
+    fn s3_prices_writes_and_reads_apart_and_deletes_free() {
+        let m = Meters::default();
+        m.s3_call(S3Class::Write, 1000);
+        m.s3_call(S3Class::Read, 0);
+        m.s3_call(S3Class::Read, 0);
+        m.s3_call(S3Class::Delete, 0);
+        let u = m.usage().s3;
+        assert_eq!((u.write_requests, u.read_requests, u.delete_requests, u.bytes_put), (1, 2, 1, 1000));
+        assert!((u.dollars() - (0.005 + 2.0 * 0.0004) / 1000.0).abs() < 1e-15);
+        m.reset();
+        assert_eq!(m.usage(), AwsUsage::default());
+    }
+
+    #[test]
+    fn a_table_meter_adds_into_its_clients_total_and_resets_alone() {
+        let total = Arc::new(Meter::default());
+        let (a, b) = (Meter::within(total.clone()), Meter::within(total.clone()));
+        a.write(100, None);
+        b.write(3000, None);
+        assert_eq!((a.usage().wru, b.usage().wru, total.usage().wru), (1, 3, 4));
+        a.reset();
+        assert_eq!((a.usage().wru, total.usage().wru), (0, 4));
     }
 }

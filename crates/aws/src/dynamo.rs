@@ -445,8 +445,8 @@ const ADD_ATTEMPTS: usize = 4;
 const BUILD_FAILED: &str = "dynamodb TransactWriteItems: operation could not be built";
 
 impl DynamoTable {
-    pub(crate) fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
-        DynamoTable { client, table, usage: Arc::default() }
+    pub(crate) fn new(client: aws_sdk_dynamodb::Client, table: String, total: Arc<Meter>) -> Self {
+        DynamoTable { client, table, usage: Arc::new(Meter::within(total)) }
     }
 
     /// The table name.

@@ -27,7 +27,7 @@ mod s3;
 mod sqs;
 mod workspace;
 
-pub use billing::Usage;
+pub use billing::{AwsUsage, S3Usage, SqsUsage, Usage};
 pub use dynamo::DynamoTable;
 pub use links::{S3Links, MAX_LINK_LIFETIME};
 pub use s3::{S3Store, S3Version};
@@ -68,6 +68,8 @@ pub struct AwsClients {
     /// The warm-up [`from_env`](Self::from_env) starts in a Lambda execution environment, which
     /// [`warm`](Self::warm) waits for. Shared by the clones: the first `warm` on any of them takes it.
     warming: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// What every adapter made from these clients (and from their clones) asked of AWS.
+    meters: Arc<billing::Meters>,
 }
 
 impl AwsClients {
@@ -119,17 +121,18 @@ impl AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
             s3_path_style: overridden,
             warming: Arc::default(),
+            meters: Arc::default(),
         }
     }
 
     /// The queue at `url` (a full SQS queue URL).
     pub fn sqs_queue(&self, url: impl Into<String>) -> SqsQueue {
-        SqsQueue::new(self.sqs.clone(), url.into())
+        SqsQueue::new(self.sqs.clone(), url.into(), self.meters.clone())
     }
 
     /// Objects in `bucket`, every key under `prefix` (`""` for the bucket root; a trailing `/` is added).
     pub fn s3_store(&self, bucket: impl Into<String>, prefix: impl Into<String>) -> S3Store {
-        S3Store::new(self.s3.clone(), bucket.into(), &prefix.into())
+        S3Store::new(self.s3.clone(), bucket.into(), &prefix.into(), self.meters.clone())
     }
 
     /// Presigned download links ([`ResultLinks`](tributary_core::dsr::ResultLinks)) to objects in `bucket` under
@@ -140,7 +143,19 @@ impl AwsClients {
 
     /// The DynamoDB table `name`, with string keys `pk` (hash) and `sk` (range).
     pub fn dynamo_table(&self, name: impl Into<String>) -> DynamoTable {
-        DynamoTable::new(self.dynamodb.clone(), name.into())
+        DynamoTable::new(self.dynamodb.clone(), name.into(), self.meters.dynamodb.clone())
+    }
+
+    /// What every queue, store and table made from these clients (or their clones) has asked of AWS since they
+    /// were built or last [reset](Self::reset_usage): calls and what they bill (see `billing.rs`). Benchmarks
+    /// price a workload with it.
+    pub fn usage(&self) -> AwsUsage {
+        self.meters.usage()
+    }
+
+    /// Sets [`usage`](Self::usage) back to zero (the tables' own [`DynamoTable::usage`] are left alone).
+    pub fn reset_usage(&self) {
+        self.meters.reset();
     }
 
     /// Opens a connection to each service with a cheap call, so that the first real request of an invocation does

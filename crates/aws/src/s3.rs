@@ -6,10 +6,13 @@
 //! without versioning the same calls see only each object's `null` version, which is current, so nothing is
 //! earlier and nothing is removed.
 
+use std::sync::Arc;
+
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketVersioningStatus, Delete, ObjectIdentifier, VersioningConfiguration};
 use tributary_core::ports::{validate_object_key, EarlierVersion, ObjectMeta, ObjectStore, PortError};
 
+use crate::billing::{Meters, S3Class};
 use crate::error::{self, Facts, Kind, Transport};
 
 /// Most entries of one listing page, and most versions one `DeleteObjects` call may name (S3's limit for both).
@@ -29,6 +32,7 @@ pub struct S3Store {
     prefix: String,
     /// Entries per listing page (2..=1000; S3's maximum unless a test asks for small pages).
     page_size: i32,
+    meters: Arc<Meters>,
 }
 
 /// One entry of a bucket's version listing, as [`S3Store::all_versions`] reports it.
@@ -128,8 +132,8 @@ fn range_header(start: u64, end: Option<u64>) -> Option<String> {
 }
 
 impl S3Store {
-    pub(crate) fn new(client: aws_sdk_s3::Client, bucket: String, prefix: &str) -> Self {
-        S3Store { client, bucket, prefix: normalise_prefix(prefix), page_size: MAX_PAGE }
+    pub(crate) fn new(client: aws_sdk_s3::Client, bucket: String, prefix: &str, meters: Arc<Meters>) -> Self {
+        S3Store { client, bucket, prefix: normalise_prefix(prefix), page_size: MAX_PAGE, meters }
     }
 
     /// The same store with listing pages of `entries` (clamped to 2..=1000) instead of S3's 1000: tests use
@@ -144,6 +148,7 @@ impl S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket))]
     pub async fn enable_versioning(&self) -> Result<(), PortError> {
         let conf = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+        self.meters.s3_call(S3Class::Write, 0);
         self.client
             .put_bucket_versioning()
             .bucket(&self.bucket)
@@ -194,6 +199,7 @@ impl S3Store {
     /// which [`AwsClients::warm`](crate::AwsClients::warm) cannot know). Failures are ignored.
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket))]
     pub async fn warm(&self) {
+        self.meters.s3_call(S3Class::Read, 0);
         let r = self.client.head_bucket().bucket(&self.bucket).send().await;
         tracing::debug!(ok = r.is_ok(), "Bucket connection warmed.");
     }
@@ -236,6 +242,7 @@ impl S3Store {
             Some((k, v)) => (Some(k), v),
             None => (None, None),
         };
+        self.meters.s3_call(S3Class::Write, 0);
         let out = self
             .client
             .list_object_versions()
@@ -314,6 +321,7 @@ impl S3Store {
                 .map_err(build_failed)?;
             // Quiet: the answer lists only the entries that failed.
             let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(build_failed)?;
+            self.meters.s3_call(S3Class::Write, 0);
             let out = self
                 .client
                 .delete_objects()
@@ -342,6 +350,7 @@ impl S3Store {
             (None, Some(_)) => "GetObject(version)",
             (None, None) => "GetObject",
         };
+        self.meters.s3_call(S3Class::Read, 0);
         let res = self
             .client
             .get_object()
@@ -379,6 +388,7 @@ impl ObjectStore for S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket, size = bytes.len()))]
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError> {
         let full = self.full_key(key)?;
+        self.meters.s3_call(S3Class::Write, bytes.len());
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -407,6 +417,7 @@ impl ObjectStore for S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket))]
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, PortError> {
         let full = self.full_key(key)?;
+        self.meters.s3_call(S3Class::Read, 0);
         match self.client.head_object().bucket(&self.bucket).key(full).send().await {
             Ok(out) => {
                 let size = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
@@ -430,6 +441,7 @@ impl ObjectStore for S3Store {
         let mut token: Option<String> = None;
         let mut pages = 0u32;
         loop {
+            self.meters.s3_call(S3Class::Write, 0);
             let out = self
                 .client
                 .list_objects_v2()
@@ -463,6 +475,7 @@ impl ObjectStore for S3Store {
     #[tracing::instrument(skip_all, fields(bucket = %self.bucket))]
     async fn delete(&self, key: &str) -> Result<(), PortError> {
         let full = self.full_key(key)?;
+        self.meters.s3_call(S3Class::Delete, 0);
         match self.client.delete_object().bucket(&self.bucket).key(full).send().await {
             Ok(_) => Ok(()),
             Err(e) => {

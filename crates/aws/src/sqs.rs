@@ -1,10 +1,12 @@
 //! [`Queue`] on an SQS standard queue.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
 use tributary_core::ports::{check_send_batch, FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
 
+use crate::billing::Meters;
 use crate::error;
 
 /// Largest message body, and largest total of bodies in one SendMessageBatch call (1 MiB each).
@@ -23,12 +25,13 @@ pub struct SqsQueue {
     url: String,
     /// The last path segment of the URL; the only queue identifier in logs and errors.
     name: String,
+    meters: Arc<Meters>,
 }
 
 impl SqsQueue {
-    pub(crate) fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+    pub(crate) fn new(client: aws_sdk_sqs::Client, url: String, meters: Arc<Meters>) -> Self {
         let name = url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned();
-        SqsQueue { client, url, name }
+        SqsQueue { client, url, name, meters }
     }
 
     /// The queue URL.
@@ -61,6 +64,8 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("SendMessageBatch", &e))?;
+        let sizes: Vec<usize> = messages.iter().map(|(_, m)| m.body.len()).collect();
+        self.meters.sqs_call(&sizes, &[]);
         let mut failed = Vec::new();
         for f in out.failed() {
             let original = f
@@ -175,6 +180,8 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("ReceiveMessage", &e))?;
+        let sizes: Vec<usize> = out.messages().iter().map(|m| m.body().map_or(0, str::len)).collect();
+        self.meters.sqs_call(&[], &sizes);
         let mut received = Vec::with_capacity(out.messages().len());
         for m in out.messages() {
             let (Some(message_id), Some(receipt_handle)) = (m.message_id(), m.receipt_handle()) else {
@@ -201,7 +208,10 @@ impl Queue for SqsQueue {
     #[tracing::instrument(skip_all, fields(queue = %self.name))]
     async fn delete(&self, receipt_handle: &str) -> Result<(), PortError> {
         match self.client.delete_message().queue_url(&self.url).receipt_handle(receipt_handle).send().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.meters.sqs_call(&[], &[]);
+                Ok(())
+            }
             Err(e) => {
                 let err = error::sqs("DeleteMessage", &e);
                 let (code, _) = error::code_and_status(&e);
@@ -228,6 +238,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("ChangeMessageVisibility", &e))?;
+        self.meters.sqs_call(&[], &[]);
         Ok(())
     }
 
@@ -242,6 +253,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("GetQueueAttributes", &e))?;
+        self.meters.sqs_call(&[], &[]);
         let attrs = out.attributes();
         let count = |name: QueueAttributeName| -> Result<u64, PortError> {
             match attrs.and_then(|a| a.get(&name)) {
