@@ -3,6 +3,8 @@
 pub mod aws_env;
 pub mod erasure;
 pub mod people;
+#[cfg(feature = "aws-integration")]
+pub mod pipeline;
 pub mod reference;
 pub mod sdk;
 pub mod stack;

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tributary_audiences::RefreshRequest;
@@ -31,7 +30,8 @@ use tributary_tests::erasure::{
     ann_traces, assert_receipts, every_object_version, receipts, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER,
     BOB_ANON, BOB_EMAIL, BOB_USER,
 };
-use tributary_tests::stack::{Deployment, Trigger};
+use tributary_tests::pipeline::{self, Functions, Poller};
+use tributary_tests::stack::Deployment;
 use tributary_tests::support::{body_bytes, http_request};
 
 const WRITE_KEY: &str = "aws-stack-write-key";
@@ -91,56 +91,6 @@ delivery:
     )
 }
 
-/// Every function, built as its binary builds it, from the variables the stack gives it.
-struct Functions {
-    ingest: tributary_ingest::lambda::Handler,
-    stitch: tributary_stitch::lambda::Handler,
-    deliver: tributary_deliver::lambda::Handler,
-    import: tributary_import::lambda::Handler,
-    audiences: tributary_audiences::lambda::Handler,
-    dsr_api: tributary_dsr_api::lambda::Handler,
-    dsr_worker: tributary_dsr_worker::lambda::Handler,
-    profile_api: tributary_profile_api::lambda::Handler,
-}
-
-/// A handler built, or the test fails saying which function would not start on the stack's variables.
-fn started<T>(binary: &str, built: Result<T, lambda_runtime::Error>) -> T {
-    built.unwrap_or_else(|e| panic!("{binary} does not start on the variables the stack gives it: {e}"))
-}
-
-impl Functions {
-    async fn new(stack: &Deployment, aws: &AwsClients) -> Functions {
-        use tributary_audiences::lambda as audiences;
-        use tributary_deliver::lambda as deliver;
-        use tributary_dsr_api::lambda as dsr_api;
-        use tributary_dsr_worker::lambda as dsr_worker;
-        use tributary_import::lambda as import;
-        use tributary_ingest::lambda as ingest;
-        use tributary_profile_api::lambda as profile_api;
-        use tributary_stitch::lambda as stitch;
-        Functions {
-            ingest: started("ingest", ingest::build(&stack.env_of("ingest"), aws).await),
-            stitch: started("stitch", stitch::build(&stack.env_of("stitch"), aws).await),
-            deliver: started("deliver", deliver::build(&stack.env_of("deliver"), aws).await),
-            import: started("import", import::build(&stack.env_of("import"), aws).await),
-            audiences: started("audiences", audiences::build(&stack.env_of("audiences"), aws).await),
-            dsr_api: started("dsr-api", dsr_api::build(&stack.env_of("dsr-api"), aws).await),
-            dsr_worker: started("dsr-worker", dsr_worker::build(&stack.env_of("dsr-worker"), aws).await),
-            profile_api: started("profile-api", profile_api::build(&stack.env_of("profile-api"), aws).await),
-        }
-    }
-}
-
-/// A queue the stack maps to a function, as Lambda's poller sees it.
-struct Poller {
-    trigger: Trigger,
-    queue: SqsQueue,
-    /// The queue's own visibility timeout: what Lambda's receives hide a batch for.
-    visibility: Duration,
-    /// The function's timeout: the deadline the import handler is given.
-    timeout: Duration,
-}
-
 /// The deployed stack and the functions built on it.
 struct Pipeline {
     stack: Deployment,
@@ -156,13 +106,7 @@ struct Pipeline {
 impl Pipeline {
     /// Calls the function the HTTP API routes `method path` to.
     async fn http(&self, method: &str, path: &str, auth: &str, body: Option<String>) -> ApiGatewayV2httpResponse {
-        let req = http_request(method, path, auth, body);
-        match self.stack.route(method, path).as_str() {
-            "ingest" => self.f.ingest.handle(req).await,
-            "profile-api" => self.f.profile_api.handle(req).await,
-            "dsr-api" => self.f.dsr_api.handle(req).await,
-            other => panic!("the HTTP API routes {method} {path} to {other}, which does not serve HTTP"),
-        }
+        self.f.http(&self.stack.route(method, path), http_request(method, path, auth, body)).await
     }
 
     async fn send(&self, events: Vec<Value>) {
@@ -187,21 +131,6 @@ impl Pipeline {
         (resp.status_code, serde_json::from_slice(&raw).expect("a JSON answer"))
     }
 
-    /// Hands an SQS batch to the function the mapping names, as Lambda does.
-    async fn consume(&self, poller: &Poller, event: SqsEvent) -> SqsBatchResponse {
-        match poller.trigger.binary.as_str() {
-            "stitch" => self.f.stitch.handle(event).await,
-            "deliver" => self.f.deliver.handle(event).await,
-            "import" => self.f.import.handle(event, Some(Instant::now() + poller.timeout)).await,
-            "dsr-worker" => {
-                let payload = serde_json::to_value(event).expect("an SQS event as JSON");
-                let out = tributary_dsr_worker::lambda::invoke(&self.f.dsr_worker, payload).await.expect("invoke");
-                serde_json::from_value(out).expect("the worker answers an SQS batch with batchItemFailures")
-            }
-            other => panic!("the stack maps {} to {other}, which does not consume SQS", poller.trigger.queue),
-        }
-    }
-
     /// Plays Lambda's pollers until every mapped queue is empty. A record a function reports as failed fails the
     /// test: nothing in this scenario should need a retry, and its queue would hide it for the visibility timeout.
     async fn settle(&self) {
@@ -218,7 +147,7 @@ impl Pipeline {
                     ran += messages.len();
                     let event =
                         tributary_local::runtime::sqs_event(&messages, &p.trigger.queue_arn).expect("an SqsEvent");
-                    let resp = self.consume(p, event).await;
+                    let resp = self.f.consume(p, event).await;
                     let failed: BTreeSet<&str> =
                         resp.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
                     assert!(failed.is_empty(), "{} failed records {failed:?} of {}", p.trigger.binary, p.trigger.queue);
@@ -476,18 +405,7 @@ async fn the_sam_template_deployed_on_moto_runs_the_whole_pipeline() {
     check_wiring(&stack, &workspace_uri, &key_uri);
 
     let f = Functions::new(&stack, &aws).await;
-    let mut pollers = Vec::new();
-    for trigger in stack.triggers() {
-        let seconds = |v: &Value| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()).expect("seconds");
-        let visibility = seconds(&stack.queue(&trigger.queue)["attributes"]["VisibilityTimeout"]);
-        let timeout = seconds(&stack.functions()[&stack.function_id(&trigger.binary)]["timeout"]);
-        pollers.push(Poller {
-            queue: aws.sqs_queue(&trigger.queue_url),
-            trigger,
-            visibility: Duration::from_secs(visibility),
-            timeout: Duration::from_secs(timeout),
-        });
-    }
+    let pollers = pipeline::pollers(&stack, &aws);
     let mut p = Pipeline { stack, aws, f, pollers, hooks, handled: Default::default(), cert: String::new() };
     let resp = p.http("GET", "/opendsr/v2/cert.pem", "", None).await;
     assert_eq!(resp.status_code, 200);

@@ -359,6 +359,12 @@ impl SqsUsage {
     /// SQS standard queues, per million requests, us-east-1, beyond the free tier (perf-anchors §3.1, source S25).
     pub const USD_PER_MILLION_REQUESTS: f64 = 0.40;
 
+    /// The billed requests of one call carrying `payload` bytes of message bodies: for callers that model calls
+    /// made outside the adapter (Lambda's pollers).
+    pub fn billed_requests_for(payload: u64) -> u64 {
+        sqs_billed_requests(payload)
+    }
+
     pub fn dollars(&self) -> f64 {
         self.billed_requests as f64 * Self::USD_PER_MILLION_REQUESTS / 1_000_000.0
     }

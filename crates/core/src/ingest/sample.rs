@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 /// The same `n` always gives the same bytes.
 pub fn realistic_batch(n: usize) -> Vec<u8> {
     let base = OffsetDateTime::from_unix_timestamp(1_735_732_800).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let batch: Vec<Value> = (0..n).map(|i| sample_event(i, base)).collect();
+    let batch = realistic_events(n);
     let sent_at = base + Duration::milliseconds(n as i64 * 1234 + 500) + Duration::microseconds(321);
     let body = json!({
         "batch": batch,
@@ -26,6 +26,13 @@ pub fn realistic_batch(n: usize) -> Vec<u8> {
     // Serializing a `Value` into memory cannot fail.
     let _ = body.serialize(&mut ser);
     out
+}
+
+/// `n` events of the same mix as [`realistic_batch`] (the same content for the same `i`), as JSON values, for
+/// workloads that reassign who sends them.
+pub fn realistic_events(n: usize) -> Vec<Value> {
+    let base = OffsetDateTime::from_unix_timestamp(1_735_732_800).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    (0..n).map(|i| sample_event(i, base)).collect()
 }
 
 const PAGES: [(&str, &str, &str); 5] = [
