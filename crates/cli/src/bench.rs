@@ -1,10 +1,12 @@
 //! Benchmarks that print a ratio against a baseline measured in the same run, on the same input, alternating
-//! rounds so that machine noise hits both sides alike. Build with `--release` for meaningful numbers.
+//! rounds so that machine noise hits both sides alike. Build with `--release` for meaningful numbers. Each ends its
+//! report with its result lines (tributary_core::benchmark), which `bench table` gathers from saved outputs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
+use tributary_core::benchmark::BenchRow;
 use tributary_core::ingest::{self, Limits, RequestContext, Route};
 
 #[derive(Subcommand)]
@@ -159,6 +161,17 @@ fn ingest_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Result<(
     if cfg!(debug_assertions) {
         println!("note: debug build; run `cargo run --release -p tributary-cli -- bench ingest` for real figures");
     }
+    let ev = events as f64;
+    let row = BenchRow::against(
+        "ingest",
+        "parse+validate+normalize+pack",
+        "events/s",
+        o * ev,
+        "serde_json::from_slice::<Value>",
+        b * ev,
+        Some((0.5, true)),
+    );
+    println!("{}", row.line());
     Ok(())
 }
 
@@ -254,5 +267,17 @@ fn governance_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Resu
     if cfg!(debug_assertions) {
         println!("note: debug build; run `cargo run --release -p tributary-cli -- bench governance` for real figures");
     }
+    // A cost of at most 30 % is a throughput ratio of at least 0.7.
+    let ev = events as f64;
+    let row = BenchRow::against(
+        "governance",
+        "ingest core, plan + PII detection",
+        "events/s",
+        o * ev,
+        "governance off",
+        b * ev,
+        Some((0.7, true)),
+    );
+    println!("{}", row.line());
     Ok(())
 }
