@@ -63,6 +63,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 400)]
         round_ms: u64,
     },
+    /// One table of the result lines in saved benchmark outputs (what scripts/bench.sh prints at the end).
+    Table {
+        /// Benchmark outputs; none, or `-`, reads standard input.
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -82,6 +87,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Deliver { events, rounds, concurrency } => {
             crate::bench_deliver::deliver_bench(events, rounds.max(1), concurrency.clamp(1, 512))
         }
+        BenchCommand::Table { files } => crate::bench_table::run(&files),
     }
 }
 
