@@ -86,15 +86,12 @@ run_step() {
   return "$rc"
 }
 
-MOTO_PID=""
+# moto_start / moto_stop and MOTO_PID (shared with scripts/bench.sh).
+# shellcheck source=scripts/moto.sh
+source "$ROOT/scripts/moto.sh"
 cleanup() {
   local rc=$?
-  if [[ -n "$MOTO_PID" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
-    kill "$MOTO_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$MOTO_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$MOTO_PID" 2>/dev/null || true
-    wait "$MOTO_PID" 2>/dev/null || true
-  fi
+  moto_stop
   exit "$rc"
 }
 trap cleanup EXIT
@@ -235,43 +232,11 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 # moto_server on a free loopback port, for the AWS tier (tests fail, not skip, without it).
 start_moto() {
-  local start=$SECONDS port attempt
-  for attempt in 1 2 3; do
-    port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$LOGS/moto.log" 2>&1 &
-    MOTO_PID=$!
-    # Up when it answers anything over HTTP; give up early if the process died (e.g. the port was taken).
-    if "$VENV/bin/python" - "$port" "$MOTO_PID" <<'EOF'; then
-import os, sys, time, urllib.request, urllib.error
-port, pid = sys.argv[1], int(sys.argv[2])
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit(1)
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
-        sys.exit(0)
-    except urllib.error.HTTPError:
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.2)
-sys.exit(1)
-EOF
-      export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
-      export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
-      export AWS_EC2_METADATA_DISABLED=true
-      unset AWS_PROFILE AWS_SESSION_TOKEN
-      record PASS moto "moto_server at $AWS_ENDPOINT_URL (pid $MOTO_PID)" $((SECONDS - start))
-      return 0
-    fi
-    kill "$MOTO_PID" 2>/dev/null || true
-    wait "$MOTO_PID" 2>/dev/null || true
-    MOTO_PID=""
-    echo "moto_server did not come up on port $port (attempt $attempt); log:" >&2
-    tail -n 20 "$LOGS/moto.log" >&2 || true
-  done
+  local start=$SECONDS
+  if moto_start "$VENV" "$LOGS/moto.log"; then
+    record PASS moto "moto_server at $AWS_ENDPOINT_URL (pid $MOTO_PID)" $((SECONDS - start))
+    return 0
+  fi
   record FAIL moto "moto_server did not start (log: ${LOGS#"$ROOT"/}/moto.log)" $((SECONDS - start))
   return 1
 }

@@ -1,10 +1,12 @@
 //! Benchmarks that print a ratio against a baseline measured in the same run, on the same input, alternating
-//! rounds so that machine noise hits both sides alike. Build with `--release` for meaningful numbers.
+//! rounds so that machine noise hits both sides alike. Build with `--release` for meaningful numbers. Each ends its
+//! report with its result lines (tributary_core::benchmark), which `bench table` gathers from saved outputs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
+use tributary_core::benchmark::BenchRow;
 use tributary_core::ingest::{self, Limits, RequestContext, Route};
 
 #[derive(Subcommand)]
@@ -61,6 +63,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 400)]
         round_ms: u64,
     },
+    /// One table of the result lines in saved benchmark outputs (what scripts/bench.sh prints at the end).
+    Table {
+        /// Benchmark outputs; none, or `-`, reads standard input.
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -80,6 +87,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Deliver { events, rounds, concurrency } => {
             crate::bench_deliver::deliver_bench(events, rounds.max(1), concurrency.clamp(1, 512))
         }
+        BenchCommand::Table { files } => crate::bench_table::run(&files),
     }
 }
 
@@ -159,6 +167,17 @@ fn ingest_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Result<(
     if cfg!(debug_assertions) {
         println!("note: debug build; run `cargo run --release -p tributary-cli -- bench ingest` for real figures");
     }
+    let ev = events as f64;
+    let row = BenchRow::against(
+        "ingest",
+        "parse+validate+normalize+pack",
+        "events/s",
+        o * ev,
+        "serde_json::from_slice::<Value>",
+        b * ev,
+        Some((0.5, true)),
+    );
+    println!("{}", row.line());
     Ok(())
 }
 
@@ -254,5 +273,17 @@ fn governance_bench(events: usize, rounds: u32, round: Duration) -> anyhow::Resu
     if cfg!(debug_assertions) {
         println!("note: debug build; run `cargo run --release -p tributary-cli -- bench governance` for real figures");
     }
+    // A cost of at most 30 % is a throughput ratio of at least 0.7.
+    let ev = events as f64;
+    let row = BenchRow::against(
+        "governance",
+        "ingest core, plan + PII detection",
+        "events/s",
+        o * ev,
+        "governance off",
+        b * ev,
+        Some((0.7, true)),
+    );
+    println!("{}", row.line());
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
+use tributary_core::benchmark::BenchRow;
 use tributary_core::config::{DataPartyClass, WorkspaceConfig};
 use tributary_core::delivery::{DeliveryEnvelope, DeliverySettings, Handoff};
 use tributary_core::metrics::MemoryMetrics;
@@ -198,6 +199,11 @@ async fn run(events: usize, rounds: u32, concurrency: usize) -> anyhow::Result<(
     line("ratio vs baseline", vs_json, "  target >= 0.7");
     line("ratio vs naive consumer (same input)", vs_naive, "");
     line("ratio vs pre-serialized reference", vs_bytes, "");
+    let handler = "deliver handler";
+    let row = BenchRow::against("deliver", handler, "deliveries/s", t, "reqwest loop, .json(&event)", j, None);
+    println!("{}", row.with_ratio(vs_json.0, Some((0.7, true))).line());
+    let row = BenchRow::against("deliver", handler, "deliveries/s", t, "naive queue consumer", n, None);
+    println!("{}", row.with_ratio(vs_naive.0, None).line());
     Ok(())
 }
 

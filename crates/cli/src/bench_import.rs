@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::sqs::SqsEvent;
+use tributary_core::benchmark::BenchRow;
 use tributary_core::config::WorkspaceConfig;
 use tributary_core::metrics::MemoryMetrics;
 use tributary_core::ports::ReceivedMessage;
@@ -170,12 +171,18 @@ async fn throughput(rows: u64, rounds: u32) -> anyhow::Result<()> {
     };
     let (r, lo, hi) = paired(&base);
     let (nr, nlo, nhi) = paired(&naive);
+    let (b, j, o) = (median(&mut base), median(&mut naive), median(&mut ours));
     println!("bench import: {rows} CSV rows ({} MB), {rounds} rounds per side (medians)", file_mb(&bench.file));
-    println!("  baseline: csv::Reader, every record          {:>12.0} rows/s", median(&mut base));
-    println!("  reference: csv::Reader + JSON object per row {:>12.0} rows/s", median(&mut naive));
-    println!("  tributary import handler (map, pack, send)   {:>12.0} rows/s", median(&mut ours));
+    println!("  baseline: csv::Reader, every record          {b:>12.0} rows/s");
+    println!("  reference: csv::Reader + JSON object per row {j:>12.0} rows/s");
+    println!("  tributary import handler (map, pack, send)   {o:>12.0} rows/s");
     println!("  ratio vs baseline, median of rounds          {r:>12.2}  ({lo:.2}-{hi:.2})  target >= 0.5");
     println!("  ratio vs the JSON-per-row reference          {nr:>12.2}  ({nlo:.2}-{nhi:.2})");
+    let handler = "import handler (map, pack, send)";
+    let row = BenchRow::against("import", handler, "rows/s", o, "csv::Reader, every record", b, None);
+    println!("{}", row.with_ratio(r, Some((0.5, true))).line());
+    let row = BenchRow::against("import", handler, "rows/s", o, "csv::Reader + JSON object per row", j, None);
+    println!("{}", row.with_ratio(nr, None).line());
     Ok(())
 }
 
@@ -195,6 +202,11 @@ async fn memory(mb: u64) -> anyhow::Result<()> {
         before.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
     );
     println!("  target: peak resident < 64 MiB");
+    // Without a reading (not Linux) there is no figure to report.
+    if let Some(kib) = peak {
+        let measure = format!("peak resident, {} MiB file", file_mb(&big.file));
+        println!("{}", BenchRow::target_only("import", &measure, "MiB", kib as f64 / 1024.0, 64.0, false).line());
+    }
     Ok(())
 }
 

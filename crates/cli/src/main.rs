@@ -18,6 +18,7 @@ mod bench;
 mod bench_audiences;
 mod bench_deliver;
 mod bench_import;
+mod bench_table;
 mod import;
 mod quarantine;
 mod redrive;
