@@ -16,7 +16,7 @@
 #   ingest, governance, deliver, import, audiences   `tributary bench <name>` (crates/cli)
 #   import-memory  `tributary bench import --rounds 0 --memory-mb N`: peak resident memory, in a process of its own
 #   stitch         bench-stitch (tests/): the embedded store vs the reference model; DynamoDB dollars on moto
-#   cost           bench-cost (tests/), when tests/src/bin/bench_cost.rs exists
+#   cost           bench-cost (tests/): the SAM stack on moto, dollars per million events
 #   cold-start     each Lambda bootstrap's init vs the hello-lambda baseline's, offline; only when
 #                  <target dir>/lambda/*/bootstrap exist (built by --lambda, or by scripts/lambda-build.sh)
 # The table is printed and kept in .test-tools/bench/table.txt. Missed targets are reported, not failures: the exit
@@ -83,8 +83,6 @@ if $LAMBDA; then
 fi
 COLD_START=false
 if compgen -G "$LAMBDA_DIR/*/bootstrap" >/dev/null; then COLD_START=true; fi
-COST=false
-if [[ -f tests/src/bin/bench_cost.rs ]]; then COST=true; fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # One build of every binary the run needs.
@@ -92,8 +90,8 @@ PROFILE_ARGS=()
 if [[ "$PROFILE" == release ]]; then PROFILE_ARGS=(--release); fi
 LOCKED=()
 if [[ -f Cargo.lock ]]; then LOCKED=(--locked); fi
-SELECT=(-p tributary-cli --bin tributary -p tributary-tests --bin bench-stitch)
-if $COST; then SELECT+=(--bin bench-cost); fi
+SELECT=(-p tributary-cli --bin tributary -p tributary-tests --bin bench-stitch --bin bench-cost
+  --features tributary-tests/aws-integration)
 if $COLD_START; then SELECT+=(-p tributary-bench --bin cold-start); fi
 log "build: cargo build ${PROFILE_ARGS[*]} ${SELECT[*]}"
 cargo build "${PROFILE_ARGS[@]}" "${LOCKED[@]}" "${SELECT[@]}"
@@ -103,6 +101,8 @@ log "moto: starting moto_server"
 mkdir -p "$OUT"
 moto_start "$VENV" "$OUT/moto.log" || die "moto_server did not start (log: ${OUT#"$ROOT"/}/moto.log)"
 echo "moto_server at $AWS_ENDPOINT_URL (pid $MOTO_PID)"
+# bench-cost deploys the SAM template on moto with infra/emulator.py, on the venv's Python.
+export TRIBUTARY_PYTHON="$VENV/bin/python"
 
 # ---------------------------------------------------------------------------------------------------------------
 # The benchmarks. Only this run's outputs go into the table: older ones are removed first.
@@ -134,9 +134,7 @@ size() { if $QUICK; then echo "$2"; else echo "$1"; fi; }
   run_bench import-memory "$BIN/tributary" bench import --rounds 0 --memory-mb $(size 1024 16)
   run_bench audiences "$BIN/tributary" bench audiences $(size "" "--profiles 2000 --rounds 3")
   run_bench stitch "$BIN/bench-stitch" $(size "" "--people 50 --dynamodb-people 5")
-  if $COST; then
-    run_bench cost "$BIN/bench-cost" $(size "" --quick)
-  fi
+  run_bench cost "$BIN/bench-cost" $(size "" --quick)
   if $COLD_START; then
     # Offline (the workspace file from disk, AWS calls refused): the functions' own init, which the target is on.
     run_bench cold-start "$BIN/cold-start" --lambda-dir "$LAMBDA_DIR" --work-dir "$TARGET_DIR/cold-start" \
