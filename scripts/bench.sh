@@ -90,9 +90,15 @@ PROFILE_ARGS=()
 if [[ "$PROFILE" == release ]]; then PROFILE_ARGS=(--release); fi
 LOCKED=()
 if [[ -f Cargo.lock ]]; then LOCKED=(--locked); fi
-SELECT=(-p tributary-cli --bin tributary -p tributary-tests --bin bench-stitch --bin bench-cost
-  --features tributary-tests/aws-integration)
-if $COLD_START; then SELECT+=(-p tributary-bench --bin cold-start); fi
+if [[ "$PROFILE" == release ]]; then
+  SELECT=(-p tributary-cli --bin tributary -p tributary-tests --bin bench-stitch --bin bench-cost
+    --features tributary-tests/aws-integration)
+  if $COLD_START; then SELECT+=(-p tributary-bench --bin cold-start); fi
+else
+  # Debug: the binaries of the test command's own build (`--workspace --all-features`), so that after it this
+  # builds nothing.
+  SELECT=(--workspace --all-features --bins)
+fi
 log "build: cargo build ${PROFILE_ARGS[*]} ${SELECT[*]}"
 cargo build "${PROFILE_ARGS[@]}" "${LOCKED[@]}" "${SELECT[@]}"
 BIN="$TARGET_DIR/$PROFILE"

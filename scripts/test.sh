@@ -13,6 +13,7 @@
 # then the Lambda artifacts (cargo lambda build --release, sizes) and the cold-start benchmark (ratios to a
 # hello-world lambda_runtime binary),
 # the fuzz targets for 20 s each (scripts/fuzz.sh: cargo-fuzz on nightly, installed into .test-tools/cargo),
+# the benchmark runner on small sizes (scripts/bench.sh --debug --quick, with the cost workload on moto),
 # and the hygiene checks: cargo fmt --check, cargo clippy -D warnings, doctests.
 #
 # Installs, idempotently (a second run only checks stamps):
@@ -368,8 +369,14 @@ if $BUILD_OK; then
       bash -c 'target/debug/cold-start --lambda-dir target/lambda --offline --runs 20 &&
         target/debug/cold-start --lambda-dir target/lambda --runs 10' || true
   fi
+  # The benchmark runner end to end on small sizes with the debug binaries built above (figures not meaningful):
+  # every benchmark, bench-cost's deployment of the stack on moto with its workload, and the table.
+  run_step bench "scripts/bench.sh --debug --quick: every benchmark and the cost workload, one table" \
+    bash scripts/bench.sh --debug --quick || true
 else
-  for step in tests sdk aws doctest clippy fuzz lambda cold-start; do record SKIP "$step" "not run: the build failed" 0; done
+  for step in tests sdk aws doctest clippy fuzz lambda cold-start bench; do
+    record SKIP "$step" "not run: the build failed" 0
+  done
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
