@@ -3,6 +3,7 @@
 
 pub mod dir_store;
 pub mod dsr;
+pub mod faults;
 pub mod quarantine;
 pub mod runtime;
 pub mod sqlite_queue;

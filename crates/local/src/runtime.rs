@@ -58,6 +58,7 @@ use tributary_stitch::{Stitch, StitchSettings};
 
 use crate::dir_store::DirStore;
 use crate::dsr::LocalLinks;
+use crate::faults::{Faults, Faulty};
 use crate::sqlite_queue::{now_ms, QueueOptions, SqliteQueue};
 use crate::sqlite_table::SqliteTable;
 
@@ -483,11 +484,17 @@ pub struct RequestRecord {
     pub auth: &'static str,
 }
 
-type LocalAudiences<M> = Audiences<SqliteTable, SqliteQueue, Arc<M>>;
+/// The profile table, queues and object store of the pipeline, each failing now and then when `TRIBUTARY_FAULTS`
+/// asks for it (crate::faults); otherwise they only forward.
+type Table = Faulty<SqliteTable>;
+type LocalQueue = Faulty<SqliteQueue>;
+type Objects = Faulty<DirStore>;
+
+type LocalAudiences<M> = Audiences<Table, LocalQueue, Arc<M>>;
 
 struct AppState<M: MetricsSink> {
-    ingest: Arc<Ingest<SqliteQueue, Arc<M>, DirStore, SqliteTable>>,
-    profiles: ProfileApi<SqliteTable>,
+    ingest: Arc<Ingest<LocalQueue, Arc<M>, Objects, Table>>,
+    profiles: ProfileApi<Table>,
     sink: SqliteTable,
     requests: Mutex<Vec<RequestRecord>>,
     /// The audience refresh and how far its clock runs ahead of the wall clock (ms); `None` without audiences.
@@ -495,11 +502,11 @@ struct AppState<M: MetricsSink> {
     dsr: LocalDsrApi,
     /// Checks `/_local/results/…` links; the objects they point into.
     links: LocalLinks,
-    objects: DirStore,
+    objects: Objects,
 }
 
-type LocalDsrApi = DsrApi<SqliteTable, SqliteQueue, Arc<RsaSigner>, LocalLinks>;
-type LocalDsrWorker = DsrWorker<SqliteTable, SqliteQueue, DirStore, Arc<RsaSigner>, LocalLinks, HttpClient>;
+type LocalDsrApi = DsrApi<Table, LocalQueue, Arc<RsaSigner>, LocalLinks>;
+type LocalDsrWorker = DsrWorker<Table, LocalQueue, Objects, Arc<RsaSigner>, LocalLinks, HttpClient>;
 
 /// A running local platform.
 pub struct Platform {
@@ -523,36 +530,42 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     let listener = tokio::net::TcpListener::bind(opts.addr).await.with_context(|| format!("binding {}", opts.addr))?;
     let addr = listener.local_addr()?;
     let local_url = format!("http://127.0.0.1:{}", addr.port());
-    let objects = DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
-    let open_queue = |name: &str, options: QueueOptions| {
-        SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))
+    let faults = Faults::from_env().map_err(anyhow::Error::msg)?;
+    if faults.any() {
+        tracing::warn!(?faults, "Fault injection is on: store and queue calls will fail on purpose.");
+    }
+    let table = || -> anyhow::Result<Table> {
+        let t = SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?;
+        Ok(Faulty::new(t, "table", faults.table.clone()))
+    };
+    let object_store = || -> anyhow::Result<Objects> {
+        let o = DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?;
+        Ok(Faulty::new(o, "objects", faults.objects.clone()))
+    };
+    let objects = object_store()?;
+    let open_queue = |name: &str, options: QueueOptions| -> anyhow::Result<LocalQueue> {
+        let q = SqliteQueue::open(&data.queues(), name, options).map_err(|e| anyhow::anyhow!("queue {name}: {e}"))?;
+        Ok(Faulty::new(q, "queue", faults.queue.clone()))
     };
     let events_options = || QueueOptions { dead_letter: Some((EVENTS_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
     let delivery_options =
         || QueueOptions { dead_letter: Some((DELIVERY_DLQ.to_string(), DELIVERY_MAX_RECEIVE_COUNT)) };
     let events = open_queue(EVENTS_QUEUE, events_options())?;
     let sink = SqliteTable::open(&data.tables(), "sink").map_err(|e| anyhow::anyhow!("sink table: {e}"))?;
-    let profiles =
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?;
+    let profiles = table()?;
 
     let metrics = Arc::new(metrics);
     let workspace = Arc::new(opts.workspace);
     // Quarantined events go under `objects/quarantine/`, as they go under the archive bucket's prefix on AWS;
     // governed sources' counters go to the profile table (a handle of its own, as each Lambda has its own client).
-    let stats_table =
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?;
+    let stats_table = table()?;
     let ingest = Arc::new(
         Ingest::new(events, metrics.clone(), workspace.clone(), IngestSettings::default())
             .with_quarantine(objects)
             .with_stats(stats_table)
-            .with_suppressions(
-                SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
-            ),
+            .with_suppressions(table()?),
     );
-    let profile_api = ProfileApi::new(
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
-        workspace.clone(),
-    );
+    let profile_api = ProfileApi::new(table()?, workspace.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -564,7 +577,7 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         let offset = Arc::new(AtomicI64::new(0));
         let clock_offset = offset.clone();
         let refresh = Audiences::new(
-            SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+            table()?,
             open_queue(CHANGES_QUEUE, changes_options())?,
             open_queue(DELIVERY_QUEUE, delivery_options())?,
             metrics.clone(),
@@ -585,7 +598,7 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     );
     let links = LocalLinks::new(local_url.clone(), crate::dsr::links_secret(&data.0)?);
     let dsr = DsrApi::new(
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        table()?,
         open_queue(DSR_QUEUE, dsr_options())?,
         signer.clone(),
         links.clone(),
@@ -600,7 +613,7 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
         audiences,
         dsr,
         links: links.clone(),
-        objects: DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+        objects: object_store()?,
     });
 
     // events → stitch → delivery.
@@ -638,12 +651,12 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     for bucket in destinations.iter().filter_map(|d| d.transport.bucket.clone()) {
         let store = DirStore::open(&data.objects().join("exports").join(&bucket))
             .map_err(|e| anyhow::anyhow!("export bucket {bucket}: {e}"))?;
-        exports.insert(bucket, store);
+        exports.insert(bucket, Faulty::new(store, "objects", faults.objects.clone()));
     }
     let http = HttpSender::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?;
     let dsr_destinations = destinations.clone();
     let deliver = Deliver::new(
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        table()?,
         open_queue(DELIVERY_QUEUE, delivery_options())?,
         open_queue(DELIVERY_DLQ, QueueOptions::default())?,
         Senders { http, exports: ExportSender::new(exports) },
@@ -668,17 +681,15 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     // renewed at each checkpoint and the record stays hidden as long as the trigger's visibility timeout.
     let import_options = || QueueOptions { dead_letter: Some((IMPORT_DLQ.to_string(), MAX_RECEIVE_COUNT)) };
     let import = tributary_import::Import::new(
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        table()?,
         open_queue(EVENTS_QUEUE, events_options())?,
         open_queue(IMPORT_QUEUE, import_options())?,
-        DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+        object_store()?,
         metrics.clone(),
         workspace.clone(),
         tributary_import::ImportSettings::new(LOCAL_IMPORT_BUCKET),
     )
-    .with_suppressions(
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
-    );
+    .with_suppressions(table()?);
     let import = Arc::new(import);
     let handler: SqsHandler = Arc::new(move |event| {
         let i = import.clone();
@@ -717,16 +728,16 @@ pub async fn start<M: MetricsSink + 'static>(opts: PlatformOptions, metrics: M) 
     ] {
         holdings.objects.push(ObjectPlace {
             name: name.into(),
-            store: DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+            store: object_store()?,
             prefix: prefix.into(),
             whole_files: partner_files,
             imports: partner_files,
         });
     }
     let worker: LocalDsrWorker = DsrWorker::new(
-        SqliteTable::open(&data.tables(), PROFILES_TABLE).map_err(|e| anyhow::anyhow!("profile table: {e}"))?,
+        table()?,
         open_queue(DSR_QUEUE, dsr_options())?,
-        DirStore::open(&data.objects()).map_err(|e| anyhow::anyhow!("object store: {e}"))?,
+        object_store()?,
         signer,
         links,
         HttpClient::new(&workspace.delivery.allow_private_hosts).map_err(anyhow::Error::msg)?,
@@ -901,7 +912,7 @@ pub fn local_notification(key: &str, size: u64, etag: &str) -> String {
 
 /// Scans `objects/imports/` and queues a notification for each new or rewritten file once its size and
 /// modification time held still between two scans (a file still being copied waits).
-async fn watch_imports(objects: PathBuf, queue: SqliteQueue, mut shutdown: watch::Receiver<bool>) {
+async fn watch_imports(objects: PathBuf, queue: LocalQueue, mut shutdown: watch::Receiver<bool>) {
     use std::collections::HashMap;
     // key → (etag, notified)
     let mut seen: HashMap<String, (String, bool)> = HashMap::new();

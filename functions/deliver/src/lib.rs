@@ -499,7 +499,7 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
         let keys: Vec<ItemKey> =
             jobs.iter().map(|job| receipt_key(job.item.receipt_profile(), &dest.id, &job.message_id)).collect();
         let read = |key: ItemKey| async move {
-            let item = self.table.get(&key).await;
+            let item = retried(|| self.table.get(&key)).await;
             (key, item.map(|item| item.and_then(|i| Receipt::from_attrs(&i.attrs).ok())))
         };
         // Most batches are small (a webhook's is one event): joining them costs less than a bounded stream.
@@ -638,8 +638,9 @@ impl<T: TableStore, Q: Queue, S: Sender, M: MetricsSink> Deliver<T, Q, S, M> {
                 Some(k) => k,
                 None => receipt_key(job.item.receipt_profile(), &dest.id, &job.message_id),
             };
-            let op = WriteOp::Put { item: receipt.to_item(key, 1), condition: Condition::None };
-            match self.table.write(op).await {
+            let item = receipt.to_item(key, 1);
+            // Unconditional, so writing it again is harmless.
+            match retried(|| self.table.write(WriteOp::Put { item: item.clone(), condition: Condition::None })).await {
                 Ok(()) => Done::of(&job, fate),
                 // Sent but not recorded: the record comes back; the receipt check and the destination's
                 // idempotency key keep it from counting twice.
@@ -791,4 +792,64 @@ pub fn consent_update_event(event: &Map<String, Value>, consent: &BTreeMap<Strin
     context.insert("consent".into(), json!({ "categoryPreferences": Value::Object(consent.iter().map(|(k, v)| (k.clone(), Value::Bool(*v))).collect()) }));
     out.insert("context".into(), Value::Object(context));
     out
+}
+
+/// Tries of a receipt read or write that fails with a retryable error.
+const STORE_TRIES: u32 = 4;
+
+/// A receipt read or write, tried again briefly while the table refuses it for now (throttled, unavailable, timed
+/// out): a passing failure would otherwise send the whole record back to wait out its visibility timeout. Both
+/// calls are safe to repeat (a read, an unconditional put).
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PortError>>,
+{
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && tries < STORE_TRIES => {
+                tokio::time::sleep(Duration::from_millis(25 << tries)).await;
+                tries += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+#[cfg(test)]
+mod store_retry_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // Found by the chaos test (tests/tests/chaos.rs): one throttled receipt read used to send the whole record back
+    // to wait out its visibility timeout.
+    #[tokio::test]
+    async fn receipt_calls_refused_for_now_are_tried_again_briefly() {
+        let calls = AtomicU32::new(0);
+        let flaky = || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(PortError::Throttled("t".into())),
+                1 => Err(PortError::Unavailable("u".into())),
+                n => Ok(n),
+            }
+        };
+        assert_eq!(retried(flaky).await.expect("third try"), 2);
+
+        calls.store(0, Ordering::SeqCst);
+        let invalid = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(PortError::Invalid("bad key".into()))
+        };
+        assert!(matches!(retried(invalid).await, Err(PortError::Invalid(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a request that cannot succeed is not repeated");
+
+        calls.store(0, Ordering::SeqCst);
+        let down = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(PortError::Unavailable("down".into()))
+        };
+        assert!(matches!(retried(down).await, Err(PortError::Unavailable(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), STORE_TRIES, "bounded");
+    }
 }

@@ -344,40 +344,41 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let dedup = dedup_key(source_id, message_id);
-            if let Some(item) = self.table.get(&dedup).await? {
-                // Applied before the subject was erased: a redelivery must not hand it to delivery again.
-                if self.any_tombstone(&usable).await? {
-                    return Ok(suppressed(&mh));
+            // One attempt: `Some` when the event is settled, `None` when another worker changed what was read.
+            let step: Result<Option<Applied>, StitchError> = async {
+                let dedup = dedup_key(source_id, message_id);
+                if let Some(item) = self.table.get(&dedup).await? {
+                    // Applied before the subject was erased: a redelivery must not hand it to delivery again.
+                    if self.any_tombstone(&usable).await? {
+                        return Ok(Some(suppressed(&mh)));
+                    }
+                    let row = DedupRow::from_attrs(&item.attrs).unwrap_or(DedupRow { p: None, at: 0 });
+                    return Ok(Some(Applied::Duplicate { profile: row.p }));
                 }
-                let row = DedupRow::from_attrs(&item.attrs).unwrap_or(DedupRow { p: None, at: 0 });
-                return Ok(Applied::Duplicate { profile: row.p });
-            }
-            let now = (self.clock)();
-            let snapshot = self.snapshot(&to_read).await?;
-            if snapshot.suppressed || self.any_tombstone(&beyond).await? {
-                return Ok(suppressed(&mh));
-            }
-            let bounds = Bounds {
-                max_merges: self.workspace.profiles.max_merges,
-                max_identities: self.workspace.profiles.max_identities,
-            };
-            let planned = plan::plan(&extracted.ids, &self.rules, bounds, &snapshot.graph);
-            let (ops, (consent, consent_changed)) = match &planned {
-                None => (
-                    vec![dedup_op(dedup, None, now, self.workspace.profiles.dedup_window_days)],
-                    (BTreeMap::new(), false),
-                ),
-                Some(p) => {
-                    self.build(p, &snapshot, event, &mh, &stamp, source.class, incoming_traits, &signals, now)?
+                let now = (self.clock)();
+                let snapshot = self.snapshot(&to_read).await?;
+                if snapshot.suppressed || self.any_tombstone(&beyond).await? {
+                    return Ok(Some(suppressed(&mh)));
                 }
-            };
-            if let Err(e) = check_transaction(&ops) {
-                return Err(StitchError::Invalid(format!("event transaction: {e}")));
-            }
-            match self.table.transact(ops).await {
-                Ok(()) => {
-                    return Ok(match planned {
+                let bounds = Bounds {
+                    max_merges: self.workspace.profiles.max_merges,
+                    max_identities: self.workspace.profiles.max_identities,
+                };
+                let planned = plan::plan(&extracted.ids, &self.rules, bounds, &snapshot.graph);
+                let (ops, (consent, consent_changed)) = match &planned {
+                    None => (
+                        vec![dedup_op(dedup, None, now, self.workspace.profiles.dedup_window_days)],
+                        (BTreeMap::new(), false),
+                    ),
+                    Some(p) => {
+                        self.build(p, &snapshot, event, &mh, &stamp, source.class, incoming_traits, &signals, now)?
+                    }
+                };
+                if let Err(e) = check_transaction(&ops) {
+                    return Err(StitchError::Invalid(format!("event transaction: {e}")));
+                }
+                match self.table.transact(ops).await {
+                    Ok(()) => Ok(Some(match planned {
                         None => Applied::NoIdentity,
                         Some(p) => Applied::Stitched {
                             profile: match &p.target {
@@ -392,12 +393,22 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
                             consent,
                             consent_changed,
                         },
-                    });
+                    })),
+                    // Index 0 is the dedup record: the event was applied concurrently; the next read says so.
+                    Err(TransactError::ConditionFailed { .. }) => Ok(None),
+                    Err(TransactError::Port(e)) => Err(e.into()),
                 }
-                // Index 0 is the dedup record: the event was applied concurrently; the next read says so.
-                Err(TransactError::ConditionFailed { .. }) => {}
-                Err(TransactError::Port(e)) if e.is_retryable() => {}
-                Err(TransactError::Port(e)) => return Err(e.into()),
+            }
+            .await;
+            match step {
+                Ok(Some(applied)) => return Ok(applied),
+                Ok(None) => {}
+                // A read or write the store refused for now (throttled, unavailable, timed out, possibly after it
+                // took effect): the next attempt reads again, so a write that did land is seen as applied.
+                Err(StitchError::Port(e)) if e.is_retryable() => {
+                    tracing::debug!(error = %e, attempt, "Store call failed; trying the event again.");
+                }
+                Err(e) => return Err(e),
             }
             if attempt >= self.settings.max_attempts {
                 return Err(StitchError::Contention(attempt));

@@ -485,3 +485,25 @@ async fn after_a_lift_new_events_stitch_normally() {
     let item = f.table.get(&identity_key(&email)).await.expect("get").expect("linked");
     assert_eq!(identity_profile(&item.attrs), Some(profile.as_str()));
 }
+
+#[tokio::test]
+async fn store_calls_refused_for_now_are_tried_again_within_the_invocation() {
+    // Found by the chaos test (tests/tests/chaos.rs): a throttled read used to fail the whole record, which then
+    // waited out the queue's visibility timeout. Now the event's attempt loop reads again.
+    let f = fixture();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    f.table.add_rule(move |call| {
+        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The first read, the third call and the first transaction are refused.
+        let refuse = n == 0 || n == 2 || matches!(call, tributary_core::testing::Call::Transact(_)) && n < 8;
+        refuse.then(|| PortError::Throttled("injected".into()))
+    });
+    let e = event("identify", "t1", json!({"userId": "busy", "traits": {"plan": "pro"}}));
+    let resp = f.stitch.handle(sqs(&[("r1", vec![e.clone()])])).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    assert_eq!(f.delivery.envelopes().len(), 1, "handed off once");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > 3, "the refused calls were made again");
+    f.table.clear_rules();
+    assert!(matches!(f.apply(&e).await, Applied::Duplicate { profile: Some(_) }), "applied exactly once");
+}
