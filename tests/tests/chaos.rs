@@ -203,8 +203,9 @@ async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
     }
 }
 
-/// Every page of a profile's history (`{"events","next"}`), as `source/messageId`; `None` when 404.
-async fn history(http: &reqwest::Client, base: &str, lookup: &str) -> Option<Vec<String>> {
+/// Every page of a profile's history (`{"events","next"}`), as `source/messageId` and the time the server
+/// received the event (ms); `None` when 404.
+async fn history(http: &reqwest::Client, base: &str, lookup: &str) -> Option<Vec<(String, i64)>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -217,13 +218,9 @@ async fn history(http: &reqwest::Client, base: &str, lookup: &str) -> Option<Vec
             return None;
         }
         assert_eq!(status, 200, "GET {url}: {page}");
-        out.extend(
-            page["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| Some(format!("{}/{}", e["source"].as_str()?, e["message_id"].as_str()?))),
-        );
+        out.extend(page["events"].as_array().into_iter().flatten().filter_map(|e| {
+            Some((format!("{}/{}", e["source"].as_str()?, e["message_id"].as_str()?), e["received"].as_i64()?))
+        }));
         match page["next"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
             None => return Some(out),
@@ -357,7 +354,7 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
                     .filter(|d| d.to_string().contains(message))
                     .collect();
                 let history = history(&http, server.base_url(), &format!("{}:{}", id.kind, id.value)).await;
-                let in_history = history.is_some_and(|h| h.iter().any(|m| m.ends_with(message)));
+                let in_history = history.is_some_and(|h| h.iter().any(|(m, _)| m.ends_with(message)));
                 eprintln!("chaos: not delivered {}/{message}: in history {in_history}, receipts {mine:?}", e.source);
             }
         }
@@ -391,15 +388,38 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
         expected.entry(profile.ids).or_default().insert(format!("{}/{message}", e.source));
     }
     let base_url = server.base_url().to_string();
-    let mut checked = 0;
+    let mut received: HashMap<String, i64> = HashMap::new();
+    let mut lookups = Vec::new();
     for profile in reference.profiles() {
         let Some(lookup) = lookup_of(&profile.ids) else { continue };
         let got = history(&http, &base_url, &lookup).await.unwrap_or_else(|| panic!("{lookup}: no profile"));
-        let unique: BTreeSet<String> = got.iter().cloned().collect();
+        let unique: BTreeSet<String> = got.iter().map(|(m, _)| m.clone()).collect();
         assert_eq!(unique.len(), got.len(), "{lookup}: an event is in the history twice");
         let want = expected.get(&profile.ids).cloned().unwrap_or_default();
         assert_eq!(unique, want, "{lookup}: the history is the profile's accepted events");
+        received.extend(got);
+        lookups.push((lookup, profile.ids));
+    }
 
+    // Traits: two identifies with the same `timestamp` are ordered by when the server received them, so the
+    // reference is given the server's `receivedAt` of each event.
+    let as_received: Vec<people::GenEvent> = events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let key = format!("{}/{}", e.source, e.event["messageId"].as_str().unwrap_or_default());
+            if let Some(ms) = received.get(&key) {
+                let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(*ms) * 1_000_000).expect("a time");
+                let text = at.format(&time::format_description::well_known::Rfc3339).expect("RFC 3339");
+                e.event.insert("receivedAt".into(), Value::String(text));
+            }
+            e
+        })
+        .collect();
+    let reference = stitching::reference_of(&cfg, &as_received);
+    let mut checked = 0;
+    for (lookup, ids) in &lookups {
+        let profile = ids.iter().find_map(|id| reference.profile_of(id)).expect("the same partition");
         let url = format!("{base_url}/v1/profiles/{lookup}");
         let (status, doc) = get_json(&http, &url).await;
         assert_eq!(status, 200, "GET {url}: {doc}");
