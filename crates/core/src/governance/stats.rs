@@ -312,7 +312,11 @@ impl Window {
         if since >= until {
             return Err(WindowError::Empty);
         }
-        Ok(Window { since: since.to_offset(UtcOffset::UTC), until: until.to_offset(UtcOffset::UTC) })
+        // Both bounds are within years 1..=9999 in UTC (`parse_time`), but the default `since` may fall before.
+        if since.year() < 1 {
+            return Err(WindowError::Since);
+        }
+        Ok(Window { since, until })
     }
 
     /// The first hour in the window.
@@ -331,10 +335,14 @@ impl Window {
     }
 }
 
-/// An RFC 3339 time; a `+` offset that a query string turned into a space is taken back.
+/// An RFC 3339 time, in UTC; a `+` offset that a query string turned into a space is taken back. `None` also for
+/// a time that is outside years 1..=9999 once in UTC (`9999-12-31T23:00:00-01:00`), which RFC 3339 cannot print.
 pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
     let s = s.trim();
-    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| OffsetDateTime::parse(&s.replace(' ', "+"), &Rfc3339).ok())
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .or_else(|| OffsetDateTime::parse(&s.replace(' ', "+"), &Rfc3339).ok())?;
+    t.checked_to_offset(UtcOffset::UTC).filter(|t| (1..=9999).contains(&t.year()))
 }
 
 /// RFC 3339 in UTC.
@@ -555,6 +563,13 @@ mod tests {
             Err(WindowError::Empty)
         );
         assert_eq!(Window::parse(Some("2025-03-11T00:00:00Z"), None, now), Err(WindowError::Empty));
+        // Found by schemathesis: a bound past year 9999 once in UTC used to panic converting it to UTC, and one
+        // before year 1 made a report whose `since` was "".
+        assert_eq!(Window::parse(None, Some("9999-12-31T23:00:00-01:00"), now), Err(WindowError::Until));
+        assert_eq!(Window::parse(Some("0001-01-01T00:00:00+01:00"), None, now), Err(WindowError::Since));
+        assert_eq!(Window::parse(None, Some("0001-01-01T05:00:00Z"), now), Err(WindowError::Since));
+        let w = Window::parse(Some("0001-01-01T00:00:00Z"), Some("9999-12-31T23:59:59Z"), now).expect("widest");
+        assert_eq!((format_time(w.since).as_str(), &format_time(w.until)[..4]), ("0001-01-01T00:00:00Z", "9999"));
     }
 
     fn stat_item(source: &str, hour: &str, name: &str, counts: Value) -> Item {
