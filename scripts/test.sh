@@ -5,8 +5,9 @@
 #   ./scripts/test.sh --setup-only  only install/refresh the tools (Python venv, npm packages)
 #
 # Tiers (DESIGN.md §4):
-#   1. unit, contract and end-to-end tests (cargo nextest, every test binary but the two below)
+#   1. unit, contract and end-to-end tests (cargo nextest, every test binary but the ones below)
 #      + real SDK clients (tests/tests/sdk_clients.rs: official Python and Node clients against `tributary serve`)
+#      + schemathesis against `tributary serve` with the management API's /openapi.json (tests/tests/schemathesis.rs)
 #   2. the AWS adapters against moto_server on loopback (tests/tests/aws.rs, feature aws-integration)
 #   3. infra: cfn-lint (+ serverless rules) and checkov on infra/template.yaml, the SAM transform run offline and
 #      linted too; the emulator deployment of the translated template runs in tier 2 (tests/tests/aws_stack.rs)
@@ -18,7 +19,7 @@
 #
 # Installs, idempotently (a second run only checks stamps):
 #   .test-tools/venv                 Python venv with scripts/requirements-test.txt (moto, cfn-lint, SDKs,
-#                                    cargo-lambda, zig)
+#                                    schemathesis, cargo-lambda, zig)
 #   .test-tools/checkov-venv         checkov (scripts/requirements-checkov.txt; its pins clash with moto's)
 #   tests/sdk/node/node_modules      npm ci from tests/sdk/node/package-lock.json
 #   Debian packages only when python3/venv or node/npm are missing (apt-get update once first).
@@ -90,14 +91,7 @@ run_step() {
 # moto_start / moto_stop and MOTO_PID (shared with scripts/bench.sh).
 # shellcheck source=scripts/moto.sh
 source "$ROOT/scripts/moto.sh"
-cleanup() {
-  local rc=$?
-  moto_stop
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+moto_trap
 
 # ---------------------------------------------------------------------------------------------------------------
 # Setup: system packages (only if missing), the Python venv, the npm packages.
@@ -307,6 +301,7 @@ AWS_BIN='tributary-tests::aws'
 # Every AWS-tier binary (aws, aws_ingest, aws_stitch, …): nextest's binary_id() takes a glob.
 AWS_FILTER='binary_id(tributary-tests::aws*)'
 SDK_BIN='tributary-tests::sdk_clients'
+API_FUZZ_BIN='tributary-tests::schemathesis'
 if $BUILD_OK; then
   if cargo nextest --version >/dev/null 2>&1; then
     # One build, up to three runs split by tier so that each gets its own line below. nextest rejects a filter
@@ -319,6 +314,7 @@ if $BUILD_OK; then
     others=()
     if has_binary "$AWS_BIN"; then others+=("$AWS_FILTER"); fi
     if has_binary "$SDK_BIN"; then others+=("binary_id($SDK_BIN)"); fi
+    if has_binary "$API_FUZZ_BIN"; then others+=("binary_id($API_FUZZ_BIN)"); fi
     tier1=()
     if ((${#others[@]})); then tier1=(-E "not ($(IFS='|'; echo "${others[*]}"))"); fi
     run_step tests "tier 1: unit, contract, end-to-end (nextest)" nextest "${tier1[@]}" || true
@@ -329,6 +325,13 @@ if $BUILD_OK; then
       count_results "$LOGS/sdk.log"
     else
       record FAIL sdk "no test binary $SDK_BIN (tests/Cargo.toml [[test]] sdk_clients)" 0
+    fi
+    if has_binary "$API_FUZZ_BIN"; then
+      run_step schemathesis "tier 1: schemathesis vs tributary serve, with the management API's /openapi.json" \
+        nextest -E "binary_id($API_FUZZ_BIN)" --no-capture || true
+      count_results "$LOGS/schemathesis.log"
+    else
+      record FAIL schemathesis "no test binary $API_FUZZ_BIN (tests/Cargo.toml [[test]] schemathesis)" 0
     fi
     if ! has_binary "$AWS_BIN"; then
       record FAIL aws "tier 2: no test binary $AWS_BIN (tests/Cargo.toml [[test]] aws)" 0
@@ -374,7 +377,7 @@ if $BUILD_OK; then
   run_step bench "scripts/bench.sh --debug --quick: every benchmark and the cost workload, one table" \
     bash scripts/bench.sh --debug --quick || true
 else
-  for step in tests sdk aws doctest clippy fuzz lambda cold-start bench; do
+  for step in tests sdk schemathesis aws doctest clippy fuzz lambda cold-start bench; do
     record SKIP "$step" "not run: the build failed" 0
   done
 fi

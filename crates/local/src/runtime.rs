@@ -1014,6 +1014,7 @@ async fn front<M: MetricsSink + 'static>(
         || path.starts_with("/v1/sources/")
         || path.starts_with("/v1/suppressions/")
         || path == "/v1/audit"
+        || path == "/openapi.json"
     {
         return http_response(state.profiles.handle(event).await);
     }

@@ -597,6 +597,40 @@ mod tests {
         assert_eq!(r("/v1/profiles/x"), None);
     }
 
+    /// The management API's published document (served by the profile API) lists exactly these routes and methods,
+    /// on both the OpenDSR and the legacy OpenGDPR names.
+    #[test]
+    fn the_openapi_document_describes_exactly_these_routes() {
+        let doc: Value = serde_json::from_str(include_str!("../../../schemas/openapi.json")).expect("JSON");
+        let mut documented = std::collections::BTreeSet::new();
+        for (template, item) in doc["paths"].as_object().expect("paths") {
+            if !(template.starts_with("/opendsr/") || template.starts_with("/opengdpr_requests")) {
+                continue;
+            }
+            let path = template.replace("{id}", "r-1");
+            let (route, legacy, _) = split_route(&path).unwrap_or_else(|| panic!("{template} is not a route"));
+            for method in item.as_object().expect("path item").keys().filter(|k| k.as_str() != "parameters") {
+                let method = method.to_ascii_uppercase();
+                assert!(route.allow().split(", ").any(|m| m == method), "{method} {template}: not accepted");
+                documented.insert((route.as_str(), legacy, method));
+            }
+        }
+        let all = [
+            (Route::Discovery, false),
+            (Route::Certificate, false),
+            (Route::Requests, false),
+            (Route::Request("r-1".into()), false),
+            (Route::Requests, true),
+            (Route::Request("r-1".into()), true),
+        ];
+        for (route, legacy) in all {
+            for method in route.allow().split(", ") {
+                let key = (route.as_str(), legacy, method.to_string());
+                assert!(documented.contains(&key), "{key:?} is not documented");
+            }
+        }
+    }
+
     #[test]
     fn reads_bearer_and_basic() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);

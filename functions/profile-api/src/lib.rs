@@ -87,6 +87,12 @@ const IMPORTS_SUFFIX: &str = "/imports";
 const SUPPRESSIONS_PREFIX: &str = "/v1/suppressions/";
 /// The audit log route.
 const AUDIT_PATH: &str = "/v1/audit";
+/// Where the management API's OpenAPI document is served (no key: it describes routes, not data).
+const OPENAPI_PATH: &str = "/openapi.json";
+/// The OpenAPI 3.1 document of the management API: this handler's routes and the DSR API's. Checked in beside the
+/// workspace schema; `tests/tests/schemathesis.rs` runs schemathesis against `tributary serve` with it, and the tests
+/// below check that every route is in it.
+pub const OPENAPI_DOCUMENT: &str = include_str!("../../../schemas/openapi.json");
 /// Imports listed by `GET /v1/sources/{id}/imports` unless `limit` says otherwise.
 const DEFAULT_IMPORTS_LIMIT: usize = 50;
 /// Longest accepted audit cursor (an audit sort key: 13 digits, `#`, a nonce).
@@ -224,6 +230,9 @@ impl<T: TableStore> ProfileApi<T> {
     pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
         let started = Instant::now();
         let path = req.raw_path.clone().or_else(|| req.request_context.http.path.clone()).unwrap_or_default();
+        if path.ends_with(OPENAPI_PATH) {
+            return openapi(&req.request_context.http.method);
+        }
         let Some((route, param)) = split_route(&path) else {
             return error_response(&ApiError::new(404, "not_found", "no such route"));
         };
@@ -828,6 +837,21 @@ fn respond(status: u16, body: serde_json::Value) -> ApiGatewayV2httpResponse {
     resp
 }
 
+/// `GET /openapi.json`: the document as checked in, byte for byte. Unlike the data routes it may be cached.
+fn openapi(method: &Method) -> ApiGatewayV2httpResponse {
+    if method != Method::GET {
+        let mut resp = error_response(&ApiError::new(405, "method_not_allowed", "this route accepts GET only"));
+        insert_header(&mut resp.headers, "allow", "GET");
+        return resp;
+    }
+    let mut resp = ApiGatewayV2httpResponse::default();
+    resp.status_code = 200;
+    insert_header(&mut resp.headers, "content-type", "application/json");
+    insert_header(&mut resp.headers, "cache-control", "public, max-age=300");
+    resp.body = Some(Body::Text(OPENAPI_DOCUMENT.to_string()));
+    resp
+}
+
 /// The `{"code","message"}` body of every error.
 pub fn error_response(e: &ApiError) -> ApiGatewayV2httpResponse {
     respond(e.status, json!({"code": e.code, "message": e.message}))
@@ -901,5 +925,41 @@ mod tests {
         assert_eq!(Route::Suppression.scopes(&Method::DELETE), [Scope::Admin]);
         assert!(!Route::Profile.accepts(&Method::DELETE));
         assert!(Route::Suppression.accepts(&Method::DELETE));
+    }
+
+    /// The published document and the router agree: every documented `/v1` operation is a route that accepts its
+    /// method, and every route and method is documented (the DSR API's routes are checked in its own crate).
+    #[test]
+    fn the_openapi_document_describes_exactly_these_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI_DOCUMENT).expect("schemas/openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = std::collections::BTreeSet::new();
+        for (template, item) in doc["paths"].as_object().expect("paths") {
+            if !template.starts_with("/v1/") {
+                continue;
+            }
+            let path = template.replace("{lookup}", "user_id:x").replace("{source}", "web");
+            let (route, _) = split_route(&path).unwrap_or_else(|| panic!("{template} is not a route"));
+            for method in item.as_object().expect("path item").keys().filter(|k| k.as_str() != "parameters") {
+                let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("a method");
+                assert!(route.accepts(&m), "{method} {template}: the route does not accept it");
+                documented.insert((route.as_str(), m.to_string()));
+            }
+        }
+        let all = [
+            Route::Profile,
+            Route::Events,
+            Route::Deliveries,
+            Route::SourceStats,
+            Route::SourceImports,
+            Route::AuditLog,
+            Route::Suppression,
+        ];
+        for route in all {
+            for method in route.allow().split(", ") {
+                assert!(documented.contains(&(route.as_str(), method.to_string())), "{method} {route:?} undocumented");
+            }
+        }
+        assert!(doc["paths"]["/openapi.json"]["get"].is_object(), "the document describes itself");
     }
 }
