@@ -3,12 +3,14 @@
 //! API routes them to, SQS batches to the function a queue's event source mapping names ([`Poller`]). Shared by the
 //! emulator deployment test (tests/aws_stack.rs) and the cost benchmark (`bench-cost`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use serde_json::Value;
 use tributary_aws::{AwsClients, SqsQueue};
+use tributary_core::ports::{Queue, ReceivedMessage};
 
 use crate::stack::{Deployment, Trigger};
 
@@ -104,4 +106,83 @@ pub fn pollers(stack: &Deployment, aws: &AwsClients) -> Vec<Poller> {
             }
         })
         .collect()
+}
+
+/// How [`drain`] treats records a function reports failed.
+#[derive(Debug, Clone, Copy)]
+pub struct Redelivery {
+    /// How many times one message may be handed back after failing; one more failure panics. Zero: any failed
+    /// record panics (a test that expects none).
+    pub max_redeliveries: u32,
+    /// The whole drain's budget: panics with what is still in flight when it is spent.
+    pub within: Duration,
+}
+
+/// Plays Lambda's pollers until every mapped queue is empty: receives up to the mapping's batch size (10 at most,
+/// an SQS receive's cap), hands the batch to `consume`, deletes the records it did not report failed, and makes
+/// the failed ones visible again at once (Lambda waits out the visibility timeout; a harness need not) until
+/// `redelivery.max_redeliveries` is spent. `consume` is where a caller times or logs a batch; it gets the
+/// messages as received. Returns how many batches ran.
+pub async fn drain<F>(pollers: &[Poller], redelivery: Redelivery, mut consume: F) -> usize
+where
+    F: AsyncFnMut(&Poller, &[ReceivedMessage]) -> SqsBatchResponse,
+{
+    let deadline = Instant::now() + redelivery.within;
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    let mut batches = 0;
+    loop {
+        let mut ran = 0;
+        for p in pollers {
+            loop {
+                let max = p.trigger.batch_size.min(10);
+                let messages = p.queue.receive(max, p.visibility, Duration::ZERO).await.expect("receive");
+                if messages.is_empty() {
+                    break;
+                }
+                ran += messages.len();
+                batches += 1;
+                let resp = consume(p, &messages).await;
+                let failed: BTreeSet<&str> =
+                    resp.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+                for m in &messages {
+                    if !failed.contains(m.message_id.as_str()) {
+                        p.queue.delete(&m.receipt_handle).await.expect("delete a handled record");
+                        continue;
+                    }
+                    let n = failures.entry(m.message_id.clone()).or_default();
+                    *n += 1;
+                    assert!(
+                        *n <= redelivery.max_redeliveries,
+                        "{} failed record {} of {} {} time(s); see the function's warnings above",
+                        p.trigger.binary,
+                        m.message_id,
+                        p.trigger.queue,
+                        n
+                    );
+                    eprintln!(
+                        "{} reported record {} of {} failed (time {n}); handing it back",
+                        p.trigger.binary, m.message_id, p.trigger.queue
+                    );
+                    p.queue.change_visibility(&m.receipt_handle, Duration::ZERO).await.expect("make it visible");
+                }
+            }
+        }
+        if ran > 0 {
+            continue;
+        }
+        let mut left = 0;
+        for p in pollers {
+            left += p.queue.approximate_len().await.expect("approximate_len");
+        }
+        if left == 0 {
+            return batches;
+        }
+        assert!(Instant::now() < deadline, "the pipeline did not settle: {left} messages in flight");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The SQS event Lambda would hand the poller's function for `messages`.
+pub fn sqs_event(poller: &Poller, messages: &[ReceivedMessage]) -> SqsEvent {
+    tributary_local::runtime::sqs_event(messages, &poller.trigger.queue_arn).expect("an SqsEvent")
 }

@@ -134,43 +134,15 @@ impl Pipeline {
     /// Plays Lambda's pollers until every mapped queue is empty. A record a function reports as failed fails the
     /// test: nothing in this scenario should need a retry, and its queue would hide it for the visibility timeout.
     async fn settle(&self) {
-        let deadline = Instant::now() + SETTLE_WITHIN;
-        loop {
-            let mut ran = 0;
-            for p in &self.pollers {
-                loop {
-                    let max = p.trigger.batch_size.min(10);
-                    let messages = p.queue.receive(max, p.visibility, Duration::ZERO).await.expect("receive");
-                    if messages.is_empty() {
-                        break;
-                    }
-                    ran += messages.len();
-                    let event =
-                        tributary_local::runtime::sqs_event(&messages, &p.trigger.queue_arn).expect("an SqsEvent");
-                    let resp = self.f.consume(p, event).await;
-                    let failed: BTreeSet<&str> =
-                        resp.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-                    assert!(failed.is_empty(), "{} failed records {failed:?} of {}", p.trigger.binary, p.trigger.queue);
-                    for m in &messages {
-                        p.queue.delete(&m.receipt_handle).await.expect("delete a handled record");
-                    }
-                    let bodies = messages.iter().map(|m| (p.trigger.binary.clone(), m.body.clone()));
-                    self.handled.lock().expect("log").extend(bodies);
-                }
-            }
-            if ran > 0 {
-                continue;
-            }
-            let mut left = 0;
-            for p in &self.pollers {
-                left += p.queue.approximate_len().await.expect("approximate_len");
-            }
-            if left == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the pipeline did not settle: {left} messages in flight");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // No redelivery: every record of this test must be handled the first time.
+        let redelivery = pipeline::Redelivery { max_redeliveries: 0, within: SETTLE_WITHIN };
+        pipeline::drain(&self.pollers, redelivery, async |p, messages| {
+            let resp = self.f.consume(p, pipeline::sqs_event(p, messages)).await;
+            let bodies = messages.iter().map(|m| (p.trigger.binary.clone(), m.body.clone()));
+            self.handled.lock().expect("log").extend(bodies);
+            resp
+        })
+        .await;
     }
 
     /// Records handed to the function built from `binary` so far.
@@ -343,7 +315,7 @@ fn check_wiring(stack: &Deployment, workspace_uri: &str, key_uri: &str) {
 }
 
 /// Every HTTP route the functions serve, with an example path, and the function that serves it.
-const ROUTES: [(&str, &str, &str); 25] = [
+const ROUTES: [(&str, &str, &str); 26] = [
     ("POST", "/v1/track", "ingest"),
     ("POST", "/v1/identify", "ingest"),
     ("POST", "/v1/page", "ingest"),
@@ -361,6 +333,7 @@ const ROUTES: [(&str, &str, &str); 25] = [
     ("GET", "/v1/audit", "profile-api"),
     ("GET", "/v1/suppressions/email:x", "profile-api"),
     ("DELETE", "/v1/suppressions/email:x", "profile-api"),
+    ("GET", "/openapi.json", "profile-api"),
     ("GET", "/opendsr/v2/discovery", "dsr-api"),
     ("GET", "/opendsr/v2/cert.pem", "dsr-api"),
     ("POST", "/opendsr/v2/requests", "dsr-api"),

@@ -42,7 +42,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tributary_aws::{admin, AwsClients, AwsUsage, SqsUsage};
 use tributary_core::benchmark::BenchRow;
-use tributary_core::ports::{ObjectStore, Queue};
+use tributary_core::ports::ObjectStore;
 use tributary_tests::aws_env;
 use tributary_tests::erasure::Receiver;
 use tributary_tests::pipeline::{self, Functions, Poller};
@@ -232,51 +232,19 @@ impl Bench {
 
     /// Plays Lambda's pollers until every mapped queue is empty; counts what the pollers are billed.
     async fn settle(&self) {
-        let deadline = Instant::now() + SETTLE_WITHIN;
-        loop {
-            let mut ran = 0;
-            for p in &self.pollers {
-                loop {
-                    let max = p.trigger.batch_size.min(10);
-                    let messages = p.queue.receive(max, p.visibility, Duration::ZERO).await.expect("receive");
-                    if messages.is_empty() {
-                        break;
-                    }
-                    ran += messages.len();
-                    let payload: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
-                    // The receive that found this batch, and the DeleteMessageBatch of what the function handled.
-                    self.tally.lock().expect("tally").esm_requests += SqsUsage::billed_requests_for(payload) + 1;
-                    let event =
-                        tributary_local::runtime::sqs_event(&messages, &p.trigger.queue_arn).expect("an SqsEvent");
-                    let start = self.mark();
-                    let resp = self.f.consume(p, event).await;
-                    self.record(&p.trigger.binary, start);
-                    let failed: BTreeSet<&str> =
-                        resp.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-                    assert!(
-                        failed.is_empty(),
-                        "{} failed records of {}: {failed:?}",
-                        p.trigger.binary,
-                        p.trigger.queue
-                    );
-                    for m in &messages {
-                        p.queue.delete(&m.receipt_handle).await.expect("delete a handled record");
-                    }
-                }
-            }
-            if ran > 0 {
-                continue;
-            }
-            let mut left = 0;
-            for p in &self.pollers {
-                left += p.queue.approximate_len().await.expect("approximate_len");
-            }
-            if left == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the pipeline did not settle: {left} messages in flight");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // Lambda hands a failed record back after the visibility timeout; so does this, at once, a few times.
+        let redelivery = pipeline::Redelivery { max_redeliveries: 3, within: SETTLE_WITHIN };
+        pipeline::drain(&self.pollers, redelivery, async |p, messages| {
+            let payload: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
+            // The receive that found this batch, and the DeleteMessageBatch of what the function handled.
+            self.tally.lock().expect("tally").esm_requests += SqsUsage::billed_requests_for(payload) + 1;
+            let event = pipeline::sqs_event(p, messages);
+            let start = self.mark();
+            let resp = self.f.consume(p, event).await;
+            self.record(&p.trigger.binary, start);
+            resp
+        })
+        .await;
     }
 
     fn reset(&self) {
@@ -448,6 +416,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // The functions' warnings (a failed record says why) on stderr; RUST_LOG widens it.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let started = Instant::now();
     let endpoint = aws_env::init();
     let harness = AwsClients::from_env().await;
