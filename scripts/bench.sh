@@ -61,15 +61,7 @@ done
 # moto_start / moto_stop (shared with scripts/test.sh).
 # shellcheck source=scripts/moto.sh
 source "$ROOT/scripts/moto.sh"
-# shellcheck disable=SC2329 # run by the EXIT trap
-cleanup() {
-  local rc=$?
-  moto_stop
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+moto_trap
 
 if $LAMBDA; then
   case "$(uname -m)" in

@@ -5,7 +5,9 @@
 #   source scripts/moto.sh
 #   moto_start VENV LOG   starts VENV/bin/moto_server (up to 3 ports), sets MOTO_PID, exports AWS_ENDPOINT_URL,
 #                         dummy credentials and the region; returns 1 if it never came up (the log's tail on stderr)
-#   moto_stop             stops it (TERM, KILL after 5 s); does nothing when none runs. Call it from an EXIT trap.
+#   moto_stop             stops it (TERM, KILL after 5 s); does nothing when none runs
+#   moto_trap             stops it whenever the script exits (EXIT trap; INT and TERM exit 130 and 143), keeping
+#                         the script's exit code
 
 MOTO_PID=""
 
@@ -57,4 +59,17 @@ moto_stop() {
     wait "$MOTO_PID" 2>/dev/null || true
   fi
   MOTO_PID=""
+}
+
+# shellcheck disable=SC2329 # run by the EXIT trap
+moto_cleanup() {
+  local rc=$?
+  moto_stop
+  exit "$rc"
+}
+
+moto_trap() {
+  trap moto_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }

@@ -433,18 +433,32 @@ pub(crate) struct Meters {
     s3: Mutex<S3Usage>,
 }
 
+/// How many message bodies one SQS call carried, and their bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bodies {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Bodies {
+    pub const NONE: Bodies = Bodies { count: 0, bytes: 0 };
+
+    /// The bodies of these lengths.
+    pub fn of(lengths: impl IntoIterator<Item = usize>) -> Bodies {
+        lengths.into_iter().fold(Bodies::NONE, |b, len| Bodies { count: b.count + 1, bytes: b.bytes + len as u64 })
+    }
+}
+
 impl Meters {
     /// One SQS call SQS answered, with the bodies it sent and received.
-    pub(crate) fn sqs_call(&self, sent: &[usize], received: &[usize]) {
-        let (sent_bytes, received_bytes) =
-            (sent.iter().map(|&b| b as u64).sum::<u64>(), received.iter().map(|&b| b as u64).sum::<u64>());
+    pub(crate) fn sqs_call(&self, sent: Bodies, received: Bodies) {
         let mut u = self.sqs.lock().unwrap_or_else(PoisonError::into_inner);
         u.calls += 1;
-        u.billed_requests += sqs_billed_requests(sent_bytes.max(received_bytes));
-        u.messages_sent += sent.len() as u64;
-        u.messages_received += received.len() as u64;
-        u.bytes_sent += sent_bytes;
-        u.bytes_received += received_bytes;
+        u.billed_requests += sqs_billed_requests(sent.bytes.max(received.bytes));
+        u.messages_sent += sent.count;
+        u.messages_received += received.count;
+        u.bytes_sent += sent.bytes;
+        u.bytes_received += received.bytes;
     }
 
     /// One S3 call of this class, putting `bytes_put` bytes.
@@ -667,9 +681,9 @@ mod tests {
         assert_eq!(sqs_billed_requests(64 * 1024 + 1), 2);
         assert_eq!(sqs_billed_requests(256 * 1024), 4);
         let m = Meters::default();
-        m.sqs_call(&[40_000, 40_000], &[]);
-        m.sqs_call(&[], &[]);
-        m.sqs_call(&[], &[10, 20]);
+        m.sqs_call(Bodies::of([40_000, 40_000]), Bodies::NONE);
+        m.sqs_call(Bodies::NONE, Bodies::NONE);
+        m.sqs_call(Bodies::NONE, Bodies::of([10, 20]));
         let u = m.usage().sqs;
         assert_eq!((u.calls, u.billed_requests, u.messages_sent, u.messages_received), (3, 4, 2, 2));
         assert_eq!((u.bytes_sent, u.bytes_received), (80_000, 30));

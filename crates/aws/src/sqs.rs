@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
 use tributary_core::ports::{check_send_batch, FailedEntry, OutgoingMessage, PortError, Queue, ReceivedMessage};
 
-use crate::billing::Meters;
+use crate::billing::{Bodies, Meters};
 use crate::error;
 
 /// Largest message body, and largest total of bodies in one SendMessageBatch call (1 MiB each).
@@ -64,8 +64,7 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("SendMessageBatch", &e))?;
-        let sizes: Vec<usize> = messages.iter().map(|(_, m)| m.body.len()).collect();
-        self.meters.sqs_call(&sizes, &[]);
+        self.meters.sqs_call(Bodies::of(messages.iter().map(|(_, m)| m.body.len())), Bodies::NONE);
         let mut failed = Vec::new();
         for f in out.failed() {
             let original = f
@@ -180,8 +179,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("ReceiveMessage", &e))?;
-        let sizes: Vec<usize> = out.messages().iter().map(|m| m.body().map_or(0, str::len)).collect();
-        self.meters.sqs_call(&[], &sizes);
+        self.meters.sqs_call(Bodies::NONE, Bodies::of(out.messages().iter().map(|m| m.body().map_or(0, str::len))));
         let mut received = Vec::with_capacity(out.messages().len());
         for m in out.messages() {
             let (Some(message_id), Some(receipt_handle)) = (m.message_id(), m.receipt_handle()) else {
@@ -209,7 +207,7 @@ impl Queue for SqsQueue {
     async fn delete(&self, receipt_handle: &str) -> Result<(), PortError> {
         match self.client.delete_message().queue_url(&self.url).receipt_handle(receipt_handle).send().await {
             Ok(_) => {
-                self.meters.sqs_call(&[], &[]);
+                self.meters.sqs_call(Bodies::NONE, Bodies::NONE);
                 Ok(())
             }
             Err(e) => {
@@ -238,7 +236,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("ChangeMessageVisibility", &e))?;
-        self.meters.sqs_call(&[], &[]);
+        self.meters.sqs_call(Bodies::NONE, Bodies::NONE);
         Ok(())
     }
 
@@ -253,7 +251,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| error::sqs("GetQueueAttributes", &e))?;
-        self.meters.sqs_call(&[], &[]);
+        self.meters.sqs_call(Bodies::NONE, Bodies::NONE);
         let attrs = out.attributes();
         let count = |name: QueueAttributeName| -> Result<u64, PortError> {
             match attrs.and_then(|a| a.get(&name)) {
