@@ -153,7 +153,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     let examples = std::env::var("TRIBUTARY_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "100".into());
     let reports = tempfile::tempdir().expect("report dir");
     let mut cmd = python_command();
-    cmd.args(["-m", "schemathesis.cli", "--no-color", "run"])
+    // Its working directory is where schemathesis keeps its own state (`.schemathesis/`, `.hypothesis/`).
+    cmd.current_dir(reports.path())
+        .args(["-m", "schemathesis.cli", "--no-color", "run"])
         .arg(format!("{}/openapi.json", serve.base_url()))
         .args(["--url", serve.base_url()])
         .args(["--checks", "all"])
