@@ -112,6 +112,21 @@ delivery:
     )
 }
 
+/// A second-party source `partner` without a write key that imports CSV files of `email,tier` as identify events,
+/// as one YAML entry of a `sources:` list (indented as in [`test_config`]).
+pub const PARTNER_SOURCE: &str = r#"  - id: partner
+    write_key_sha256: []
+    class: "2P"
+    consent_basis: contract
+    permitted_purposes: [analytics]
+    import:
+      format: csv
+      columns:
+        email: { identifier: email }
+        tier: { type: string }
+      event: { type: identify }
+"#;
+
 /// [`test_config`] plus a tracking plan for `web`, version `plan_version`, that declares `events` (any properties)
 /// and quarantines unplanned track events.
 pub fn quarantine_config(plan_version: &str, events: &[&str]) -> String {

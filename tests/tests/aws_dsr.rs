@@ -52,7 +52,7 @@ use tributary_tests::erasure::{
     ann_traces, assert_receipts, every_object_version, receipts, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE,
     ANN_USER, BOB_ANON, BOB_EMAIL, BOB_USER,
 };
-use tributary_tests::support::{body_bytes, http_request};
+use tributary_tests::support::{body_bytes, http_request, PARTNER_SOURCE};
 
 const WRITE_KEY: &str = "aws-dsr-write-key";
 const MANAGEMENT_KEY: &str = "aws-dsr-management-key";
@@ -96,18 +96,7 @@ sources:
       events:
         Viewed: {{ type: object }}
       unplanned: quarantine
-  - id: partner
-    write_key_sha256: []
-    class: "2P"
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      columns:
-        email: {{ identifier: email }}
-        tier: {{ type: string }}
-      event: {{ type: identify }}
-management_keys:
+{PARTNER_SOURCE}management_keys:
   - id: tests
     key_sha256: "{management_key}"
     scopes: ["profiles:read", "dsr", "admin"]

@@ -32,7 +32,7 @@ use tributary_tests::erasure::{
 };
 use tributary_tests::pipeline::{self, Functions, Poller};
 use tributary_tests::stack::Deployment;
-use tributary_tests::support::{body_bytes, http_request};
+use tributary_tests::support::{body_bytes, http_request, PARTNER_SOURCE};
 
 const WRITE_KEY: &str = "aws-stack-write-key";
 const MANAGEMENT_KEY: &str = "aws-stack-management-key";
@@ -56,18 +56,7 @@ sources:
   - id: web
     write_key_sha256: ["{write_key}"]
     class: "1P"
-  - id: partner
-    write_key_sha256: []
-    class: "2P"
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      columns:
-        email: {{ identifier: email }}
-        tier: {{ type: string }}
-      event: {{ type: identify }}
-management_keys:
+{PARTNER_SOURCE}management_keys:
   - id: tests
     key_sha256: "{management_key}"
     scopes: ["profiles:read", "dsr", "admin"]

@@ -17,31 +17,15 @@ use tributary_tests::erasure::{
     ann_traces, assert_receipts, receipts, untar, Receiver, ANN_EMAIL, ANN_LAPTOP, ANN_PHONE, ANN_USER, BOB_ANON,
     BOB_EMAIL, BOB_USER,
 };
-use tributary_tests::support::{eventually, test_config, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
+use tributary_tests::support::{eventually, test_config, Serve, PARTNER_SOURCE, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn config(receiver: &str) -> String {
-    test_config()
-        .replace(
-            "management_keys:",
-            r#"  - id: partner
-    write_key_sha256: []
-    class: "2P"
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      columns:
-        email: { identifier: email }
-        tier: { type: string }
-      event: { type: identify }
-management_keys:"#,
-        )
-        .replace(
-            "delivery:",
-            &format!(
-                r#"  - id: crm
+    test_config().replace("management_keys:", &format!("{PARTNER_SOURCE}management_keys:")).replace(
+        "delivery:",
+        &format!(
+            r#"  - id: crm
     kind: webhook
     essential: true
     transport: {{ url: "{receiver}/crm" }}
@@ -51,8 +35,8 @@ dsr:
   processor_domain: dsr.tributary.test
   controller_id: acme-controller
 delivery:"#
-            ),
-        )
+        ),
+    )
 }
 
 async fn send(serve: &Serve, events: Vec<Value>) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tributary_tests::sdk::{python_command, run_with_timeout};
-use tributary_tests::support::{eventually, test_config, Serve, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
+use tributary_tests::support::{eventually, test_config, Serve, PARTNER_SOURCE, TEST_MANAGEMENT_KEY, TEST_WRITE_KEY};
 
 /// The examples in `schemas/openapi.json` name these.
 const USER_ID: &str = "schemathesis-user";
@@ -32,32 +32,16 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 const SEED: &str = "20261201";
 
 fn config() -> String {
-    test_config()
-        .replace(
-            "management_keys:",
-            r#"  - id: partner
-    write_key_sha256: []
-    class: "2P"
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      columns:
-        email: { identifier: email }
-        tier: { type: string }
-      event: { type: identify }
-management_keys:"#,
-        )
-        .replace(
-            "delivery:",
-            r#"consent:
+    test_config().replace("management_keys:", &format!("{PARTNER_SOURCE}management_keys:")).replace(
+        "delivery:",
+        r#"consent:
   purposes: [{ id: analytics }]
 dsr:
   processor_domain: dsr.tributary.test
   controller_id: acme-controller
   waiting_period_days: 30
 delivery:"#,
-        )
+    )
 }
 
 async fn post(serve: &Serve, path: &str, body: Value, management: bool) -> (u16, Value) {

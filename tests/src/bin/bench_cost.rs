@@ -47,7 +47,7 @@ use tributary_tests::aws_env;
 use tributary_tests::erasure::Receiver;
 use tributary_tests::pipeline::{self, Functions, Poller};
 use tributary_tests::stack::Deployment;
-use tributary_tests::support::{body_bytes, http_request};
+use tributary_tests::support::{body_bytes, http_request, PARTNER_SOURCE};
 
 const WRITE_KEY: &str = "bench-cost-write-key";
 /// How long the pipeline may take to drain after a phase.
@@ -111,18 +111,7 @@ sources:
   - id: web
     write_key_sha256: ["{write_key}"]
     class: "1P"
-  - id: partner
-    write_key_sha256: []
-    class: "2P"
-    consent_basis: contract
-    permitted_purposes: [analytics]
-    import:
-      format: csv
-      columns:
-        email: {{ identifier: email }}
-        tier: {{ type: string }}
-      event: {{ type: identify }}
-destinations:
+{PARTNER_SOURCE}destinations:
   - id: crm
     kind: webhook
     purposes: [analytics]
