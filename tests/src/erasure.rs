@@ -55,12 +55,13 @@ pub fn assert_receipts(receipts: &BTreeMap<String, (String, u64)>, expected: &[(
     }
 }
 
-/// One POST the receiver got.
+/// One POST the receiver got, and the status it answered.
 #[derive(Debug, Clone)]
 pub struct Posted {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub status: u16,
 }
 
 impl Posted {
@@ -76,19 +77,29 @@ pub struct Receiver {
     log: Arc<Mutex<Vec<Posted>>>,
 }
 
+/// Decides the status of each POST (the receiver's switch: a destination that is down, or that refuses one event).
+type Answer = Arc<dyn Fn(&Posted) -> StatusCode + Send + Sync>;
+
 impl Receiver {
+    /// A receiver that answers every POST 200.
     pub async fn start() -> Receiver {
-        async fn record(
-            State(log): State<Arc<Mutex<Vec<Posted>>>>,
-            uri: Uri,
-            headers: HeaderMap,
-            body: Bytes,
-        ) -> StatusCode {
-            log.lock().expect("receiver log").push(Posted { path: uri.path().to_string(), headers, body });
-            StatusCode::OK
+        Receiver::answering(|_| StatusCode::OK).await
+    }
+
+    /// A receiver that answers each POST what `answer` says (it sees the path, headers and body); every POST is
+    /// logged with its answer.
+    pub async fn answering(answer: impl Fn(&Posted) -> StatusCode + Send + Sync + 'static) -> Receiver {
+        type Shared = (Arc<Mutex<Vec<Posted>>>, Answer);
+        async fn record(State((log, answer)): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
+            let mut posted = Posted { path: uri.path().to_string(), headers, body, status: 0 };
+            let status = answer(&posted);
+            posted.status = status.as_u16();
+            log.lock().expect("receiver log").push(posted);
+            status
         }
         let log: Arc<Mutex<Vec<Posted>>> = Arc::default();
-        let app = Router::new().fallback(axum::routing::post(record)).with_state(log.clone());
+        let answer: Answer = Arc::new(answer);
+        let app = Router::new().fallback(axum::routing::post(record)).with_state((log.clone(), answer));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
         let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("receiver address").port());
         tokio::spawn(async move {

@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 use tributary_core::identity::{extract, ExtractOptions, IdType, Identifier};
+use tributary_tests::erasure::Receiver;
 use tributary_tests::people::{self, PeopleSpec, APP, BROKER, SET_ONCE_TRAIT, WEB};
 use tributary_tests::stitching;
 use tributary_tests::support::{tributary_bin, Serve, TEST_MANAGEMENT_KEY};
@@ -83,39 +83,13 @@ delivery:
     )
 }
 
-/// The destination: counts each messageId it accepted; answers 503 while `down`.
-#[derive(Default)]
-struct Hook {
-    down: AtomicBool,
-    accepted: Mutex<HashMap<String, u32>>,
-    refused: AtomicUsize,
-}
-
-async fn start_hook() -> (String, Arc<Hook>) {
-    let hook = Arc::new(Hook::default());
-    let state = hook.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: Bytes| {
-            let hook = state.clone();
-            async move {
-                if hook.down.load(Ordering::SeqCst) {
-                    hook.refused.fetch_add(1, Ordering::SeqCst);
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                }
-                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let id = event["messageId"].as_str().unwrap_or_default().to_string();
-                *hook.accepted.lock().expect("hook").entry(id).or_default() += 1;
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind hook");
-    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().expect("addr").port());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, hook)
+/// What the destination accepted: each messageId answered 200, with how many times.
+fn accepted_ids(hook: &Receiver) -> HashMap<String, u32> {
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    for p in hook.posts().iter().filter(|p| p.status == 200) {
+        *ids.entry(p.json()["messageId"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    ids
 }
 
 /// One request: the source, its events.
@@ -262,7 +236,18 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
         shares[i % CLIENTS].push(r);
     }
 
-    let (hook_url, hook) = start_hook().await;
+    // The destination answers 503 while `down`.
+    let down = Arc::new(AtomicBool::new(false));
+    let switch = down.clone();
+    let hook = Receiver::answering(move |_| {
+        if switch.load(Ordering::SeqCst) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let hook_url = format!("{}/hook", hook.url());
     let config = workspace(&hook_url);
     let mut server = Serve::start_with_env(&config, &[("TRIBUTARY_FAULTS", FAULTS)]);
     let base = Arc::new(RwLock::new(server.base_url().to_string()));
@@ -287,7 +272,7 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
         }
     };
     wait_for(at(0.2)).await;
-    hook.down.store(true, Ordering::SeqCst);
+    down.store(true, Ordering::SeqCst);
     let outage = Instant::now();
     wait_for(at(0.4)).await;
     tokio::task::block_in_place(|| server.restart());
@@ -298,7 +283,7 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
     );
     wait_for(at(0.6)).await;
     tokio::time::sleep(OUTAGE.saturating_sub(outage.elapsed())).await;
-    hook.down.store(false, Ordering::SeqCst);
+    down.store(false, Ordering::SeqCst);
     for c in clients {
         c.await.expect("a client");
     }
@@ -313,7 +298,7 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
     // Drain: wait for the webhook to have every event, redriving both DLQs when progress stalls.
     let events_by_id: BTreeMap<String, &people::GenEvent> =
         events.iter().map(|e| (e.event["messageId"].as_str().unwrap_or_default().to_string(), e)).collect();
-    let delivered = |hook: &Hook| hook.accepted.lock().expect("hook").len();
+    let delivered = |hook: &Receiver| accepted_ids(hook).len();
     let deadline = started + DEADLINE;
     let (mut last, mut stalled_since) = (0, Instant::now());
     while delivered(&hook) < total {
@@ -330,7 +315,7 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
                 events["moved"], deliveries["moved"]
             );
             stalled_since = Instant::now();
-            let hooked: BTreeSet<String> = hook.accepted.lock().expect("hook").keys().cloned().collect();
+            let hooked: BTreeSet<String> = accepted_ids(&hook).into_keys().collect();
             let missing: Vec<&people::GenEvent> =
                 events_by_id.iter().filter(|(id, _)| !hooked.contains(*id)).map(|(_, e)| *e).take(2).collect();
             for e in missing {
@@ -366,13 +351,14 @@ async fn the_pipeline_keeps_every_accepted_event_exactly_once_through_faults_an_
     assert_eq!(in_dlq(&redrive(&server, &["--dry-run"])), 0, "delivery DLQ");
 
     // Every accepted event reached the webhook; nothing else did.
-    let hooked: BTreeSet<String> = hook.accepted.lock().expect("hook").keys().cloned().collect();
+    let hook_accepted = accepted_ids(&hook);
+    let hooked: BTreeSet<String> = hook_accepted.keys().cloned().collect();
     let sent_ids: BTreeSet<String> = accepted.iter().map(|(_, m)| m.clone()).collect();
     assert_eq!(hooked, sent_ids, "the webhook got exactly the accepted events (by messageId)");
-    let extra: u32 = hook.accepted.lock().expect("hook").values().map(|n| n - 1).sum();
+    let extra: u32 = hook_accepted.values().map(|n| n - 1).sum();
     eprintln!(
         "chaos: webhook refused {} posts while down; {extra} repeats past the first (deduplicated by messageId)",
-        hook.refused.load(Ordering::SeqCst)
+        hook.posts().iter().filter(|p| p.status == 503).count()
     );
 
     // Histories and traits against the reference model.

@@ -6,54 +6,33 @@
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
+use tributary_tests::erasure::Receiver;
 use tributary_tests::support::{test_config, tributary_bin, Serve, TEST_WRITE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const POISON: &str = "redrive-poison";
 
-#[derive(Default)]
-struct Hook {
-    /// Fixed: accept the poison event too.
-    fixed: AtomicBool,
-    /// (messageId, status answered) per request.
-    seen: Mutex<Vec<(String, u16)>>,
+/// The destination refuses the poison event (400) until `fixed`.
+async fn start_hook(fixed: Arc<AtomicBool>) -> Receiver {
+    Receiver::answering(move |p| {
+        let poison = p.json()["messageId"] == POISON;
+        if poison && !fixed.load(Ordering::SeqCst) {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await
 }
 
-impl Hook {
-    fn seen(&self) -> Vec<(String, u16)> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-async fn start_hook() -> (String, Arc<Hook>) {
-    let hook = Arc::new(Hook::default());
-    let state = hook.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: Bytes| {
-            let hook = state.clone();
-            async move {
-                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let id = event["messageId"].as_str().unwrap_or_default().to_string();
-                let refuse = id == POISON && !hook.fixed.load(Ordering::SeqCst);
-                let status = if refuse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-                hook.seen.lock().expect("hook log").push((id, status.as_u16()));
-                status
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind hook");
-    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().expect("addr").port());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, hook)
+/// (messageId, status answered) per request.
+fn seen(hook: &Receiver) -> Vec<(String, u16)> {
+    hook.posts().iter().map(|p| (p.json()["messageId"].as_str().unwrap_or_default().to_string(), p.status)).collect()
 }
 
 /// Runs `tributary redrive <args> --data-dir …`.
@@ -94,7 +73,9 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_event_waits_in_the_dlq_and_a_redrive_after_the_fix_delivers_it_once() {
-    let (url, hook) = start_hook().await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let hook = start_hook(fixed.clone()).await;
+    let url = format!("{}/hook", hook.url());
     let config = test_config().replace(
         "destinations:\n",
         &format!("destinations:\n  - id: hook\n    kind: webhook\n    essential: true\n    transport: {{ url: \"{url}\" }}\n"),
@@ -115,7 +96,7 @@ async fn a_refused_event_waits_in_the_dlq_and_a_redrive_after_the_fix_delivers_i
 
     // The good ones arrive; the poison one is refused once and dead-lettered at once (a 400 is not retried).
     wait_until("the good events and one refusal", || {
-        let seen = hook.seen();
+        let seen = seen(&hook);
         seen.iter().filter(|(_, s)| *s == 200).count() == 2 && seen.iter().any(|(id, s)| id == POISON && *s == 400)
     })
     .await;
@@ -133,16 +114,16 @@ async fn a_refused_event_waits_in_the_dlq_and_a_redrive_after_the_fix_delivers_i
     // Another destination's filter and a --since after the failure select nothing; a dry run moved nothing.
     assert!(selected(&report(&server, &["--destination", "other", "--dry-run", "--json"])).is_empty());
     assert!(selected(&report(&server, &["--since", "2999-01-01", "--dry-run", "--json"])).is_empty());
-    assert_eq!(hook.seen().iter().filter(|(id, _)| id == POISON).count(), 1, "no retry of a 400, no redrive yet");
+    assert_eq!(seen(&hook).iter().filter(|(id, _)| id == POISON).count(), 1, "no retry of a 400, no redrive yet");
 
-    hook.fixed.store(true, Ordering::SeqCst);
+    fixed.store(true, Ordering::SeqCst);
     let moved = report(&server, &["--destination", "hook", "--json"]);
     assert_eq!(moved["moved"], 1, "{moved}");
-    wait_until("the poison event delivered", || hook.seen().iter().any(|(id, s)| id == POISON && *s == 200)).await;
+    wait_until("the poison event delivered", || seen(&hook).iter().any(|(id, s)| id == POISON && *s == 200)).await;
     let again = report(&server, &["--destination", "hook", "--json"]);
     assert_eq!(again["moved"], 0, "{again}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = hook.seen();
+    let seen = seen(&hook);
     for id in ids {
         assert_eq!(
             seen.iter().filter(|(i, s)| i == id && *s == 200).count(),
