@@ -97,9 +97,64 @@ where
     Err(PortError::Unavailable(format!("the queue refused {} messages", pending.len())))
 }
 
+/// Runs `call` until it succeeds, fails with an error that is not retryable, or `retry.attempts` tries are spent
+/// (the last error is returned); waits `retry.backoff` before the second try, doubled before each further one. Only
+/// for calls that are safe to repeat — a read, an unconditional put — since a retryable error may come after the
+/// call took effect. `sleep` as for [`send_all`].
+pub async fn retried<T, C, CF, S, SF>(retry: SendRetry, sleep: S, mut call: C) -> Result<T, PortError>
+where
+    C: FnMut() -> CF,
+    CF: Future<Output = Result<T, PortError>>,
+    S: Fn(Duration) -> SF,
+    SF: Future<Output = ()>,
+{
+    let mut delay = retry.backoff;
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && tries < retry.attempts => {
+                sleep(delay).await;
+                delay = delay.saturating_mul(2);
+                tries += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_call_is_tried_again_while_it_fails_for_now_with_doubling_waits() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let waits = std::sync::Mutex::new(Vec::new());
+        let sleep = |d: Duration| {
+            waits.lock().expect("waits").push(d.as_millis());
+            async {}
+        };
+        let policy = SendRetry { attempts: 4, backoff: Duration::from_millis(50) };
+        let flaky = || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(PortError::Throttled("t".into())),
+                1 => Err(PortError::Unavailable("u".into())),
+                n => Ok(n),
+            }
+        };
+        assert_eq!(retried(policy, sleep, flaky).await.expect("third try"), 2);
+        assert_eq!(*waits.lock().expect("waits"), [50, 100]);
+
+        let down = || async { Err::<(), _>(PortError::Unavailable("down".into())) };
+        waits.lock().expect("waits").clear();
+        assert!(matches!(retried(policy, sleep, down).await, Err(PortError::Unavailable(_))));
+        assert_eq!(*waits.lock().expect("waits"), [50, 100, 200], "four tries in all");
+
+        let invalid = || async { Err::<(), _>(PortError::Invalid("bad key".into())) };
+        waits.lock().expect("waits").clear();
+        assert!(matches!(retried(policy, sleep, invalid).await, Err(PortError::Invalid(_))));
+        assert!(waits.lock().expect("waits").is_empty(), "a call that cannot succeed is not repeated");
+    }
 
     #[test]
     fn failures_are_named_by_message_id() {

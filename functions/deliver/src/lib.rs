@@ -794,27 +794,19 @@ pub fn consent_update_event(event: &Map<String, Value>, consent: &BTreeMap<Strin
     out
 }
 
-/// Tries of a receipt read or write that fails with a retryable error.
-const STORE_TRIES: u32 = 4;
+/// Tries of a receipt read or write that fails with a retryable error, and the wait before the second.
+const STORE_RETRY: tributary_core::lambda::SendRetry =
+    tributary_core::lambda::SendRetry { attempts: 4, backoff: Duration::from_millis(50) };
 
 /// A receipt read or write, tried again briefly while the table refuses it for now (throttled, unavailable, timed
 /// out): a passing failure would otherwise send the whole record back to wait out its visibility timeout. Both
 /// calls are safe to repeat (a read, an unconditional put).
-async fn retried<T, F, Fut>(mut call: F) -> Result<T, PortError>
+async fn retried<T, F, Fut>(call: F) -> Result<T, PortError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, PortError>>,
 {
-    let mut tries = 1;
-    loop {
-        match call().await {
-            Err(e) if e.is_retryable() && tries < STORE_TRIES => {
-                tokio::time::sleep(Duration::from_millis(25 << tries)).await;
-                tries += 1;
-            }
-            outcome => return outcome,
-        }
-    }
+    tributary_core::lambda::retried(STORE_RETRY, tokio::time::sleep, call).await
 }
 
 #[cfg(test)]
@@ -850,6 +842,6 @@ mod store_retry_tests {
             Err::<(), _>(PortError::Unavailable("down".into()))
         };
         assert!(matches!(retried(down).await, Err(PortError::Unavailable(_))));
-        assert_eq!(calls.load(Ordering::SeqCst), STORE_TRIES, "bounded");
+        assert_eq!(calls.load(Ordering::SeqCst), STORE_RETRY.attempts, "bounded");
     }
 }
