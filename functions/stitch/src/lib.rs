@@ -342,6 +342,8 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             .flatten();
 
         let mut attempt = 0u32;
+        // The store error of the last attempt, if that is how it failed (rather than by a conflict).
+        let mut refused: Option<PortError>;
         loop {
             attempt += 1;
             // One attempt: `Some` when the event is settled, `None` when another worker changed what was read.
@@ -402,16 +404,18 @@ impl<T: TableStore, Q: Queue, M: MetricsSink> Stitch<T, Q, M> {
             .await;
             match step {
                 Ok(Some(applied)) => return Ok(applied),
-                Ok(None) => {}
+                Ok(None) => refused = None,
                 // A read or write the store refused for now (throttled, unavailable, timed out, possibly after it
                 // took effect): the next attempt reads again, so a write that did land is seen as applied.
                 Err(StitchError::Port(e)) if e.is_retryable() => {
                     tracing::debug!(error = %e, attempt, "Store call failed; trying the event again.");
+                    refused = Some(e);
                 }
                 Err(e) => return Err(e),
             }
             if attempt >= self.settings.max_attempts {
-                return Err(StitchError::Contention(attempt));
+                // Say which it was: a store that kept refusing is not contention between workers.
+                return Err(refused.map_or(StitchError::Contention(attempt), StitchError::Port));
             }
             let cap = (4u64 << attempt.min(6)).min(250);
             let wait = rand::rng().random_range(1..=cap);

@@ -18,7 +18,7 @@ use tributary_core::ports::{
 use tributary_core::profile::layout::{dedup_key, identity_key, identity_profile, profile_key};
 use tributary_core::profile::ProfileDoc;
 use tributary_core::testing::{FaultyTable, MemoryTable, Method};
-use tributary_stitch::{Applied, DeliveryEnvelope, Stitch, StitchSettings};
+use tributary_stitch::{Applied, DeliveryEnvelope, Stitch, StitchError, StitchSettings};
 
 const WORKSPACE: &str = r#"
 workspace: test
@@ -506,4 +506,17 @@ async fn store_calls_refused_for_now_are_tried_again_within_the_invocation() {
     assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > 3, "the refused calls were made again");
     f.table.clear_rules();
     assert!(matches!(f.apply(&e).await, Applied::Duplicate { profile: Some(_) }), "applied exactly once");
+}
+
+#[tokio::test]
+async fn a_store_that_keeps_refusing_is_reported_as_such_not_as_contention() {
+    // Seen in bench-cost against an overloaded moto: every call timed out, and the record was reported as "gave up
+    // after 16 conflicting attempts", which sends an operator looking for a hot profile.
+    let f = fixture();
+    f.table.add_rule(|_| Some(PortError::Unavailable("injected".into())));
+    let e = event("identify", "down1", json!({"userId": "down", "traits": {"plan": "pro"}}));
+    let got = f.stitch.apply_event(&f.workspace.sources[0], e.as_object().expect("object")).await;
+    assert!(matches!(got, Err(StitchError::Port(PortError::Unavailable(_)))), "{got:?}");
+    let resp = f.stitch.handle(sqs(&[("r1", vec![e])])).await;
+    assert_eq!(resp.batch_item_failures.len(), 1, "the record comes back later");
 }
